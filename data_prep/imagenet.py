@@ -1,0 +1,437 @@
+"""ImageNet folders → FFCV ``train.beton`` / ``val.beton`` + ``meta.json``, once.
+
+Usage::
+
+    python -m data_prep.imagenet --src /data/imagenet --out /data/betons
+    python -m data_prep.imagenet --src ROOT --out DIR --per-class 50          # quick subset
+    python -m data_prep.imagenet --src ROOT --out DIR --val-labels LOC_val_solution.csv
+    python -m data_prep.imagenet --verify DIR --src ROOT                        # re-read and check
+
+Input: ``ROOT/train/<wnid>/*`` and ``ROOT/val/<wnid>/*`` (or the official flat
+``ROOT/val/ILSVRC2012_val_*.JPEG`` with ``--val-labels``). Label = index of the WNID in the
+sorted list of train class folders (REFERENCE.md §2). Files are decoded by content
+(:mod:`data_prep.images`), checked in a parallel scan before anything is written, then written
+by ffcv with the ffcv-imagenet recipe (``proportion``, 500 px, p=0.5, q90).
+
+Outputs (written under temporary names and renamed together at the end):
+
+* ``DIR/<split>.beton``: fields ``image`` (RGBImageField) and ``label`` (IntField), source order;
+* ``DIR/meta.json``: classes, counts per split and class, writer settings, skipped files with
+  reasons, listing options, fastfc version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import signal
+import sys
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import fastfc
+from fastfc.atomic import atomic_path, write_json
+
+from .beton import BetonWriter, ConversionError, ImageFiles, WriterSettings
+from .images import BadImageError, load_rgb, probe_image
+
+SPLITS = ("train", "val")
+
+
+# ----------------------------------------------------------------------------- listing
+
+@dataclass
+class Listing:
+    """The files of one split in beton order. ``files`` are relative to the source root."""
+
+    split: str
+    files: list[str]
+    labels: list[int]
+    ignored_hidden: int = 0
+    labels_without_file: int = 0
+    skipped: list[dict] = field(default_factory=list)
+
+    def per_class(self, classes: list[str]) -> dict[str, int]:
+        counts = Counter(self.labels)
+        return {wnid: counts.get(i, 0) for i, wnid in enumerate(classes)}
+
+
+def _visible(entries) -> tuple[list[os.DirEntry], int]:
+    entries = list(entries)
+    visible = [e for e in entries if not e.name.startswith(".")]
+    return visible, len(entries) - len(visible)
+
+
+def list_classes(src: Path) -> list[str]:
+    """Sorted WNIDs of ``src/train`` (the ImageNet label space). Raises ``ConversionError``."""
+    train = src / "train"
+    if not train.is_dir():
+        raise ConversionError(f"{train}: no train folder. The class list (label = index of the WNID "
+                              "in the sorted train folder names) is defined by ROOT/train/<wnid>/.")
+    with os.scandir(train) as it:
+        classes = sorted(e.name for e in _visible(it)[0] if e.is_dir())
+    if not classes:
+        raise ConversionError(f"{train}: no class folders; expected ROOT/train/<wnid>/<images>.")
+    return classes
+
+
+def _subset(files: list[str], per_class: int | None) -> list[str]:
+    """A deterministic subset of ``per_class`` files: smallest sha1 of the path, then name order."""
+    if per_class is None or len(files) <= per_class:
+        return files
+    chosen = sorted(files, key=lambda f: hashlib.sha1(f.encode()).hexdigest())[:per_class]
+    return sorted(chosen)
+
+
+def read_val_labels(path: Path) -> dict[str, str]:
+    """Parse a flat-val ground-truth file into ``{file stem: wnid}``.
+
+    Accepted: Kaggle's ``LOC_val_solution.csv`` (``ImageId,PredictionString`` whose first token
+    is the WNID) and text lines ``<file name> <wnid>``. The devkit's
+    ``ILSVRC2012_validation_ground_truth.txt`` holds bare ILSVRC2012_IDs in devkit order, not
+    sorted-WNID order, and is refused with an explanation.
+    """
+    labels: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        tokens = line.replace(",", " ").split()
+        if not tokens or tokens[0] == "ImageId":
+            continue
+        if len(tokens) < 2 and tokens[0].isdigit():
+            raise ConversionError(
+                f"{path}:{lineno}: a bare integer label. This looks like the devkit's "
+                "ILSVRC2012_validation_ground_truth.txt, whose IDs follow the devkit's meta.mat order, "
+                "not the sorted-WNID order. Pass LOC_val_solution.csv (Kaggle) or a file of "
+                "'<file name> <wnid>' lines instead.")
+        if len(tokens) < 2 or not tokens[1].startswith("n") or not tokens[1][1:].isdigit():
+            raise ConversionError(f"{path}:{lineno}: expected '<file name> <wnid>' or "
+                                  f"'ImageId,PredictionString', got {line!r}")
+        labels[Path(tokens[0]).name.split(".")[0]] = tokens[1]
+    if not labels:
+        raise ConversionError(f"{path}: no labels found")
+    return labels
+
+
+def list_split(src: Path, split: str, classes: list[str], *, per_class: int | None = None,
+               val_labels: Path | None = None) -> Listing:
+    """List ``src/<split>`` in beton order: classes in label order, files by name.
+
+    Raises:
+        ConversionError: missing folder, empty class folder, a class absent from train, a flat
+            val folder without ``val_labels``, or an image without a label.
+    """
+    root = src / split
+    if not root.is_dir():
+        raise ConversionError(f"{root}: split folder not found (use --splits to choose splits)")
+    with os.scandir(root) as it:
+        entries, hidden = _visible(it)
+    dirs = sorted(e.name for e in entries if e.is_dir())
+    flat = sorted(e.name for e in entries if e.is_file())
+    index = {wnid: i for i, wnid in enumerate(classes)}
+    listing = Listing(split, [], [], ignored_hidden=hidden)
+
+    if flat and dirs:
+        raise ConversionError(f"{root}: holds both class folders and loose files (e.g. {flat[0]}); "
+                              "expected one layout: <split>/<wnid>/<images> or a flat val folder.")
+    if flat:
+        if val_labels is None:
+            raise ConversionError(
+                f"{root}: a flat folder of {len(flat)} files (e.g. {flat[0]}), like the official "
+                "ILSVRC2012 val release. Pass --val-labels FILE (Kaggle's LOC_val_solution.csv, or "
+                "lines '<file name> <wnid>') so each image gets its class.")
+        truth = read_val_labels(val_labels)
+        by_class: dict[str, list[str]] = {}
+        for name in flat:
+            wnid = truth.get(name.split(".")[0])
+            if wnid is None:
+                raise ConversionError(f"{root / name}: no label for this file in {val_labels}")
+            by_class.setdefault(wnid, []).append(f"{split}/{name}")
+        listing.labels_without_file = len(truth) - len(flat)
+    else:
+        by_class = {}
+        for wnid in dirs:
+            with os.scandir(root / wnid) as it:
+                files, n_hidden = _visible(it)
+            listing.ignored_hidden += n_hidden
+            names = sorted(e.name for e in files if e.is_file())
+            if not names:
+                raise ConversionError(f"{root / wnid}: empty class folder. Every class needs at least "
+                                      "one image; restore its files or remove the folder everywhere.")
+            by_class[wnid] = [f"{split}/{wnid}/{n}" for n in names]
+
+    for wnid in sorted(by_class):
+        if wnid not in index:
+            raise ConversionError(f"{root / wnid}: class {wnid} is in {split} but not in train; "
+                                  "the label space is the sorted train class folders.")
+        files = _subset(by_class[wnid], per_class)
+        listing.files += files
+        listing.labels += [index[wnid]] * len(files)
+    return listing
+
+
+# ----------------------------------------------------------------------------- scan
+
+def _probe(path: str):
+    try:
+        h, w = probe_image(path)
+        return h * w, None
+    except BadImageError as e:
+        return 0, e.reason
+
+
+def scan(listing: Listing, src: Path, *, workers: int, skip_bad: bool) -> int:
+    """Check every file decodes (in parallel) before anything is written; drop bad ones if asked.
+
+    Bad files are removed from ``listing`` and recorded in ``listing.skipped`` when ``skip_bad``.
+
+    Returns:
+        The largest image's pixel count.
+
+    Raises:
+        ConversionError: the first bad file, when not ``skip_bad``.
+    """
+    paths = [str(src / f) for f in listing.files]
+    results = []
+    with mp.get_context("fork").Pool(workers) as pool, \
+            tqdm(total=len(paths), desc=f"scan {listing.split}", unit="img", dynamic_ncols=True) as bar:
+        for pixels, reason in pool.imap(_probe, paths, chunksize=32):
+            if reason is not None and not skip_bad:
+                raise ConversionError(f"{paths[len(results)]}: {reason}")
+            results.append((pixels, reason))
+            bar.update()
+    keep = [i for i, (_, reason) in enumerate(results) if reason is None]
+    listing.skipped = [{"file": listing.files[i], "reason": results[i][1]}
+                       for i in range(len(results)) if results[i][1] is not None]
+    listing.files = [listing.files[i] for i in keep]
+    listing.labels = [listing.labels[i] for i in keep]
+    if not listing.files:
+        raise ConversionError(f"{src / listing.split}: no readable image left")
+    return max(pixels for pixels, _ in results)
+
+
+# ----------------------------------------------------------------------------- convert
+
+def convert(src: str | Path, out: str | Path, *, splits=SPLITS, settings: WriterSettings = WriterSettings(),
+            workers: int | None = None, per_class: int | None = None, val_labels: str | Path | None = None,
+            skip_bad: bool = False, overwrite: bool = False) -> dict:
+    """Convert ``src`` (ImageNet layout) into ``out/<split>.beton`` and ``out/meta.json``.
+
+    Returns:
+        The ``meta.json`` content.
+
+    Raises:
+        FileExistsError: an output exists and ``overwrite`` is false.
+        ConversionError: bad layout or bad image (named), see :func:`list_split` and :func:`scan`.
+    """
+    src, out = Path(src), Path(out)
+    workers = workers or len(os.sched_getaffinity(0))
+    val_labels = Path(val_labels) if val_labels else None
+    finals = [out / f"{s}.beton" for s in splits] + [out / "meta.json"]
+    existing = [p for p in finals if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it "
+                              "(nothing was changed)")
+    classes = list_classes(src)
+    listings = [list_split(src, s, classes, per_class=per_class, val_labels=val_labels) for s in splits]
+    max_pixels = {l.split: scan(l, src, workers=workers, skip_bad=skip_bad) for l in listings}
+
+    out.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:  # every output under a temporary name until all are complete
+        for l in listings:
+            tmp = stack.enter_context(atomic_path(out / f"{l.split}.beton"))
+            writer = BetonWriter(tmp, settings, workers, max_pixels[l.split], desc=f"write {l.split}")
+            writer.write(ImageFiles([str(src / f) for f in l.files], l.labels, settings.max_resolution))
+        meta = {
+            "fastfc_version": fastfc.__version__,
+            "source": str(src.resolve()),
+            "classes": classes,
+            "splits": {l.split: {"count": len(l.files), "per_class": l.per_class(classes),
+                                 "ignored_hidden_files": l.ignored_hidden,
+                                 "labels_without_file": l.labels_without_file,
+                                 "skipped": l.skipped} for l in listings},
+            "writer": {**settings.as_dict(), "page_size": writer.page_size},
+            "listing": {"per_class": per_class, "val_labels": str(val_labels) if val_labels else None,
+                        "order": "classes in label order, files sorted by name"},
+        }
+        stack.enter_context(atomic_path(out / "meta.json")).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+# ----------------------------------------------------------------------------- verify
+
+class VerifyError(RuntimeError):
+    """A beton that does not match its source; the message lists every problem found."""
+
+
+def _read_images(beton: Path, indices: list[int], metadata: np.ndarray) -> list[np.ndarray]:
+    """Decode ``indices`` of ``beton`` through a real ffcv ``Loader`` as ``(H, W, 3) uint8`` arrays.
+
+    ffcv's ``SimpleRGBImageDecoder`` refuses datasets of mixed sizes; this subclass drops that
+    check and allocates the largest size. ffcv's decode writes each image contiguously at the
+    start of its slot, so the image is the first ``H*W*3`` bytes (``metadata``: the image field).
+    """
+    from dataclasses import replace
+
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.pipeline.allocation_query import AllocationQuery
+
+    class AnySizeDecoder(SimpleRGBImageDecoder):
+        def declare_state_and_memory(self, previous_state):
+            shape = (int(self.metadata["height"].max()), int(self.metadata["width"].max()), 3)
+            return (replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("<u1")),
+                    AllocationQuery(shape, np.dtype("<u1")))
+
+    indices = sorted(indices)
+    loader = Loader(str(beton), batch_size=1, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    indices=indices, drop_last=False,
+                    pipelines={"image": [AnySizeDecoder()], "label": [IntDecoder()]})
+    images = []
+    for i, (batch, _) in zip(indices, loader):
+        h, w = int(metadata[i]["height"]), int(metadata[i]["width"])
+        images.append(np.asarray(batch[0]).reshape(-1)[: h * w * 3].reshape(h, w, 3).copy())
+    return images
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two uint8 images of the same shape (inf if equal)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def verify(out: str | Path, src: str | Path, *, samples: int = 32, min_psnr: float = 30.0) -> dict:
+    """Re-read the betons in ``out`` and check them against the source tree ``src``.
+
+    Checks per split: sample count, every label against the source listing (hence the per-class
+    counts), and ``samples`` deterministic images decoded by ffcv against the source after the
+    same decode and resize: exact for raw-stored images, PSNR ≥ ``min_psnr`` dB for JPEG-stored.
+
+    Returns:
+        ``{split: {"count", "checked_images", "min_psnr_db"}}``.
+
+    Raises:
+        VerifyError: listing every mismatch found.
+    """
+    from ffcv.fields.rgb_image import IMAGE_MODES
+    from ffcv.reader import Reader
+
+    out, src = Path(out), Path(src)
+    meta = json.loads((out / "meta.json").read_text())
+    classes, opts = meta["classes"], meta["listing"]
+    val_labels = Path(opts["val_labels"]) if opts.get("val_labels") else None
+    problems, report = [], {}
+    for split, info in meta["splits"].items():
+        listing = list_split(src, split, classes, per_class=opts.get("per_class"), val_labels=val_labels)
+        skipped = {s["file"] for s in info["skipped"]}
+        keep = [i for i, f in enumerate(listing.files) if f not in skipped]
+        files = [listing.files[i] for i in keep]
+        expected = np.array([listing.labels[i] for i in keep], dtype=np.int64)
+        beton = out / f"{split}.beton"
+        reader = Reader(str(beton))
+        fields = {name: reader.metadata[f"f{i}"] for i, name in enumerate(reader.field_names)}
+        labels = np.asarray(fields["label"], dtype=np.int64)
+        if len(labels) != len(expected):
+            problems.append(f"{beton}: {len(labels)} samples, source has {len(expected)}")
+            continue
+        for wnid, i in zip(classes, range(len(classes))):
+            n, m = int((labels == i).sum()), int((expected == i).sum())
+            if n != m:
+                problems.append(f"{beton}: class {wnid} (label {i}) has {n} samples, source has {m}")
+        wrong = np.flatnonzero(labels != expected)
+        if len(wrong):
+            i = int(wrong[0])
+            problems.append(f"{beton}: {len(wrong)} labels differ from the source, first at index {i} "
+                            f"({files[i]}: {labels[i]} in beton, {expected[i]} expected)")
+        rng = np.random.default_rng(0)
+        idx = sorted(rng.choice(len(files), size=min(samples, len(files)), replace=False).tolist())
+        modes = fields["image"]["mode"]
+        worst = float("inf")
+        for i, got in zip(idx, _read_images(beton, idx, fields["image"])):
+            want = load_rgb(src / files[i], meta["writer"]["max_resolution"] or None)
+            if got.shape != want.shape:
+                problems.append(f"{beton}[{i}] ({files[i]}): shape {got.shape}, source gives {want.shape}")
+                continue
+            quality = psnr(got, want)
+            worst = min(worst, quality)
+            if modes[i] == IMAGE_MODES["raw"] and quality != float("inf"):
+                problems.append(f"{beton}[{i}] ({files[i]}): raw image differs from the source")
+            elif quality < min_psnr:
+                problems.append(f"{beton}[{i}] ({files[i]}): PSNR {quality:.1f} dB < {min_psnr} dB")
+        report[split] = {"count": int(len(labels)), "checked_images": len(idx), "min_psnr_db": worst}
+    if problems:
+        raise VerifyError("verification failed:\n  " + "\n  ".join(problems))
+    return report
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def _parser() -> argparse.ArgumentParser:
+    d = WriterSettings()
+    p = argparse.ArgumentParser(
+        prog="python -m data_prep.imagenet",
+        description="Convert an ImageNet folder tree (train/<wnid>/*, val/<wnid>/*) to FFCV .beton "
+                    "files plus meta.json, or --verify a conversion against its source.",
+        epilog="Example: python -m data_prep.imagenet --src /data/imagenet --out /data/betons "
+               "--workers 32\n         python -m data_prep.imagenet --verify /data/betons --src /data/imagenet",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--src", type=Path, required=True, help="ImageNet root holding train/ and val/")
+    p.add_argument("--out", type=Path, help="output folder for <split>.beton and meta.json")
+    p.add_argument("--verify", type=Path, metavar="DIR", help="re-read DIR's betons and check them against --src")
+    p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits (default: %(default)s)")
+    p.add_argument("--max-resolution", type=int, default=d.max_resolution,
+                   help="longer side in px after resize, 0 = full size (default: %(default)s)")
+    p.add_argument("--write-mode", choices=("proportion", "jpg", "raw"), default=d.write_mode,
+                   help="how images are stored (default: %(default)s)")
+    p.add_argument("--compress-probability", type=float, default=d.compress_probability,
+                   help="JPEG share in proportion mode (default: %(default)s)")
+    p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="default: %(default)s")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--per-class", type=int, default=None, metavar="N",
+                   help="a deterministic subset of N images per class, for quick runs")
+    p.add_argument("--val-labels", type=Path, default=None, metavar="FILE",
+                   help="labels of a flat official val folder: LOC_val_solution.csv or '<file> <wnid>' lines")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip undecodable files and list them in meta.json (default: stop with an error)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # SIGTERM (kill, preemption) unwinds like Ctrl-C, so temporary files are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        if args.verify:
+            report = verify(args.verify, args.src)
+            for split, r in report.items():
+                print(f"{split}: {r['count']} samples, labels match the source, "
+                      f"{r['checked_images']} images checked (min PSNR {r['min_psnr_db']:.1f} dB)")
+            print("verify: OK")
+            return 0
+        if args.out is None:
+            _parser().error("--out is required (or pass --verify DIR)")
+        settings = WriterSettings(args.max_resolution, args.write_mode, args.compress_probability,
+                                  args.jpeg_quality)
+        splits = tuple(s for s in args.splits.split(",") if s)
+        meta = convert(args.src, args.out, splits=splits, settings=settings, workers=args.workers,
+                       per_class=args.per_class, val_labels=args.val_labels, skip_bad=args.skip_bad,
+                       overwrite=args.overwrite)
+    except (ConversionError, VerifyError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for split, info in meta["splits"].items():
+        print(f"{split}: {info['count']} images in {len(meta['classes'])} classes → {args.out / (split + '.beton')}"
+              + (f" ({len(info['skipped'])} skipped, listed in meta.json)" if info["skipped"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

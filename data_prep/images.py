@@ -1,0 +1,121 @@
+"""Robust image decoding for the converters: by content, any mode, EXIF-upright, bounded size.
+
+Real ImageNet is not a folder of clean RGB JPEGs: one train "JPEG" is a PNG, 22 are CMYK,
+hundreds are grayscale, some carry EXIF orientation, some are 4000+ px on a side. ffcv 1.0.2's
+``RGBImageField`` accepts only ``H x W x 3 uint8`` (REFERENCE.md §4), so everything is
+normalised here, once, before it reaches a writer. Decoding never trusts the file extension:
+Pillow sniffs the content.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from ffcv.fields.rgb_image import resizer  # ffcv's own max-side resize (cv2 INTER_AREA)
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# A truncated file must fail loudly, never be padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_BAD_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+class BadImageError(ValueError):
+    """An input file that cannot be decoded to an image. ``str(err)`` names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _open(path: str | Path) -> Image.Image:
+    """Open ``path`` lazily by content. Raises :class:`BadImageError` for empty or non-image files."""
+    data = Path(path).read_bytes()
+    if not data:
+        raise BadImageError(path, "zero-byte file (re-download or remove it, or pass --skip-bad)")
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise BadImageError(
+            path, "not an image: Pillow recognises no image format in its content "
+            "(the extension is ignored); remove it or pass --skip-bad") from None
+    except _BAD_DATA_ERRORS as e:
+        raise BadImageError(path, f"unreadable image header ({e})") from None
+
+
+def _load(path: str | Path, im: Image.Image) -> None:
+    try:
+        im.load()
+    except _BAD_DATA_ERRORS as e:
+        raise BadImageError(path, f"corrupt or truncated image data (Pillow: {e}); "
+                                  "re-download it or pass --skip-bad") from None
+
+
+def probe_image(path: str | Path) -> tuple[int, int]:
+    """Check that ``path`` decodes completely, cheaply, and return its stored ``(height, width)`` in px.
+
+    JPEGs are decoded at 1/8 scale (libjpeg DCT scaling): the entropy-coded data is still read to
+    the end, so truncation and corrupt scans are caught at a fraction of a full decode's cost.
+
+    Raises:
+        BadImageError: zero-byte, non-image, truncated or corrupt file.
+    """
+    im = _open(path)
+    width, height = im.size
+    if im.format == "JPEG":
+        im.draft(None, (max(1, width // 8), max(1, height // 8)))
+    _load(path, im)
+    return height, width
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode → ``H x W x 3 uint8``. 16-bit and 32-bit integer images are scaled, not clipped."""
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(im).astype(np.float32)
+        if mode.startswith("I;16") or (mode == "I" and arr.max() > 255):
+            arr = arr / 257.0  # 0..65535 → 0..255
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    # CMYK (Pillow undoes Adobe's inverted CMYK), L, LA, P, RGBA, 1, YCbCr, ...: alpha is dropped,
+    # as torchvision's pil_loader does.
+    return np.asarray(im.convert("RGB"))
+
+
+def load_rgb(path: str | Path, max_resolution: int | None = None) -> np.ndarray:
+    """Decode ``path`` to an upright RGB image whose longer side is at most ``max_resolution``.
+
+    Args:
+        path: any image file Pillow reads (JPEG, PNG, ...), whatever its extension.
+        max_resolution: bound on the longer side in px; ``None`` or 0 keeps the full size.
+            Larger images are first decoded at a reduced DCT scale (JPEG draft mode, never below
+            the target), then resized with ffcv's own ``resizer`` (cv2 INTER_AREA), exactly as
+            ``RGBImageField(max_resolution=...)`` would.
+
+    Returns:
+        ``np.ndarray`` of shape ``(H, W, 3)``, dtype ``uint8``, C-contiguous, EXIF orientation applied.
+
+    Raises:
+        BadImageError: zero-byte, non-image, truncated or corrupt file.
+    """
+    im = _open(path)
+    if max_resolution and im.format == "JPEG":
+        scale = max_resolution / max(im.size)
+        if scale < 1:  # draft keeps both sides >= the requested size, so no detail is lost
+            im.draft(None, (int(np.ceil(im.size[0] * scale)), int(np.ceil(im.size[1] * scale))))
+    _load(path, im)
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # malformed EXIF must not cost an otherwise good image; keep stored orientation
+        pass
+    arr = _to_rgb_array(im)
+    if max_resolution:
+        arr = resizer(arr, max_resolution)
+    return np.ascontiguousarray(arr)

@@ -1,0 +1,40 @@
+"""Atomic file writes: write to a temporary name in the same folder, then ``os.replace``.
+
+A reader never sees a half-written file under its final name, and an interrupted writer
+(exception, SIGTERM, Ctrl-C) leaves nothing under the final name and cleans its temporary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def tmp_name(final: str | Path) -> Path:
+    """The temporary name used for ``final``: hidden, in the same folder, unique per process."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
+@contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path; on success rename it to ``final``, on any exception delete it.
+
+    The caller writes the whole file to the yielded path. Raises whatever the body raises.
+    """
+    final = Path(final)
+    tmp = tmp_name(final)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
