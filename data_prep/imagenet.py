@@ -270,7 +270,7 @@ class VerifyError(RuntimeError):
     """A beton that does not match its source; the message lists every problem found."""
 
 
-def _read_images(beton: Path, indices: list[int], metadata: np.ndarray) -> list[np.ndarray]:
+def read_images(beton: Path, indices: list[int], metadata: np.ndarray) -> list[np.ndarray]:
     """Decode ``indices`` of ``beton`` through a real ffcv ``Loader`` as ``(H, W, 3) uint8`` arrays.
 
     ffcv's ``SimpleRGBImageDecoder`` refuses datasets of mixed sizes; this subclass drops that
@@ -354,7 +354,7 @@ def verify(out: str | Path, src: str | Path, *, samples: int = 32, min_psnr: flo
         idx = sorted(rng.choice(len(files), size=min(samples, len(files)), replace=False).tolist())
         modes = fields["image"]["mode"]
         worst = float("inf")
-        for i, got in zip(idx, _read_images(beton, idx, fields["image"])):
+        for i, got in zip(idx, read_images(beton, idx, fields["image"])):
             want = load_rgb(src / files[i], meta["writer"]["max_resolution"] or None)
             if got.shape != want.shape:
                 problems.append(f"{beton}[{i}] ({files[i]}): shape {got.shape}, source gives {want.shape}")

@@ -1,0 +1,81 @@
+"""Shared benchmark plumbing: the machine line, median-of-runs timing, and the JSONL history.
+
+Every benchmark appends one line to ``benchmarks/results/history.jsonl`` recording the git sha,
+date, machine (CPU model, cores, GPU if any), library versions, its figures and its ratios.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+HISTORY = Path(__file__).resolve().parent / "results" / "history.jsonl"
+
+
+def machine() -> dict:
+    """What might explain a difference between two runs: CPU, cores, GPU, library versions."""
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    try:
+        import ffcv
+        info["ffcv"] = ffcv.__version__
+    except ImportError:  # the GPU machine has no ffcv
+        info["ffcv"] = None
+    return info
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; return (median s, all times s)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def record(benchmark: str, figures: dict, ratios: dict | None = None, *, history: Path | None = HISTORY) -> dict:
+    """Append one history line (unless ``history`` is None) and return it."""
+    line = {"benchmark": benchmark, "sha": git_sha(),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(), "figures": figures, "ratios": ratios or {}}
+    if history is not None:
+        history.parent.mkdir(parents=True, exist_ok=True)
+        with history.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+    return line
+
+
+def print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    print(f"\n{title}")
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")

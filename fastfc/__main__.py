@@ -1,0 +1,5 @@
+import sys
+
+from fastfc.cli import main
+
+sys.exit(main())

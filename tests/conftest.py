@@ -1,0 +1,46 @@
+"""Shared fixtures: real-photo ImageNet trees and their conversions, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep.beton import WriterSettings
+from data_prep.imagenet import convert, list_classes, list_split
+from fastfc.photos import make_imagenet_tree
+
+RED_CMYK = "train/n01440764/red_cmyk.JPEG"
+
+
+@pytest.fixture(scope="session")
+def photo_tree(tmp_path_factory):
+    """10 classes x (30 train + 10 val) real-photo JPEGs with every planted quirk, plus a 64x64 pure-red CMYK JPEG."""
+    root = tmp_path_factory.mktemp("imagenet")
+    tree = make_imagenet_tree(root, quirks=True)
+    Image.new("RGB", (64, 64), (255, 0, 0)).convert("CMYK").save(root / RED_CMYK, "JPEG", quality=95)
+    tree.counts["train"]["n01440764"] += 1
+    return tree
+
+
+@pytest.fixture(scope="session")
+def converted(photo_tree, tmp_path_factory):
+    """``photo_tree`` converted with the default recipe: ``(out_dir, meta)``."""
+    out = tmp_path_factory.mktemp("betons")
+    meta = convert(photo_tree.root, out, settings=WriterSettings(), workers=2)
+    return out, meta
+
+
+def beton_index(src: Path, split: str, relpath: str) -> int:
+    """Index in the beton of the source file ``relpath`` (beton order = listing order)."""
+    return list_split(Path(src), split, list_classes(Path(src))).files.index(relpath)
+
+
+def rel(tree, path: Path) -> str:
+    return Path(path).relative_to(tree.root).as_posix()
+
+
+def mean_rgb(img: np.ndarray) -> np.ndarray:
+    return img.reshape(-1, 3).mean(axis=0)

@@ -1,0 +1,21 @@
+"""Benchmarks run in smoke mode: tiny sizes, their output fields present and sane (no speed asserted)."""
+
+import math
+
+from benchmarks import convert
+
+
+def _finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_convert_benchmark_smoke():
+    line = convert.run(per_class=3, repeats=1, workers=1, history=False)
+    f = line["figures"]
+    assert f["images"] == 30 + 0  # 10 classes x 3
+    for key in ("scan_img_per_s", "write_img_per_s", "convert_img_per_s", "convert_img_per_s_per_core",
+                "source_mb", "beton_mb"):
+        assert _finite_positive(f[key]), key
+    assert f["convert_img_per_s"] < f["write_img_per_s"]  # the whole includes the scan
+    assert line["machine"]["cores"] >= 1 and line["sha"]
+    assert _finite_positive(line["ratios"]["beton_vs_source_size"])

@@ -1,0 +1,278 @@
+"""ImageNet → beton conversion on real photographs, read back through real ffcv."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ffcv.reader import Reader
+from ffcv.types import HeaderType
+from PIL import Image, ImageOps
+
+from data_prep.beton import ConversionError, WriterSettings
+from data_prep.imagenet import VerifyError, convert, list_classes, list_split, main, psnr, read_images, verify
+from fastfc.atomic import tmp_name
+from fastfc.data.ffcv import make_loader
+from fastfc.photos import make_imagenet_tree
+
+from .conftest import RED_CMYK, beton_index, mean_rgb, rel
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def beton_image(out: Path, split: str, index: int) -> np.ndarray:
+    reader = Reader(str(out / f"{split}.beton"))
+    return read_images(out / f"{split}.beton", [index], reader.metadata["f0"])[0]
+
+
+# ------------------------------------------------------------------ decoding quirks, via the beton
+
+def test_cmyk_pure_red_reads_back_red(photo_tree, converted):
+    out, _ = converted
+    img = beton_image(out, "train", beton_index(photo_tree.root, "train", RED_CMYK))
+    assert img.shape == (64, 64, 3)
+    assert np.all(np.abs(mean_rgb(img) - [255, 0, 0]) <= 10), mean_rgb(img)
+
+
+def test_grayscale_reads_back_with_three_equal_channels(photo_tree, converted):
+    out, _ = converted
+    for name in ("gray1", "gray2", "gray3"):
+        img = beton_image(out, "train", beton_index(photo_tree.root, "train", rel(photo_tree, photo_tree.quirks[name])))
+        assert img.ndim == 3 and img.shape[2] == 3
+        spread = img.astype(int).max(axis=2) - img.astype(int).min(axis=2)
+        assert spread.max() <= 2, f"{name}: channels differ by up to {spread.max()}"
+        assert img[..., 0].std() > 5  # a real photo, not a blank
+
+
+def test_png_saved_as_jpeg_is_counted_and_decodes(photo_tree, converted):
+    out, meta = converted
+    path = photo_tree.quirks["png_as_jpeg"]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    wnid = path.parent.name
+    assert meta["splits"]["train"]["per_class"][wnid] == photo_tree.counts["train"][wnid]
+    img = beton_image(out, "train", beton_index(photo_tree.root, "train", rel(photo_tree, path)))
+    want = np.asarray(Image.open(path).convert("RGB"))
+    assert img.shape == want.shape
+    assert psnr(img, want) > 30
+
+
+def test_exif_rotated_image_reads_back_upright(photo_tree, converted):
+    out, _ = converted
+    path = photo_tree.quirks["exif_rotated"]
+    stored = Image.open(path)
+    assert stored.getexif().get(0x0112) == 6
+    img = beton_image(out, "train", beton_index(photo_tree.root, "train", rel(photo_tree, path)))
+    assert img.shape[:2] == (stored.width, stored.height)  # height and width swapped
+    upright = np.asarray(ImageOps.exif_transpose(stored).convert("RGB"))
+    assert psnr(img, upright) > 30
+    assert psnr(img, np.asarray(stored.convert("RGB")).transpose(1, 0, 2)) < 20  # not merely transposed
+
+
+def test_huge_image_resized_and_tiny_kept(photo_tree, converted):
+    out, meta = converted
+    huge = beton_image(out, "train", beton_index(photo_tree.root, "train", rel(photo_tree, photo_tree.quirks["huge"])))
+    tiny = beton_image(out, "train", beton_index(photo_tree.root, "train", rel(photo_tree, photo_tree.quirks["tiny"])))
+    assert huge.shape == (375, 500, 3)
+    assert tiny.shape == (20, 20, 3)
+    assert meta["writer"]["max_resolution"] == 500
+
+
+def test_labels_are_sorted_wnid_indices_and_counts_match(photo_tree, converted):
+    out, meta = converted
+    classes = sorted(photo_tree.classes)
+    assert meta["classes"] == classes
+    for split in ("train", "val"):
+        labels = np.asarray(Reader(str(out / f"{split}.beton")).metadata["f1"])
+        files = list_split(photo_tree.root, split, classes).files
+        expected = [classes.index(Path(f).parent.name) for f in files]
+        assert labels.tolist() == expected
+        assert meta["splits"][split]["count"] == sum(photo_tree.counts[split].values()) == len(labels)
+        assert meta["splits"][split]["per_class"] == photo_tree.counts[split]
+        assert np.bincount(labels, minlength=len(classes)).tolist() == [photo_tree.counts[split][c] for c in classes]
+    assert meta["fastfc_version"] and meta["writer"]["write_mode"] == "proportion"
+
+
+# ------------------------------------------------------------------ bad input
+
+def test_truncated_jpeg_error_names_it_and_skip_bad_records_it(tmp_path):
+    tree = make_imagenet_tree(tmp_path / "src", n_classes=3, train_per_class=8, val_per_class=2,
+                              quirks=False, truncated=True)
+    bad = tree.quirks["truncated"]
+    with pytest.raises(ConversionError, match=str(bad)) as err:
+        convert(tree.root, tmp_path / "out", workers=2)
+    assert "truncated" in str(err.value)
+    assert not list((tmp_path / "out").glob("*.beton")) if (tmp_path / "out").exists() else True
+
+    meta = convert(tree.root, tmp_path / "out", workers=2, skip_bad=True)
+    skipped = meta["splits"]["train"]["skipped"]
+    assert [s["file"] for s in skipped] == [rel(tree, bad)]
+    assert "truncated" in skipped[0]["reason"]
+    assert meta["splits"]["train"]["count"] == sum(tree.counts["train"].values()) - 1
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["splits"]["train"]["skipped"] == skipped
+
+
+@pytest.fixture
+def small_tree(tmp_path):
+    return make_imagenet_tree(tmp_path / "src", n_classes=3, train_per_class=3, val_per_class=2, quirks=False)
+
+
+@pytest.mark.parametrize("content,reason", [(b"", "zero-byte"), (b"wnid,label\nnot an image\n", "not an image")])
+def test_zero_byte_and_non_image_files_are_named(small_tree, tmp_path, content, reason):
+    bad = small_tree.root / "train" / small_tree.classes[1] / "bad.JPEG"
+    bad.write_bytes(content)
+    with pytest.raises(ConversionError, match=reason) as err:
+        convert(small_tree.root, tmp_path / "out", workers=1)
+    assert str(bad) in str(err.value)
+
+
+def test_empty_class_folder_is_named(small_tree, tmp_path):
+    empty = small_tree.root / "train" / "n09999999"
+    empty.mkdir()
+    with pytest.raises(ConversionError, match="empty class folder") as err:
+        convert(small_tree.root, tmp_path / "out", workers=1)
+    assert str(empty) in str(err.value)
+
+
+def test_class_in_val_but_not_train_is_named(small_tree, tmp_path):
+    extra = small_tree.root / "val" / "n09999999"
+    extra.mkdir()
+    shutil.copy(next((small_tree.root / "val" / small_tree.classes[0]).iterdir()), extra / "x.JPEG")
+    with pytest.raises(ConversionError, match="not in train") as err:
+        convert(small_tree.root, tmp_path / "out", workers=1)
+    assert "n09999999" in str(err.value)
+
+
+def _flatten_val(tree) -> dict[str, str]:
+    """Turn val/<wnid>/X.JPEG into the official flat val/X.JPEG; return {file: wnid}."""
+    truth = {}
+    for wnid in tree.classes:
+        for f in sorted((tree.root / "val" / wnid).iterdir()):
+            f.rename(tree.root / "val" / f.name)
+            truth[f.name] = wnid
+        (tree.root / "val" / wnid).rmdir()
+    return truth
+
+
+def test_flat_official_val_needs_labels_and_converts_with_them(small_tree, tmp_path):
+    truth = _flatten_val(small_tree)
+    with pytest.raises(ConversionError, match="--val-labels"):
+        convert(small_tree.root, tmp_path / "out", workers=1)
+    csv = tmp_path / "LOC_val_solution.csv"
+    csv.write_text("ImageId,PredictionString\n" + "".join(
+        f"{Path(f).stem},{w} 1 2 3 4\n" for f, w in sorted(truth.items(), reverse=True)))
+    meta = convert(small_tree.root, tmp_path / "out", workers=1, splits=("val",), val_labels=csv)
+    labels = np.asarray(Reader(str(tmp_path / "out" / "val.beton")).metadata["f1"])
+    expected = [small_tree.classes.index(truth[f]) for f in sorted(truth, key=lambda f: (truth[f], f))]
+    assert labels.tolist() == expected
+    assert meta["splits"]["val"]["per_class"] == small_tree.counts["val"]
+
+
+def test_devkit_integer_labels_are_refused_with_explanation(small_tree, tmp_path):
+    _flatten_val(small_tree)
+    gt = tmp_path / "ILSVRC2012_validation_ground_truth.txt"
+    gt.write_text("490\n361\n171\n")
+    with pytest.raises(ConversionError, match="devkit"):
+        convert(small_tree.root, tmp_path / "out", workers=1, val_labels=gt)
+
+
+def test_existing_output_is_not_overwritten(small_tree, tmp_path):
+    out = tmp_path / "out"
+    convert(small_tree.root, out, workers=1)
+    before = (out / "train.beton").read_bytes()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        convert(small_tree.root, out, workers=1, settings=WriterSettings(write_mode="raw"))
+    assert (out / "train.beton").read_bytes() == before
+    meta = convert(small_tree.root, out, workers=1, settings=WriterSettings(write_mode="raw"), overwrite=True)
+    assert meta["writer"]["write_mode"] == "raw"
+
+
+def test_per_class_subset_is_deterministic(photo_tree, tmp_path):
+    a = convert(photo_tree.root, tmp_path / "a", workers=2, per_class=4, splits=("val",))
+    b = list_split(photo_tree.root, "val", photo_tree.classes, per_class=4)
+    assert a["splits"]["val"]["per_class"] == {c: 4 for c in photo_tree.classes}
+    assert b.files == list_split(photo_tree.root, "val", photo_tree.classes, per_class=4).files
+    assert set(b.files) < set(list_split(photo_tree.root, "val", photo_tree.classes).files)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_conversion_killed_halfway_leaves_no_final_file(photo_tree, tmp_path, sig):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "data_prep.imagenet", "--src", str(photo_tree.root),
+                             "--out", str(out), "--workers", "1", "--write-mode", "jpg", "--jpeg-quality", "100"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # wait until the writer has started
+        found = list(out.glob(".train.beton.tmp-*")) if out.exists() else []
+        if found and found[0].stat().st_size > 0:
+            tmp = found[0]
+            break
+        time.sleep(0.005)
+    assert tmp is not None, "the writer never started"
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not (out / "train.beton").exists() and not (out / "meta.json").exists()
+    assert not (out / "val.beton").exists()
+    if sig == signal.SIGTERM:  # a catchable kill also removes the temporary
+        assert not tmp.exists()
+
+
+# ------------------------------------------------------------------ verify
+
+def test_verify_passes_on_a_good_conversion(photo_tree, converted):
+    out, meta = converted
+    report = verify(out, photo_tree.root, samples=40)
+    assert report["train"]["count"] == meta["splits"]["train"]["count"]
+    assert report["train"]["checked_images"] == 40
+    assert 30 <= report["train"]["min_psnr_db"]
+
+
+def test_verify_fails_on_one_flipped_label(photo_tree, converted, tmp_path):
+    out, _ = converted
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    reader = Reader(str(bad / "val.beton"))
+    offset = HeaderType.itemsize + reader.field_descriptors.nbytes
+    md = np.memmap(bad / "val.beton", dtype=reader.metadata_type, mode="r+", offset=offset, shape=(reader.num_samples,))
+    old = int(md[5]["f1"])
+    md[5]["f1"] = (old + 1) % len(photo_tree.classes)
+    md.flush()
+    del md
+    with pytest.raises(VerifyError, match="labels differ") as err:
+        verify(bad, photo_tree.root, samples=4)
+    assert f"label {old})" in str(err.value)  # the per-class count of the old class is short by one
+    assert main(["--verify", str(bad), "--src", str(photo_tree.root)]) == 1
+
+
+# ------------------------------------------------------------------ reading
+
+def test_cpu_loader_gives_normalised_float_batches(converted):
+    out, meta = converted
+    loader = make_loader(out / "train.beton", train=True, batch_size=16, resolution=64,
+                         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), num_workers=2)
+    images, labels = next(iter(loader))
+    assert images.shape == (16, 3, 64, 64) and images.dtype == torch.float32
+    assert labels.shape == (16,) and labels.dtype == torch.int64
+    assert 0 <= int(labels.min()) and int(labels.max()) < len(meta["classes"])
+    assert -2.5 < float(images.mean()) < 2.5 and 0.2 < float(images.std()) < 3  # (x/255-0.5)/0.25 in [-2, 2]
+    assert float(images.min()) >= -2.001 and float(images.max()) <= 2.001
+    evaluated = sum(len(y) for _, y in make_loader(out / "val.beton", train=False, batch_size=16, resolution=64,
+                                                   mean=(0.5,) * 3, std=(0.25,) * 3, num_workers=2))
+    assert evaluated == meta["splits"]["val"]["count"]  # drop_last is off for evaluation
+
+
+def test_cli_help_and_missing_out(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    assert "--val-labels" in capsys.readouterr().out
