@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import multiprocessing as mp
 import os
-import signal
 import sys
 from collections import Counter
 from contextlib import ExitStack
@@ -35,13 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 import fastfc
-from fastfc.atomic import atomic_path, write_json
+from fastfc.atomic import atomic_path, exit_cleanly_on_sigterm
 
 from .beton import BetonWriter, ConversionError, ImageFiles, WriterSettings
-from .images import BadImageError, load_rgb, probe_image
+from .images import BadImageError, imap_progress, load_rgb, probe_image
 
 SPLITS = ("train", "val")
 
@@ -199,13 +196,10 @@ def scan(listing: Listing, src: Path, *, workers: int, skip_bad: bool) -> int:
     """
     paths = [str(src / f) for f in listing.files]
     results = []
-    with mp.get_context("fork").Pool(workers) as pool, \
-            tqdm(total=len(paths), desc=f"scan {listing.split}", unit="img", dynamic_ncols=True) as bar:
-        for pixels, reason in pool.imap(_probe, paths, chunksize=32):
-            if reason is not None and not skip_bad:
-                raise ConversionError(f"{paths[len(results)]}: {reason}")
-            results.append((pixels, reason))
-            bar.update()
+    for pixels, reason in imap_progress(_probe, paths, workers=workers, desc=f"scan {listing.split}"):
+        if reason is not None and not skip_bad:
+            raise ConversionError(f"{paths[len(results)]}: {reason}")
+        results.append((pixels, reason))
     keep = [i for i, (_, reason) in enumerate(results) if reason is None]
     listing.skipped = [{"file": listing.files[i], "reason": results[i][1]}
                        for i in range(len(results)) if results[i][1] is not None]
@@ -406,8 +400,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # SIGTERM (kill, preemption) unwinds like Ctrl-C, so temporary files are removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_cleanly_on_sigterm()
     try:
         if args.verify:
             report = verify(args.verify, args.src)

@@ -119,3 +119,22 @@ def load_rgb(path: str | Path, max_resolution: int | None = None) -> np.ndarray:
     if max_resolution:
         arr = resizer(arr, max_resolution)
     return np.ascontiguousarray(arr)
+
+
+def imap_progress(fn, items: list, *, workers: int, desc: str):
+    """``fn`` over ``items`` in ``workers`` forked processes, in order, with an img/s progress bar.
+
+    A generator: a caller that stops early (first bad file) terminates the pool; one that reads
+    to the end closes and joins it.
+    """
+    import multiprocessing as mp
+
+    from tqdm import tqdm
+
+    with mp.get_context("fork").Pool(workers) as pool, \
+            tqdm(total=len(items), desc=desc, unit="img", dynamic_ncols=True) as bar:
+        for result in pool.imap(fn, items, chunksize=32):
+            bar.update()
+            yield result
+        pool.close()
+        pool.join()

@@ -7,6 +7,7 @@ A reader never sees a half-written file under its final name, and an interrupted
 from __future__ import annotations
 
 import json
+import signal
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,3 +39,17 @@ def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, preemption) unwind the main process like Ctrl-C, so ``finally``
+    blocks remove temporary files. Forked children (pool and writer workers) inherit the handler
+    and exit at once instead: raising inside a child blocked on a queue lock can deadlock it."""
+    main_pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() == main_pid:
+            raise SystemExit(128 + signum)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,261 @@
+"""Shift sets → webdataset tar shards in each set's own label space, once.
+
+Usage::
+
+    python -m data_prep.shifts --set imagenet-r --src /data/imagenet-r --out /data/shards \\
+        --imagenet-classes /data/betons/meta.json
+    python -m data_prep.shifts --set objectnet --src /data/objectnet-1.0 --out /data/shards \\
+        --imagenet-classes /data/imagenet/train
+
+Output: ``OUT/<set>/<set>-000000.tar …`` and ``OUT/<set>/meta.json`` (set, classes, ImageNet
+indices per class, projection, count, shards with count and sha256, skipped and dropped files).
+Each sample keeps the original image bytes (``.jpg``/``.png``/…, named by the *content's*
+format), ``.cls`` (int in the set's label space) and ``.json`` (source path, ImageNet indices).
+Keys are the sample index, ``%08d``: unique and dot-free (webdataset splits keys at the first
+dot; ImageNet-A file names contain dots). Order is sorted and tars are written with fixed
+metadata, so a conversion is reproducible byte for byte. Label rules: :mod:`fastfc.shifts`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import webdataset as wds
+from PIL import Image
+from tqdm import tqdm
+
+import fastfc
+from fastfc import shifts
+from fastfc.atomic import exit_cleanly_on_sigterm, tmp_name, write_json
+
+from .beton import ConversionError
+from .images import BadImageError, imap_progress, probe_image
+
+FORMAT_EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}  # MPO: camera JPEGs
+DEFAULT_SHARD_BYTES = 1 << 30
+
+
+@dataclass
+class SetListing:
+    """What a set's folders hold, in shard order. ``files`` are relative to ``--src``."""
+
+    name: str
+    classes: list[str]
+    imagenet_indices: list[list[int]]
+    files: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)  # unmapped ObjectNet folders → images
+
+
+def read_imagenet_classes(path: Path | None = None) -> list[str]:
+    """The 1000 sorted ImageNet WNIDs.
+
+    Args:
+        path: an ImageNet train folder or a ``data_prep.imagenet`` meta.json; ``None`` takes the
+            list timm ships (``timm.data.ImageNetInfo``, installed with open_clip).
+
+    Raises:
+        ConversionError: the path is missing or holds no sorted 1000-WNID list.
+    """
+    if path is None:
+        from timm.data import ImageNetInfo
+        classes = list(ImageNetInfo().label_names())
+    elif path.is_dir():
+        classes = sorted(d.name for d in path.iterdir() if d.is_dir() and shifts.WNID.match(d.name))
+    elif path.is_file():
+        classes = json.loads(path.read_text()).get("classes", [])
+    else:
+        raise ConversionError(f"{path}: not found; pass an ImageNet train folder or the meta.json "
+                              "written by data_prep.imagenet")
+    if len(classes) != 1000 or any(not shifts.WNID.match(c) for c in classes) or classes != sorted(classes):
+        raise ConversionError(f"{path}: expected the 1000 sorted ImageNet WNIDs, found {len(classes)} "
+                              "(a --per-class or demo subset is not the ImageNet label space)")
+    return classes
+
+
+def _folders(root: Path) -> list[str]:
+    if not root.is_dir():
+        raise ConversionError(f"{root}: folder not found")
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folders:
+        raise ConversionError(f"{root}: no class folders (expected {root}/<class>/<images>)")
+    return folders
+
+
+def _files(root: Path, folder: str, prefix: str) -> list[str]:
+    names = sorted(f.name for f in (root / folder).iterdir() if f.is_file() and not f.name.startswith("."))
+    if not names:
+        raise ConversionError(f"{root / folder}: empty class folder")
+    return [f"{prefix}{folder}/{n}" for n in names]
+
+
+def list_set(name: str, src: Path, imagenet_classes: list[str]) -> SetListing:
+    """Apply ``name``'s label rule (:mod:`fastfc.shifts`) to the folders under ``src``.
+
+    Raises:
+        ConversionError / shifts.LabelSpaceError: a folder or mapping file that breaks the rule.
+    """
+    kind = shifts.get(name).projection
+    index = {w: i for i, w in enumerate(imagenet_classes)}
+    if name == "objectnet":
+        mapped, classes, indices = shifts.objectnet_classes(src / "mappings", imagenet_classes)
+        listing = SetListing(name, classes, indices)
+        for folder in _folders(src / "images"):
+            files = _files(src / "images", folder, "images/")
+            if folder in mapped:
+                listing.files += files
+                listing.labels += [classes.index(mapped[folder])] * len(files)
+            else:
+                listing.dropped[folder] = len(files)
+        return listing
+    folders = _folders(src)
+    if kind == "mask":  # R / A: the classes are the WNID folders present
+        present = sorted(folders, key=lambda f: shifts.wnid_index(f, index, src))
+        listing = SetListing(name, present, [[index[w]] for w in present])
+        label_of = {w: k for k, w in enumerate(present)}
+    else:  # 1000-way
+        listing = SetListing(name, list(imagenet_classes), [[i] for i in range(len(imagenet_classes))])
+        rule = shifts.v2_label if name == "imagenet-v2" else (lambda f, where: shifts.wnid_index(f, index, where))
+        label_of = {f: rule(f, src) for f in folders}
+    for folder in sorted(folders, key=label_of.get):
+        files = _files(src, folder, "")
+        listing.files += files
+        listing.labels += [label_of[folder]] * len(files)
+    return listing
+
+
+def _probe(path: str):
+    try:
+        probe_image(path)
+        fmt = Image.open(path).format
+        if fmt not in FORMAT_EXT:
+            return None, f"image format {fmt} is not stored in shards ({', '.join(FORMAT_EXT)})"
+        return FORMAT_EXT[fmt], None
+    except BadImageError as e:
+        return None, e.reason
+
+
+def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = DEFAULT_SHARD_BYTES,
+              workers: int = 1, skip_bad: bool = False, overwrite: bool = False) -> dict:
+    """Check every image, then write ``out/<set>/`` shards and ``meta.json``. Returns the meta.
+
+    Shards are written under temporary names and renamed, then ``meta.json`` last: a set folder
+    with a ``meta.json`` is complete.
+
+    Raises:
+        FileExistsError: the set's ``meta.json`` exists and ``overwrite`` is false.
+        ConversionError: an unreadable image (named), unless ``skip_bad``.
+    """
+    set_dir = out / listing.name
+    if (set_dir / "meta.json").exists() and not overwrite:
+        raise FileExistsError(f"{set_dir / 'meta.json'} exists; pass --overwrite to replace the set")
+    paths = [str(src / f) for f in listing.files]
+    probed = list(imap_progress(_probe, paths, workers=workers, desc=f"scan {listing.name}"))
+    skipped = [{"file": f, "reason": r} for f, (_, r) in zip(listing.files, probed) if r]
+    if skipped and not skip_bad:
+        raise ConversionError(f"{src / skipped[0]['file']}: {skipped[0]['reason']}")
+    set_dir.mkdir(parents=True, exist_ok=True)
+    shards = []
+    writer = sha = None
+    try:
+        bar = tqdm(total=len(paths), desc=f"write {listing.name}", unit="img", dynamic_ncols=True)
+        key = 0
+        for rel, label, (ext, reason) in zip(listing.files, listing.labels, probed):
+            if reason:
+                continue
+            if writer is None or writer_bytes >= shard_bytes:
+                if writer is not None:
+                    _close(writer, stream, set_dir, shards[-1])
+                shards.append({"name": f"{listing.name}-{len(shards):06d}.tar", "count": 0})
+                stream = open(tmp_name(set_dir / shards[-1]["name"]), "wb")
+                writer, writer_bytes = wds.TarWriter(stream, encoder=False, mtime=0.0, user="", group="",
+                                                     mode=0o444), 0
+            data = (src / rel).read_bytes()
+            meta = {"path": rel, "imagenet": listing.imagenet_indices[label]}
+            writer.write({"__key__": f"{key:08d}", ext: data, "cls": str(label).encode(),
+                          "json": json.dumps(meta, sort_keys=True).encode()})
+            writer_bytes += len(data) + 3 * 512
+            shards[-1]["count"] += 1
+            key += 1
+            bar.update()
+        if writer is not None:
+            _close(writer, stream, set_dir, shards[-1])
+            writer = None
+        bar.close()
+        for s in shards:  # all complete: publish them
+            os.replace(tmp_name(set_dir / s["name"]), set_dir / s["name"])
+    finally:
+        if writer is not None:
+            writer.close()
+        for s in shards:
+            tmp_name(set_dir / s["name"]).unlink(missing_ok=True)
+    expected = {s["name"] for s in shards}
+    for stale in set_dir.glob(f"{listing.name}-*.tar"):  # from an earlier, larger conversion
+        if stale.name not in expected:
+            stale.unlink()
+    meta = {"set": listing.name, "fastfc_version": fastfc.__version__, "source": str(src.resolve()),
+            "projection": shifts.get(listing.name).projection, "classes": listing.classes,
+            "imagenet_indices": listing.imagenet_indices, "count": key, "shards": shards,
+            "skipped": skipped, "dropped": {"folders": listing.dropped, "images": sum(listing.dropped.values())}}
+    write_json(set_dir / "meta.json", meta)
+    return meta
+
+
+def _close(writer, stream, set_dir: Path, shard: dict) -> None:
+    """Close a shard (still under its temporary name) and record its sha256."""
+    writer.close()
+    stream.close()
+    h = hashlib.sha256()
+    with open(tmp_name(set_dir / shard["name"]), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    shard["sha256"] = h.hexdigest()
+
+
+def _parser() -> argparse.ArgumentParser:
+    sets = "\n".join(f"  {s.name:<16} {s.layout}  [{s.projection}]" for s in shifts.REGISTRY.values())
+    p = argparse.ArgumentParser(
+        prog="python -m data_prep.shifts",
+        description="Convert a distribution-shift test set to webdataset shards in its own label space.",
+        epilog=f"sets and the layout expected under --src:\n{sets}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--set", required=True, choices=list(shifts.REGISTRY), help="which set")
+    p.add_argument("--src", type=Path, required=True, help="the set's folder (see the layouts below)")
+    p.add_argument("--out", type=Path, required=True, help="shards go to OUT/<set>/")
+    p.add_argument("--imagenet-classes", type=Path, default=None, metavar="PATH",
+                   help="the 1000 sorted WNIDs: an ImageNet train folder or data_prep.imagenet's meta.json "
+                        "(default: the list timm ships)")
+    p.add_argument("--shard-size", type=float, default=1.0, metavar="GB", help="shard size in GB (default: 1)")
+    p.add_argument("--workers", type=int, default=None, help="processes for the scan (default: all cores)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images, listing them in meta.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing converted set")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    exit_cleanly_on_sigterm()
+    try:
+        classes = read_imagenet_classes(args.imagenet_classes)
+        listing = list_set(args.set, args.src, classes)
+        meta = write_set(listing, args.src, args.out, shard_bytes=int(args.shard_size * 1e9),
+                         workers=args.workers or len(os.sched_getaffinity(0)),
+                         skip_bad=args.skip_bad, overwrite=args.overwrite)
+    except (ConversionError, shifts.LabelSpaceError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{meta['set']}: {meta['count']} images in {len(meta['classes'])} classes, "
+          f"{len(meta['shards'])} shard(s) → {args.out / meta['set']}"
+          + (f"; dropped {meta['dropped']['images']} images of unmapped classes" if meta["dropped"]["images"] else "")
+          + (f"; skipped {len(meta['skipped'])} unreadable" if meta["skipped"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
