@@ -47,6 +47,7 @@ demo: setup
 
 bench: setup
 	$(PY) -m benchmarks.convert
+	$(PY) -m benchmarks.shards
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -19,3 +19,13 @@ def test_convert_benchmark_smoke():
     assert f["convert_img_per_s"] < f["write_img_per_s"]  # the whole includes the scan
     assert line["machine"]["cores"] >= 1 and line["sha"]
     assert _finite_positive(line["ratios"]["beton_vs_source_size"])
+
+
+def test_shards_benchmark_smoke():
+    from benchmarks import shards
+
+    line = shards.run(per_class=2, repeats=1, workers=1, batch_size=8, resolution=32, history=False)
+    f = line["figures"]
+    assert f["images"] == 20
+    assert _finite_positive(f["shards_img_per_s"]) and _finite_positive(f["imagefolder_img_per_s"])
+    assert _finite_positive(line["ratios"]["shards_vs_imagefolder"])
