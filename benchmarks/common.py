@@ -7,6 +7,7 @@ date, machine (CPU model, cores, GPU if any), library versions, its figures and 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -34,10 +35,9 @@ def machine() -> dict:
     info = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
             "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    try:
-        import ffcv
-        info["ffcv"] = ffcv.__version__
-    except ImportError:  # the GPU machine has no ffcv
+    try:  # ffcv 1.0.2's own __version__ says 0.0.3rc1; the distribution metadata is right
+        info["ffcv"] = importlib.metadata.version("ffcv")
+    except importlib.metadata.PackageNotFoundError:  # the GPU machine has no ffcv
         info["ffcv"] = None
     return info
 
