@@ -2,6 +2,7 @@
 
 Commands so far:
 
+* ``distill``: representation distillation (:mod:`fastfc.distill`), one process or under torchrun;
 * ``demo``: the pipeline on the embedded real-photo data (no network). Today it builds an
   ImageNet-style tree of real photographs, converts it to FFCV betons and verifies them;
   distillation, probes and evaluation join it as their issues land.
@@ -45,6 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the pipeline on the embedded real-photo data")
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: %(default)s)")
     d.set_defaults(func=demo)
+
+    t = sub.add_parser(
+        "distill", help="representation distillation: a frozen teacher teaches a random-init student",
+        description="Distil a frozen teacher's image embedding into a random-init student (MSE).",
+        epilog="examples:\n"
+               "  python -m fastfc distill --config launch/configs/distill_rn50.toml --dry-run\n"
+               "  torchrun --standalone --nproc-per-node 8 -m fastfc distill --config launch/configs/distill_rn50.toml\n"
+               "  python -m fastfc distill --config C.toml --set train.lr=5e-4 --set data.num_workers=4 --resume",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--config", type=Path, help="TOML with [model] [data] [objective] [train] sections")
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    t.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoint.pt")
+    t.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config, per-rank batch and number of steps; do not train")
+    t.set_defaults(func=lambda args: __import__("fastfc.distill", fromlist=["main"]).main(args))
     return p
 
 

@@ -44,3 +44,13 @@ def rel(tree, path: Path) -> str:
 
 def mean_rgb(img: np.ndarray) -> np.ndarray:
     return img.reshape(-1, 3).mean(axis=0)
+
+
+@pytest.fixture(scope="session")
+def small_beton(tmp_path_factory):
+    """A 300-image real-photo train beton stored at 64 px (cheap to decode) for training tests."""
+    root = tmp_path_factory.mktemp("train-src")
+    make_imagenet_tree(root, quirks=False, val_per_class=1)
+    out = tmp_path_factory.mktemp("train-beton")
+    convert(root, out, splits=("train",), settings=WriterSettings(max_resolution=64), workers=2)
+    return out / "train.beton"

@@ -1,0 +1,100 @@
+"""Run configs: nested dataclasses, read from TOML, overridden with ``--set section.key=value``.
+
+Each component owns a small dataclass (``TrainConfig`` in :mod:`fastfc.train`, the model, data and
+objective configs in :mod:`fastfc.distill`); a run config nests them by section. Validation lives
+in the dataclasses; errors name the key and say what is accepted.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the config's fields."""
+
+
+def _parse_value(text: str) -> Any:
+    """``--set`` values: Python/TOML-like literals (1e-3, true, [1, 2], "x"), else the raw string."""
+    lowered = {"true": True, "false": False, "none": None, "null": None}
+    if text.lower() in lowered:
+        return lowered[text.lower()]
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def from_dict(cls: type[T], data: dict, where: str = "") -> T:
+    """Build dataclass ``cls`` from a nested dict. Raises :class:`ConfigError` on unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(where + k for k in unknown)}; "
+                          f"{where.rstrip('.') or 'top level'} accepts: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if value == "" and type(None) in typing.get_args(hint):
+            value = None  # TOML has no null: an empty string unsets an optional value
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value, f"{where}{name}.")
+        elif hint is float and isinstance(value, int):
+            value = float(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where.rstrip('.') or cls.__name__}: {e}") from None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings to a nested dict (in place) and return it."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=1e-4")
+        key, text = item.split("=", 1)
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p} is not a section")
+        node[leaf] = _parse_value(text.strip())
+    return data
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
+    """Read ``path`` (TOML, optional), apply ``overrides``, build ``cls``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ConfigError: bad TOML, unknown keys or invalid values (named).
+    """
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such config file (see launch/configs/)")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    return from_dict(cls, apply_overrides(data, list(overrides)))
+
+
+def to_dict(obj) -> dict:
+    """The resolved config as plain data (saved beside the metrics)."""
+    return dataclasses.asdict(obj)

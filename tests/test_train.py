@@ -1,0 +1,174 @@
+"""The training loop and the distillation objective: real ffcv, real torchrun (gloo), tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastfc import config as configlib
+from fastfc.distill import DistillConfig, plan, run
+from fastfc.train import Runtime, TrainConfig, load_checkpoint, lr_at
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(beton: Path, out: Path, **train) -> DistillConfig:
+    cfg = DistillConfig()
+    cfg.model.arch, cfg.model.teacher_pretrained = "tiny", None
+    cfg.data.train_beton, cfg.data.num_workers, cfg.data.augment = str(beton), 1, False
+    cfg.train = TrainConfig(**{"epochs": 1, "lr": 1e-3, "warmup_steps": 2, "global_batch_size": 8,
+                               "out_dir": str(out), "log_every": 1, "checkpoint_every": 1000,
+                               "compile": False, "bf16": False, "deterministic": True, **train})
+    return cfg
+
+
+def write_toml(cfg: DistillConfig, path: Path) -> Path:
+    lines = []
+    for section, values in configlib.to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            v = "" if v is None else list(v) if isinstance(v, tuple) else v  # TOML has no null
+            lines.append(f"{k} = {json.dumps(v)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def one_process() -> Runtime:
+    return Runtime()
+
+
+# ------------------------------------------------------------------ schedule
+
+def test_warmup_starts_above_zero_and_reaches_base_exactly():
+    lrs = [lr_at(s, base=1e-3, warmup=5, total=100) for s in range(100)]
+    assert lrs[0] == pytest.approx(2e-4, rel=1e-12) and lrs[0] > 0
+    assert lrs[4] == 1e-3 and lrs[5] == 1e-3  # end of warmup, start of cosine
+    assert all(a >= b for a, b in zip(lrs[5:], lrs[6:]))  # cosine decays monotonically
+    assert 0 < lrs[-1] < 1e-6
+
+
+def test_first_step_changes_the_student_and_weights_load_as_an_encoder(small_beton, tmp_path):
+    cfg = tiny_config(small_beton, tmp_path, max_steps=1, warmup_steps=5)
+    from fastfc.distill import build_task
+    from fastfc.models import build_encoder
+
+    before = {k: v.clone() for k, v in build_task(cfg).model.state_dict().items()}
+    run(cfg, rt=one_process())
+    after = torch.load(tmp_path / "weights.pt", weights_only=True)
+    changed = [k for k in before if before[k].dtype.is_floating_point and not torch.equal(before[k], after[k])]
+    assert changed, "the first update must not be a no-op"
+    assert metrics(tmp_path)[0]["train/lr"] == pytest.approx(2e-4)
+    encoder = build_encoder("tiny", weights=tmp_path / "weights.pt")  # the probe stage's way in
+    assert all(torch.equal(encoder.visual.state_dict()[k], after[k]) for k in after)
+
+
+# ------------------------------------------------------------------ resume
+
+def test_resume_reproduces_lr_and_losses_bit_for_bit(small_beton, tmp_path):
+    kw = dict(max_steps=10, warmup_steps=2, lr=1.0)
+    whole = run(tiny_config(small_beton, tmp_path / "whole", **kw), rt=one_process())
+    assert not whole["stopped_early"] and whole["step"] == 10
+    first = run(tiny_config(small_beton, tmp_path / "parts", stop_after=4, **kw), rt=one_process())
+    assert first["stopped_early"] and first["step"] == 4
+    assert load_checkpoint(tmp_path / "parts" / "checkpoint.pt")["step"] == 4
+    run(tiny_config(small_beton, tmp_path / "parts", **kw), rt=one_process(), resume=True)
+    a = {m["step"]: m for m in metrics(tmp_path / "whole")}
+    b = {m["step"]: m for m in metrics(tmp_path / "parts")}
+    for step in range(5, 11):  # optimiser steps 4..9 (0-based), logged after the update
+        assert abs(a[step]["train/lr"] - b[step]["train/lr"]) <= 1e-12
+        assert a[step]["train/loss"] == b[step]["train/loss"], step
+    assert a[10]["train/lr"] < a[5]["train/lr"]  # the cosine really moved
+    w1 = torch.load(tmp_path / "whole" / "weights.pt", weights_only=True)
+    w2 = torch.load(tmp_path / "parts" / "weights.pt", weights_only=True)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_sigterm_leaves_a_loadable_checkpoint_and_exits_zero(small_beton, tmp_path):
+    cfg = tiny_config(small_beton, tmp_path / "run", max_steps=100_000, epochs=1000)
+    toml = write_toml(cfg, tmp_path / "cfg.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "fastfc", "distill", "--config", str(toml)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read()
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["step"] >= 3 and set(ckpt) >= {"model", "optimizer", "step", "epoch", "rng", "config"}
+    assert ckpt["config"]["model"]["arch"] == "tiny"
+    assert "resume with --resume" in output
+    assert not (tmp_path / "run" / "weights.pt").exists()
+
+
+# ------------------------------------------------------------------ distributed, compile
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_loss_decreases_and_replicas_agree(small_beton, tmp_path):
+    cfg = tiny_config(small_beton, tmp_path / "run", max_steps=30, warmup_steps=3, lr=3e-3, bf16=True,
+                      deterministic=False, log_every=5)
+    cfg.data.augment = True
+    toml = write_toml(cfg, tmp_path / "cfg.toml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "fastfc", "distill", "--config", str(toml)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    sums = summary["replica_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1] and sums[0] != 0
+    losses = [m["train/loss"] for m in metrics(tmp_path / "run")]
+    assert len(losses) == 6 and losses[-1] < 0.7 * losses[0], losses
+    assert all(m["perf/img_per_s"] > 0 and 0 <= m["perf/data_wait"] <= 1 for m in metrics(tmp_path / "run"))
+
+
+def test_compiled_cpu_step_matches_eager(small_beton, tmp_path):
+    from torch._dynamo.utils import counters
+
+    kw = dict(max_steps=3, bf16=True, deterministic=False)
+    eager = run(tiny_config(small_beton, tmp_path / "eager", compile=False, **kw), rt=one_process())
+    graphs_before = counters["stats"]["unique_graphs"]
+    compiled = run(tiny_config(small_beton, tmp_path / "compiled", compile=True, **kw), rt=one_process())
+    assert counters["stats"]["unique_graphs"] > graphs_before  # dynamo really compiled the student
+    a = [m["train/loss"] for m in metrics(tmp_path / "eager")]
+    b = [m["train/loss"] for m in metrics(tmp_path / "compiled")]
+    assert len(a) == len(b) == 3
+    assert a == pytest.approx(b, rel=5e-2)  # bf16 tolerance
+    assert eager["step"] == compiled["step"] == 3
+
+
+# ------------------------------------------------------------------ config and dry run
+
+def test_dry_run_plan_and_uneven_batch_is_refused(small_beton, tmp_path):
+    cfg = tiny_config(small_beton, tmp_path, global_batch_size=8, epochs=2)
+    p = plan(cfg, world_size=2)
+    assert p["per_rank_batch"] == 4 and p["train_images"] == 300
+    assert p["steps_per_epoch"] == 300 // 2 // 4 and p["total_steps"] == 2 * 37
+    with pytest.raises(ValueError, match="does not split evenly over 3 ranks"):
+        plan(cfg, world_size=3)
+
+
+def test_config_overrides_and_unknown_keys(tmp_path):
+    toml = write_toml(DistillConfig(), tmp_path / "c.toml")
+    cfg = configlib.load(DistillConfig, toml, ["train.lr=5e-4", "model.arch=RN101", "data.augment=false"])
+    assert cfg.train.lr == 5e-4 and cfg.model.arch == "RN101" and cfg.data.augment is False
+    with pytest.raises(configlib.ConfigError, match="train.lrr"):
+        configlib.load(DistillConfig, toml, ["train.lrr=1"])
+    with pytest.raises(configlib.ConfigError, match="global_batch_size"):
+        configlib.load(DistillConfig, toml, ["train.global_batch_size=0"])
