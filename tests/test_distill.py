@@ -1,0 +1,98 @@
+"""The distillation objective's options, the paper's run configs, and ``--dry-run``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from open_clip.transformer import VisionTransformer
+
+from fastfc.cli import main
+from fastfc.distill import (DistillTask, ObjectiveConfig, attention_probs, copy_attention, freeze_norm_stats,
+                            select_blocks)
+from fastfc.models import CLIP_MEAN, CLIP_STD, Encoder, build_student
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "launch" / "configs").glob("distill_*.toml"))
+# arch, lr, weight decay, epochs (REFERENCE.md §1)
+PAPER = {"RN50": (1e-3, 0.05, 50), "RN101": (1e-3, 0.1, 50), "RN50x4": (1e-4, 0.5, 50),
+         "RN50x16": (1e-4, 0.5, 100), "ViT-B-16": (5e-5, 0.1, 300)}
+
+
+def tiny_vit(seed: int) -> Encoder:
+    torch.manual_seed(seed)
+    visual = VisionTransformer(image_size=32, patch_size=8, width=32, layers=3, heads=2, mlp_ratio=2.0, output_dim=16)
+    return Encoder("tiny-vit", visual, 32, CLIP_MEAN, CLIP_STD, 16, "open_clip")
+
+
+def test_every_paper_config_dry_runs_with_the_papers_hyperparameters(capsys):
+    assert {c.stem for c in CONFIGS} == {"distill_rn50", "distill_rn101", "distill_rn50x4", "distill_rn50x16",
+                                         "distill_vit_b16"}
+    for path in CONFIGS:
+        assert main(["distill", "--config", str(path), "--dry-run"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        cfg, plan = out["config"], out["plan"]
+        lr, wd, epochs = PAPER[cfg["model"]["arch"]]
+        assert (cfg["train"]["lr"], cfg["train"]["weight_decay"], cfg["train"]["epochs"]) == (lr, wd, epochs), path
+        assert cfg["train"]["global_batch_size"] == 256 and cfg["train"]["warmup_steps"] == 10_000
+        assert cfg["objective"]["distill_weight"] == 1.0 and cfg["model"]["teacher_pretrained"] == "openai"
+        assert plan["per_rank_batch"] == 256 and plan["steps_per_epoch"] == 1_281_167 // 256
+        assert plan["total_steps"] == epochs * (1_281_167 // 256) and plan["lr_first"] == pytest.approx(lr / 10_000)
+
+
+def test_dry_run_override_and_uneven_world(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert main(["distill", "--config", str(CONFIGS[0]), "--dry-run", "--set", "train.lr=2e-4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["plan"]["per_rank_batch"] == 32 and out["config"]["train"]["lr"] == 2e-4
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ValueError, match="does not split evenly over 3 ranks"):
+        main(["distill", "--config", str(CONFIGS[0]), "--dry-run"])
+
+
+def test_attention_maps_are_row_stochastic():
+    vit = tiny_vit(0).visual
+    x = torch.randn(2, 17, 32)  # [B, tokens, width]; open_clip ViTs are batch-first
+    attn = vit.transformer.resblocks[0].attn
+    assert attn.batch_first
+    probs = attention_probs(attn, x)
+    assert probs.shape == (2, 2, 17, 17)
+    assert torch.allclose(probs.sum(-1), torch.ones(2, 2, 17))
+
+
+def test_vit_hidden_and_attention_terms_add_to_the_loss():
+    teacher, student = tiny_vit(0), tiny_vit(1)
+    images = torch.randn(4, 3, 32, 32)
+    plain = DistillTask(teacher, student, ObjectiveConfig()).loss(images)
+    both = DistillTask(teacher, student, ObjectiveConfig(hidden_weight=0.1, attn_weight=0.1, blocks="0,2"), "vit")
+    extra = both.loss(images)
+    assert extra > plain
+    assert both._taps[0].take() == ([], [])  # taps are consumed each step, nothing accumulates
+    extra.backward()
+    assert student.visual.transformer.resblocks[0].attn.in_proj_weight.grad is not None
+    assert select_blocks("last", 12) == [11] and select_blocks("all", 3) == [0, 1, 2]
+    with pytest.raises(ValueError, match="0..2"):
+        select_blocks("5", 3)
+
+
+def test_attn_init_copies_the_teachers_attention_weights():
+    teacher, student = tiny_vit(0), tiny_vit(1)
+    copy_attention(teacher.visual, student.visual, "vit")
+    for t, s in zip(teacher.visual.transformer.resblocks, student.visual.transformer.resblocks):
+        assert torch.equal(t.attn.in_proj_weight, s.attn.in_proj_weight)
+        assert not torch.equal(t.mlp.c_fc.weight, s.mlp.c_fc.weight)  # only attention is copied
+    with pytest.raises(ValueError, match="need a ViT"):
+        copy_attention(build_student("tiny").visual, build_student("tiny").visual, "tiny")
+
+
+def test_oracle_norm_stats_freezes_the_students_batchnorm_to_the_teachers():
+    teacher, student = build_student("tiny", seed=0), build_student("tiny", seed=1)
+    for m in teacher.visual.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+    assert freeze_norm_stats(teacher.visual, student.visual) == 2
+    student.visual(torch.randn(8, 3, 32, 32))  # a forward in "training" must not move the stats
+    pairs = [(t, s) for t, s in zip(teacher.visual.modules(), student.visual.modules()) if isinstance(s, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(t.running_mean, s.running_mean) and not s.training for t, s in pairs)
