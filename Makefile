@@ -51,6 +51,7 @@ demo: setup
 bench: setup
 	$(PY) -m benchmarks.convert
 	$(PY) -m benchmarks.shards
+	$(PY) -m benchmarks.step
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -158,7 +158,8 @@ class BetonWriter(DatasetWriter):
             with tqdm(total=num_samples, desc=self.desc, unit="img", dynamic_ncols=True) as bar:
                 while bar.n < num_samples:
                     self._raise_on_failure(procs)
-                    bar.update(done.value - bar.n)
+                    if done.value > bar.n:
+                        bar.update(done.value - bar.n)
                     time.sleep(0.05)
             for _ in procs:
                 allocations.extend(self._get_allocations(allocations_queue, procs))

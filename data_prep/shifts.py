@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import fastfc
 from fastfc import shifts
-from fastfc.atomic import exit_cleanly_on_sigterm, tmp_name, write_json
+from fastfc.atomic import exit_cleanly_on_sigterm, publish, tmp_name, write_json
 
 from .beton import ConversionError
 from .images import BadImageError, imap_progress, probe_image
@@ -189,7 +189,7 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
             writer = None
         bar.close()
         for s in shards:  # all complete: publish them
-            os.replace(tmp_name(set_dir / s["name"]), set_dir / s["name"])
+            publish(tmp_name(set_dir / s["name"]), set_dir / s["name"])
     finally:
         if writer is not None:
             writer.close()

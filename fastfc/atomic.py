@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+_terminating = False  # set by the SIGTERM handler of exit_cleanly_on_sigterm()
+
 
 def tmp_name(final: str | Path) -> Path:
     """The temporary name used for ``final``: hidden, in the same folder, unique per process."""
@@ -30,9 +32,17 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     tmp = tmp_name(final)
     try:
         yield tmp
-        os.replace(tmp, final)
+        publish(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def publish(tmp: str | Path, final: str | Path) -> None:
+    """``os.replace(tmp, final)``, unless a SIGTERM arrived: its SystemExit may have been swallowed
+    (a signal handler can run inside a ``__del__``), so the flag is checked here, at the rename."""
+    if _terminating:
+        raise SystemExit(128 + signal.SIGTERM)
+    os.replace(tmp, final)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -48,8 +58,10 @@ def exit_cleanly_on_sigterm() -> None:
     main_pid = os.getpid()
 
     def handler(signum, frame):
-        if os.getpid() == main_pid:
-            raise SystemExit(128 + signum)
-        os._exit(128 + signum)
+        global _terminating
+        if os.getpid() != main_pid:
+            os._exit(128 + signum)
+        _terminating = True  # checked again before any rename, in case the exception is swallowed
+        raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)

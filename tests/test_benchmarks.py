@@ -29,3 +29,15 @@ def test_shards_benchmark_smoke():
     assert f["images"] == 20
     assert _finite_positive(f["shards_img_per_s"]) and _finite_positive(f["imagefolder_img_per_s"])
     assert _finite_positive(line["ratios"]["shards_vs_imagefolder"])
+
+
+def test_step_benchmark_smoke():
+    from benchmarks import step
+
+    line = step.run(arch="tiny", batch=4, resolution=None, steps=2, repeats=1, warmup=1, device="cpu",
+                    rows=step.ROWS[:2], history=False)
+    rows = line["figures"]["rows"]
+    assert list(rows) == ["eager fp32 NCHW", "+ channels_last"]
+    assert all(_finite_positive(r["img_per_s"]) for r in rows.values())
+    assert line["ratios"]["vs_eager_fp32"]["eager fp32 NCHW"] == 1.0
+    assert rows["eager fp32 NCHW"]["mfu"] is None  # no MFU without a known peak (CPU)
