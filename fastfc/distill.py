@@ -171,7 +171,7 @@ class DistillTask:
             is what trains (``self.model``).
         objective: weights and ViT options.
 
-    ``loss(images [B,3,S,S] normalised) -> scalar``: MSE between ``[B, D]`` embeddings (float32),
+    ``loss(images [B,3,S,S] normalised, labels ignored) -> scalar``: MSE between ``[B, D]`` embeddings (float32),
     plus the ViT terms. ``flops_per_image``: student forward+backward (3×) + teacher forward.
     """
 
@@ -196,7 +196,8 @@ class DistillTask:
         self.flops_per_image = 4 * forward_flops(self.teacher.visual, self.teacher.input_size, device)
         return self
 
-    def loss(self, images: torch.Tensor) -> torch.Tensor:
+    def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``labels`` are ignored: distillation needs only the teacher."""
         with torch.no_grad():
             target = self.teacher.visual(images)
         emb = self.model(images)

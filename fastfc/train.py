@@ -13,8 +13,9 @@ task's loss, backward, clip the gradient norm at 1.0, AdamW step with the per-st
 (JSONL on rank 0, TensorBoard if installed, tqdm on rank 0) → atomic checkpoints every N steps,
 at each epoch end, and on SIGTERM (then exit 0).
 
-The objective lives in a *task* (:mod:`fastfc.distill`): an object with ``.model`` (the trainable
-module), ``.loss(images) -> scalar`` and ``.flops_per_image`` (forward+backward FLOPs, or None).
+The objective lives in a *task* (:mod:`fastfc.distill`, :mod:`fastfc.probe`): an object with
+``.model`` (the trainable module), ``.loss(images, labels) -> scalar`` and ``.flops_per_image``
+(forward+backward FLOPs, or None).
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class Task(Protocol):
     model: nn.Module
     flops_per_image: float | None
 
-    def loss(self, images: torch.Tensor) -> torch.Tensor: ...
+    def loss(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor: ...
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -273,8 +274,8 @@ def prepare(task: Task, cfg: TrainConfig, rt: Runtime, *, fused: bool | None = N
 
 
 def train_step(task: Task, raw_model: nn.Module, optimizer, images: torch.Tensor, *, lr: float,
-               cfg: TrainConfig) -> torch.Tensor:
-    """One optimiser step on ``images`` (``[B,3,H,W]`` on the device): the hot path.
+               cfg: TrainConfig, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimiser step on ``images`` (``[B,3,H,W]`` on the device, ``labels`` ``[B]``): the hot path.
 
     bf16 autocast around the forward only (the backward follows the forward's dtypes), gradients
     set to None rather than zeroed (no memset), the gradient norm clipped at ``cfg.grad_clip``
@@ -288,7 +289,7 @@ def train_step(task: Task, raw_model: nn.Module, optimizer, images: torch.Tensor
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        loss = task.loss(images)
+        loss = task.loss(images, labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
@@ -347,10 +348,11 @@ def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: boo
                 next(batches)
             for i in range(skip, steps_per_epoch):
                 t0 = time.perf_counter()
-                images = next(batches)[0]
+                images, labels = next(batches)[:2]
                 window["wait"] += time.perf_counter() - t0
                 lr = lr_at(step, base=cfg.lr, warmup=cfg.warmup_steps, total=total)
-                loss = train_step(task, raw_model, optimizer, images.to(rt.device, non_blocking=True), lr=lr, cfg=cfg)
+                loss = train_step(task, raw_model, optimizer, images.to(rt.device, non_blocking=True), lr=lr,
+                                  cfg=cfg, labels=labels.to(rt.device, non_blocking=True))
                 step += 1
                 window["images"] += images.shape[0] * rt.world_size
                 window["loss"] += loss.float()
