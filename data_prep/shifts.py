@@ -64,8 +64,7 @@ def read_imagenet_classes(path: Path | None = None) -> list[str]:
         ConversionError: the path is missing or holds no sorted 1000-WNID list.
     """
     if path is None:
-        from timm.data import ImageNetInfo
-        classes = list(ImageNetInfo().label_names())
+        classes = shifts.imagenet_wnids()
     elif path.is_dir():
         classes = sorted(d.name for d in path.iterdir() if d.is_dir() and shifts.WNID.match(d.name))
     elif path.is_file():

