@@ -52,6 +52,7 @@ bench: setup
 	$(PY) -m benchmarks.convert
 	$(PY) -m benchmarks.shards
 	$(PY) -m benchmarks.step
+	$(PY) -m benchmarks.probe
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

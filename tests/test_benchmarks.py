@@ -41,3 +41,14 @@ def test_step_benchmark_smoke():
     assert all(_finite_positive(r["img_per_s"]) for r in rows.values())
     assert line["ratios"]["vs_eager_fp32"]["eager fp32 NCHW"] == 1.0
     assert rows["eager fp32 NCHW"]["mfu"] is None  # no MFU without a known peak (CPU)
+
+
+def test_probe_benchmark_smoke():
+    from benchmarks import probe
+
+    line = probe.run(per_class=3, epochs=2, workers=1, history=False)
+    f = line["figures"]
+    assert f["images"] == 30 and f["epochs"] == 2
+    assert _finite_positive(f["cached_s"]) and _finite_positive(f["images_s"])
+    assert 0 <= f["train_top1_cached"] <= 1 and 0 <= f["train_top1_images"] <= 1
+    assert _finite_positive(line["ratios"]["cached_vs_images"])
