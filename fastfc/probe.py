@@ -285,6 +285,7 @@ def sweep(features, labels, num_classes: int, weight_decays: Sequence[float], re
 def save_probe(path: str | Path, weight: torch.Tensor, bias: torch.Tensor, info: dict) -> None:
     """Write ``{"weight": [C, D], "bias": [C]}`` (the original probe files' keys) and ``<path>.json``."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save({"weight": weight.contiguous(), "bias": bias.contiguous()}, tmp)
     write_json(path.with_suffix(".json"), info)

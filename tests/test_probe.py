@@ -180,3 +180,23 @@ def test_evaluate_writes_results_and_compare_reports_the_gap(converted, tmp_path
     assert "+0.00" in lines[2]  # the teacher's gap to itself
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| imagenet-val |" in (tmp_path / "teacher" / "results.md").read_text()
+
+
+def test_cli_probe_cached_and_from_images_then_eval(small_beton, converted, tmp_path, capsys):
+    from fastfc.cli import main
+
+    out, _ = converted
+    common = ["--encoder", "tiny", "--cache", str(tmp_path / "cache"), "--batch-size", "32", "--workers", "1"]
+    recipe = ["--train", str(small_beton), "--epochs", "2", "--warmup", "2"]
+    assert main(["probe", *common, *recipe, "--out", str(tmp_path / "a" / "probe.pt"), "--wd-sweep", "1e-4,1e-1"]) == 0
+    info = json.loads((tmp_path / "a" / "probe.json").read_text())
+    assert info["sweep"]["chosen"] in (1e-4, 1e-1) and 0 <= info["train_top1"] <= 1
+    assert info["recipe"]["weight_decay"] == info["sweep"]["chosen"]
+    assert main(["probe", *common, *recipe, "--out", str(tmp_path / "b" / "probe.pt"), "--from-images"]) == 0
+    w, b, info_b = load_probe(tmp_path / "b" / "probe.pt")
+    assert w.shape == (10, 32) and b.shape == (10,) and info_b["classes"] == info["classes"]
+    assert (tmp_path / "b" / "from_images" / "metrics.jsonl").is_file()  # it ran through fastfc.train
+    assert main(["eval", *common, "--probe", str(tmp_path / "a" / "probe.pt"), "--val", str(out / "val.beton"),
+                 "--out", str(tmp_path / "run")]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["sets"]["imagenet-val"]["n"] == 100 and "imagenet-val" in capsys.readouterr().out
