@@ -5,9 +5,7 @@ Commands so far:
 * ``distill``: representation distillation (:mod:`fastfc.distill`), one process or under torchrun;
 * ``features``, ``probe``: embeddings cached once, linear probes on them (:mod:`fastfc.probe`);
 * ``eval``: top-1 per set in its own label space, and ``--compare`` (:mod:`fastfc.evaluate`);
-* ``demo``: the pipeline on the embedded real-photo data (no network). Today it builds an
-  ImageNet-style tree of real photographs, converts it to FFCV betons and verifies them;
-  distillation, probes and evaluation join it as their issues land.
+* ``demo``: the whole pipeline on the embedded real-photo data, on CPU (:mod:`fastfc.demo`).
 """
 
 from __future__ import annotations
@@ -18,26 +16,13 @@ from pathlib import Path
 
 
 def demo(args: argparse.Namespace) -> int:
-    from data_prep.imagenet import convert, verify
-    from fastfc.photos import make_imagenet_tree
+    from fastfc.demo import run
 
-    data = args.out / "data"
-    src, betons = data / "imagenet", data / "betons"
-    if not (src / "train").is_dir():
-        print(f"[demo] building a real-photo ImageNet-style tree in {src}")
-        make_imagenet_tree(src)
-    else:
-        print(f"[demo] reusing {src}")
-    if not (betons / "meta.json").is_file():
-        print(f"[demo] converting to FFCV betons in {betons}")
-        convert(src, betons, skip_bad=False)
-    else:
-        print(f"[demo] reusing {betons}")
-    report = verify(betons, src)
-    for split, r in report.items():
-        print(f"[demo] {split}.beton: {r['count']} images, labels match the source, "
-              f"{r['checked_images']} images checked (min PSNR {r['min_psnr_db']:.1f} dB)")
-    print("[demo] next stages (distillation, probes, evaluation) are not built yet")
+    table = run(args.out, distill_steps=args.steps)
+    print("\n[demo] MobileNetV2 teacher (real ImageNet weights) vs its distilled student, top-1 (%):\n")
+    print(table)
+    print(f"\n[demo] {args.out / 'results.md'}, {args.out / 'id_vs_ood.png'}, per-run results.json in "
+          f"{args.out / 'teacher'} and {args.out / 'student'}")
     return 0
 
 
@@ -139,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the pipeline on the embedded real-photo data")
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: %(default)s)")
+    d.add_argument("--steps", type=int, default=60, help="distillation steps (default: %(default)s)")
     d.set_defaults(func=demo)
 
     t = sub.add_parser(
@@ -209,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from fastfc.data.ffcv import quiet_numba_finalizer_noise
+    quiet_numba_finalizer_noise()
     return args.func(args)
 
 

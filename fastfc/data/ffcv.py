@@ -1,0 +1,106 @@
+"""FFCV loaders for fastfc betons: ``(B, 3, H, W)`` normalised images and ``(B,)`` int64 labels.
+
+The pipelines are plain lists of ffcv operations (ffcv-imagenet style). Order matters:
+ffcv 1.0.2's pipeline compiler loops forever when jitted and non-jitted operations alternate
+(REFERENCE.md §4), so on CPU ``NormalizeImage`` runs *before* ``ToTensor`` (on the numpy
+batch, jitted), and on GPU *after* ``ToDevice`` (on the device, as ffcv-imagenet does).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+
+def quiet_numba_finalizer_noise() -> None:
+    """Hide one known-harmless message: numba's dispatcher finalizer raises ``KeyError`` when an
+    ffcv pipeline is garbage-collected ("Exception ignored in: <finalize object ...>"). Every other
+    unraisable exception still reaches the default hook."""
+    import sys
+
+    def hook(unraisable):
+        tb = unraisable.exc_traceback
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = tb.tb_frame.f_code.co_filename if tb is not None else ""
+        if isinstance(unraisable.exc_value, KeyError) and "numba" in where and "dispatcher" in where:
+            return
+        sys.__unraisablehook__(unraisable)
+
+    sys.unraisablehook = hook
+
+
+# The paper's training crop keeps 90-100% of the image (REFERENCE.md §1).
+TRAIN_SCALE = (0.9, 1.0)
+
+
+def image_pipeline(*, train: bool, resolution: int, mean: Sequence[float], std: Sequence[float],
+                   device: str | torch.device = "cpu", dtype=np.float32, scale=TRAIN_SCALE) -> list:
+    """The ffcv operations for the ``image`` field.
+
+    Args:
+        train: random-resized crop (``scale``, aspect 3/4-4/3) + horizontal flip; otherwise the
+            centre square resized to ``resolution`` (Resize(n_px) + CenterCrop(n_px) of the paper).
+        resolution: output side in px.
+        mean, std: per-channel normalisation on the 0..1 scale (e.g. CLIP's), RGB order.
+        device: ``"cpu"`` or a CUDA device; decides where normalisation runs.
+        dtype: numpy dtype of the normalised output (``np.float16`` halves the copy to a GPU).
+
+    Returns:
+        A list of ffcv operations yielding ``(B, 3, resolution, resolution)`` tensors of ``dtype``.
+    """
+    if train:
+        ops = [RandomResizedCropRGBImageDecoder((resolution, resolution), scale=scale),
+               RandomHorizontalFlip()]
+    else:
+        ops = [CenterCropRGBImageDecoder((resolution, resolution), ratio=1.0)]
+    normalise = NormalizeImage(np.array(mean) * 255, np.array(std) * 255, dtype)
+    if torch.device(device).type == "cpu":
+        return ops + [normalise, ToTensor(), ToTorchImage()]
+    return ops + [ToTensor(), ToDevice(torch.device(device), non_blocking=True), ToTorchImage(), normalise]
+
+
+def label_pipeline(device: str | torch.device = "cpu") -> list:
+    """The ffcv operations for the ``label`` field: ``(B,)`` int64 tensors on ``device``.
+
+    ``Squeeze(1)``, not ``Squeeze()``: a last batch of one image must stay ``(1,)``, not 0-d."""
+    ops = [IntDecoder(), ToTensor(), Squeeze(1)]
+    if torch.device(device).type != "cpu":
+        ops.append(ToDevice(torch.device(device), non_blocking=True))
+    return ops
+
+
+def make_loader(beton: str | Path, *, train: bool, batch_size: int, resolution: int,
+                mean: Sequence[float], std: Sequence[float], augment: bool | None = None, num_workers: int = 2,
+                device: str | torch.device = "cpu", dtype=np.float32, distributed: bool = False,
+                seed: int = 0, indices: Sequence[int] | None = None) -> Loader:
+    """An ffcv ``Loader`` over a fastfc beton.
+
+    Training loaders shuffle (QUASI_RANDOM order is not supported distributed, so RANDOM is used;
+    the order is seeded by ``seed + epoch``) and drop the last partial batch; evaluation loaders
+    are sequential and keep every sample (ffcv's default ``drop_last=True`` would silently drop
+    up to ``batch_size - 1`` images). ``augment`` defaults to ``train``; ``train=True,
+    augment=False`` shuffles but centre-crops, which makes a run reproducible bit for bit (ffcv
+    1.0.2 does not seed its random crops and flips per sample).
+
+    Raises:
+        FileNotFoundError: ``beton`` does not exist.
+    """
+    beton = Path(beton)
+    if not beton.is_file():
+        raise FileNotFoundError(f"{beton}: no such beton; create it with `python -m data_prep.imagenet`")
+    return Loader(
+        str(beton), batch_size=batch_size, num_workers=num_workers,
+        order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
+        drop_last=train, distributed=distributed, seed=seed,
+        indices=None if indices is None else list(indices),
+        pipelines={"image": image_pipeline(train=train if augment is None else augment,
+                                           resolution=resolution, mean=mean, std=std,
+                                           device=device, dtype=dtype),
+                   "label": label_pipeline(device)})

@@ -1,0 +1,308 @@
+"""Exact, distributed reading of the shift-set webdataset shards written by ``data_prep.shifts``.
+
+A set folder holds ``<set>-000000.tar, ...`` and ``meta.json`` (classes, ImageNet indices, counts,
+per-shard counts). Each sample has key ``%08d`` and exactly three members: the original image
+bytes (``jpg``/``jpeg``/``png``/``webp``/``bmp``), ``cls`` (ASCII int, the set's own label space,
+REFERENCE.md §2) and ``json`` (``{"path": ..., "imagenet": [...]}``).
+
+Safety: only whitelisted members are ever read or decoded; any other member (``.pyd``,
+``.pickle``, ``.pth``, ...) stops the read with a :class:`ShardFormatError` naming the shard, and
+is rejected by name *before* its bytes are read -- nothing is ever unpickled.
+
+Exactness: ``R`` ranks x ``W`` workers form ``G = R*W`` global workers, ``g = rank*W + worker``.
+With ``n_shards >= G`` shard ``i`` goes to global worker ``i % G``; otherwise every global worker
+reads every shard and keeps the samples whose position in the set (shard order) ``% G == g``.
+Every sample is read exactly once overall: no padding, no duplicates (unlike
+``DistributedSampler``). Splitting is done here, not by webdataset (1.0.2 reads ``RANK`` /
+``WORLD_SIZE`` from the environment and refuses world size > 1 without a node splitter).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision import transforms
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+#: image extension -> formats PIL may report for it (camera JPEGs open as "MPO").
+IMAGE_FORMATS = {"jpg": ("JPEG", "MPO"), "jpeg": ("JPEG", "MPO"), "png": ("PNG",),
+                 "webp": ("WEBP",), "bmp": ("BMP",)}
+ALLOWED_MEMBERS = frozenset(IMAGE_FORMATS) | {"cls", "json"}
+_MEMBER_RE = re.compile(r"^([0-9]+)\.([A-Za-z0-9]+)$")
+
+
+class ShardFormatError(ValueError):
+    """A shard breaks the format (unexpected member, missing/duplicate member, bad value)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:  # webdataset appends stream/url objects to ``args``; keep it readable
+        return self.message
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """One sample as stored: ``image`` is the undecoded file bytes, ``ext`` its format extension,
+    ``label`` the ``cls`` int (set's own label space), ``info`` the parsed ``json`` member."""
+    key: str
+    shard: str
+    ext: str
+    image: bytes
+    label: int
+    info: dict
+
+
+def read_meta(set_dir: str | Path) -> dict:
+    """Load ``set_dir/meta.json`` (see module doc for the fields).
+
+    Raises:
+        FileNotFoundError: no meta.json; the message names the path and the converter to run.
+    """
+    path = Path(set_dir) / "meta.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: {set_dir} is not a converted shift set; "
+            "run `python -m data_prep.shifts` to write its shards and meta.json")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def shard_paths(set_dir: str | Path, meta: dict | None = None) -> list[tuple[Path, int]]:
+    """``[(path, count), ...]`` of the set's shards in meta.json order.
+
+    Raises:
+        FileNotFoundError: meta.json or a listed shard is missing.
+        ValueError: a shard name is not a plain file name.
+    """
+    meta = read_meta(set_dir) if meta is None else meta
+    out = []
+    for entry in meta["shards"]:
+        name = entry["name"]
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"{Path(set_dir) / 'meta.json'}: bad shard name {name!r}")
+        path = Path(set_dir) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"shard {path} listed in meta.json is missing")
+        out.append((path, int(entry["count"])))
+    return out
+
+
+def crop_border(img: Image.Image, px: int) -> Image.Image:
+    """Cut ``px`` pixels off every border: a W x H image becomes (W - 2px) x (H - 2px).
+
+    Raises:
+        ValueError: ``px < 0`` or the image has a side of at most ``2 * px``.
+    """
+    if px < 0:
+        raise ValueError(f"border crop must be >= 0 px, got {px}")
+    if px == 0:
+        return img
+    w, h = img.size
+    if w <= 2 * px or h <= 2 * px:
+        raise ValueError(f"cannot crop {px} px off each border of a {w}x{h} image")
+    return img.crop((px, px, w - px, h - px))
+
+
+class BorderCrop:
+    """Picklable transform wrapper of :func:`crop_border` (DataLoader workers may be spawned)."""
+
+    def __init__(self, px: int):
+        self.px = int(px)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return crop_border(img, self.px)
+
+    def __repr__(self) -> str:
+        return f"BorderCrop(px={self.px})"
+
+
+def eval_transform(resolution: int, mean: Sequence[float], std: Sequence[float],
+                   border_crop: int = 0) -> transforms.Compose:
+    """Evaluation transform for an RGB PIL image (the paper's Resize + CenterCrop).
+
+    ``crop_border(border_crop)`` first (ObjectNet: 2 px, REFERENCE.md §2), then bicubic
+    ``Resize(resolution)`` of the short side, ``CenterCrop(resolution)``, ``ToTensor`` (0..1) and
+    ``Normalize(mean, std)`` (per-channel, RGB, 0..1 scale).
+
+    Returns:
+        A callable mapping a PIL image to a float32 tensor ``(3, resolution, resolution)``.
+    """
+    ops = [BorderCrop(border_crop)] if border_crop else []
+    ops += [transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(resolution), transforms.ToTensor(),
+            transforms.Normalize(mean, std)]
+    return transforms.Compose(ops)
+
+
+def _select(shard: Path):
+    """``select_files`` hook: refuse any member outside the whitelist before its bytes are read."""
+    def select(fname: str) -> bool:
+        m = _MEMBER_RE.match(fname)
+        if m is None or m.group(2).lower() not in ALLOWED_MEMBERS:
+            raise ShardFormatError(
+                f"{shard}: member {fname!r} is not allowed (only <digits>.{{"
+                f"{','.join(sorted(ALLOWED_MEMBERS))}}}); refusing to read this shard")
+        return True
+    return select
+
+
+def _iter_shard(shard: Path, expected: int) -> Iterator[tuple[str, dict]]:
+    """All ``(key, {ext: bytes})`` of one shard, structure-checked, bytes undecoded."""
+    seen: set[str] = set()
+    with open(shard, "rb") as stream:
+        files = tar_file_expander([{"url": str(shard), "stream": stream}], select_files=_select(shard))
+        for sample in group_by_keys(files):
+            key = sample["__key__"]
+            members = {k: v for k, v in sample.items() if not k.startswith("__")}
+            images = [k for k in members if k in IMAGE_FORMATS]
+            if len(images) != 1 or "cls" not in members or "json" not in members or key in seen:
+                raise ShardFormatError(
+                    f"{shard}: sample {key!r} has members {sorted(members)}"
+                    f"{' (duplicate key)' if key in seen else ''}; "
+                    "need exactly one image, one cls and one json")
+            seen.add(key)
+            yield key, members
+    if len(seen) != expected:
+        raise RuntimeError(f"{shard}: holds {len(seen)} samples but meta.json says {expected}")
+
+
+def _parse(shard: Path, key: str, members: dict) -> RawSample:
+    ext = next(k for k in members if k in IMAGE_FORMATS)
+    cls = members["cls"].decode("ascii", "replace").strip()
+    if not cls.isdecimal():
+        raise ShardFormatError(f"{shard}: {key}.cls is not a decimal int: {cls[:40]!r}")
+    try:
+        info = json.loads(members["json"].decode("utf-8"))
+    except ValueError as exn:
+        raise ShardFormatError(f"{shard}: {key}.json is not UTF-8 JSON: {exn}") from None
+    return RawSample(key, shard.name, ext, members[ext], int(cls), info)
+
+
+def iter_samples(set_dir: str | Path, *, rank: int = 0, world_size: int = 1, worker: int = 0,
+                 num_workers: int = 1) -> Iterator[RawSample]:
+    """The samples of global worker ``g = rank*num_workers + worker`` of ``G = world_size*num_workers``
+    (split as in the module doc), in set order, undecoded. The transform-free read path.
+
+    Raises:
+        ValueError: bad rank/worker numbers.
+        ShardFormatError (a ValueError): a forbidden/missing/duplicate member or bad cls/json.
+        RuntimeError: a shard's sample count differs from meta.json.
+        FileNotFoundError: meta.json or a shard is missing.
+    """
+    if not (0 <= rank < world_size and 0 <= worker < num_workers):
+        raise ValueError(f"need 0 <= rank < world_size and 0 <= worker < num_workers, got "
+                         f"rank={rank} world_size={world_size} worker={worker} num_workers={num_workers}")
+    shards = shard_paths(set_dir)
+    G, g = world_size * num_workers, rank * num_workers + worker
+    if len(shards) >= G:  # shard split
+        for path, count in shards[g::G]:
+            for key, members in _iter_shard(path, count):
+                yield _parse(path, key, members)
+    else:  # sample split: everyone walks every shard, keeps position % G == g
+        pos = 0
+        for path, count in shards:
+            for key, members in _iter_shard(path, count):
+                if pos % G == g:
+                    yield _parse(path, key, members)
+                pos += 1
+
+
+def decode_image(sample: RawSample) -> Image.Image:
+    """Decode the image bytes to an RGB PIL image (no EXIF transpose, as torchvision/CLIP eval).
+
+    Raises:
+        ShardFormatError: undecodable bytes, or a format that differs from the extension.
+    """
+    try:
+        with Image.open(io.BytesIO(sample.image)) as im:
+            fmt = im.format
+            rgb = im.convert("RGB")
+    except Exception as exn:  # PIL raises many types for corrupt data
+        raise ShardFormatError(f"{sample.shard}: cannot decode {sample.key}.{sample.ext}: {exn}") from exn
+    if fmt not in IMAGE_FORMATS[sample.ext]:
+        raise ShardFormatError(f"{sample.shard}: {sample.key}.{sample.ext} holds a {fmt} image")
+    return rgb
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group if initialised, else ``(0, 1)``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ShardReader(IterableDataset):
+    """Iterable over this rank's (and DataLoader worker's) share of a shard set.
+
+    Yields ``(image, label, key)``: ``image`` is ``transform(rgb_pil)`` (the PIL image itself when
+    ``transform`` is None), ``label`` an int in the set's label space, ``key`` the ``%08d`` string.
+    ``rank``/``world_size`` default to the initialised process group (else 0/1) and are fixed at
+    construction; the worker split comes from ``get_worker_info()``. Every rank must use the same
+    number of DataLoader workers. A rank or worker with no data yields nothing.
+    """
+
+    def __init__(self, set_dir: str | Path, *, transform=None, rank: int | None = None,
+                 world_size: int | None = None):
+        super().__init__()
+        if (rank is None) != (world_size is None):
+            raise ValueError("give both rank and world_size, or neither")
+        self.set_dir = Path(set_dir)
+        self.meta = read_meta(self.set_dir)
+        self.transform = transform
+        self.rank, self.world_size = dist_rank_world() if rank is None else (rank, world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} outside world size {self.world_size}")
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for s in iter_samples(self.set_dir, rank=self.rank, world_size=self.world_size,
+                              worker=worker, num_workers=num_workers):
+            img = decode_image(s)
+            yield (img if self.transform is None else self.transform(img)), s.label, s.key
+
+
+def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``[(image (3,H,W), label, key), ...]`` -> ``(images [B,3,H,W], labels [B] int64, keys list[str])``."""
+    images, labels, keys = zip(*batch)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), list(keys)
+
+
+def make_shard_loader(set_dir: str | Path, *, transform, batch_size: int, num_workers: int,
+                      rank: int | None = None, world_size: int | None = None,
+                      pin_memory: bool = False) -> DataLoader:
+    """DataLoader over this rank's exact share of a set (no padding, ``drop_last=False``).
+
+    Args:
+        transform: PIL RGB image -> float32 tensor ``(3, H, W)``, e.g. :func:`eval_transform`.
+        batch_size: samples per batch (the last batch of each worker may be smaller).
+        num_workers: DataLoader workers per rank (0 = read in this process); same on every rank.
+        rank, world_size: default to the initialised process group, else 0 / 1.
+
+    Returns:
+        A DataLoader yielding ``(images [B,3,H,W] float32, labels [B] int64, keys list[str])``.
+        Sum the per-rank sample counts (all_reduce) and pass the total to :func:`check_count`.
+    """
+    ds = ShardReader(set_dir, transform=transform, rank=rank, world_size=world_size)
+    return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, drop_last=False,
+                      collate_fn=collate, pin_memory=pin_memory)
+
+
+def check_count(set_dir: str | Path, n_seen: int) -> None:
+    """Check that ``n_seen`` (samples read over all ranks) equals meta.json's ``count``.
+
+    Raises:
+        RuntimeError: the counts differ; the message names the set dir and both numbers.
+    """
+    expected = int(read_meta(set_dir)["count"])
+    if int(n_seen) != expected:
+        raise RuntimeError(f"{set_dir}: read {int(n_seen)} samples but meta.json count is {expected}")
