@@ -52,13 +52,21 @@ class Listing:
     split: str
     files: list[str]
     labels: list[int]
-    ignored_hidden: int = 0
+    ignored: Counter = field(default_factory=Counter)  # hidden files, subfolders, other non-files
     labels_without_file: int = 0
     skipped: list[dict] = field(default_factory=list)
 
     def per_class(self, classes: list[str]) -> dict[str, int]:
         counts = Counter(self.labels)
         return {wnid: counts.get(i, 0) for i, wnid in enumerate(classes)}
+
+
+def _scandir(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError as e:
+        raise ConversionError(f"{folder}: cannot be listed ({e.strerror or e}); check its permissions") from None
 
 
 def _visible(entries) -> tuple[list[os.DirEntry], int]:
@@ -69,12 +77,14 @@ def _visible(entries) -> tuple[list[os.DirEntry], int]:
 
 def list_classes(src: Path) -> list[str]:
     """Sorted WNIDs of ``src/train`` (the ImageNet label space). Raises ``ConversionError``."""
+    if not src.is_dir():
+        raise ConversionError(f"{src}: {'not a folder' if src.exists() else 'does not exist'}; "
+                              "--src is the ImageNet root holding train/ and val/")
     train = src / "train"
     if not train.is_dir():
         raise ConversionError(f"{train}: no train folder. The class list (label = index of the WNID "
                               "in the sorted train folder names) is defined by ROOT/train/<wnid>/.")
-    with os.scandir(train) as it:
-        classes = sorted(e.name for e in _visible(it)[0] if e.is_dir())
+    classes = sorted(e.name for e in _visible(_scandir(train))[0] if e.is_dir())
     if not classes:
         raise ConversionError(f"{train}: no class folders; expected ROOT/train/<wnid>/<images>.")
     return classes
@@ -96,8 +106,14 @@ def read_val_labels(path: Path) -> dict[str, str]:
     ``ILSVRC2012_validation_ground_truth.txt`` holds bare ILSVRC2012_IDs in devkit order, not
     sorted-WNID order, and is refused with an explanation.
     """
+    if not path.is_file():
+        raise ConversionError(f"{path}: --val-labels must be a file ({'a folder' if path.exists() else 'not found'})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConversionError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     labels: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         tokens = line.replace(",", " ").split()
         if not tokens or tokens[0] == "ImageId":
             continue
@@ -127,12 +143,12 @@ def list_split(src: Path, split: str, classes: list[str], *, per_class: int | No
     root = src / split
     if not root.is_dir():
         raise ConversionError(f"{root}: split folder not found (use --splits to choose splits)")
-    with os.scandir(root) as it:
-        entries, hidden = _visible(it)
+    entries, hidden = _visible(_scandir(root))
     dirs = sorted(e.name for e in entries if e.is_dir())
     flat = sorted(e.name for e in entries if e.is_file())
     index = {wnid: i for i, wnid in enumerate(classes)}
-    listing = Listing(split, [], [], ignored_hidden=hidden)
+    listing = Listing(split, [], [])
+    listing.ignored.update(hidden_files=hidden, not_a_file_or_folder=len(entries) - len(dirs) - len(flat))
 
     if flat and dirs:
         raise ConversionError(f"{root}: holds both class folders and loose files (e.g. {flat[0]}); "
@@ -149,15 +165,18 @@ def list_split(src: Path, split: str, classes: list[str], *, per_class: int | No
             wnid = truth.get(name.split(".")[0])
             if wnid is None:
                 raise ConversionError(f"{root / name}: no label for this file in {val_labels}")
+            if wnid not in index:
+                raise ConversionError(f"{val_labels}: {name} is labelled {wnid}, which is not a train class")
             by_class.setdefault(wnid, []).append(f"{split}/{name}")
         listing.labels_without_file = len(truth) - len(flat)
     else:
         by_class = {}
         for wnid in dirs:
-            with os.scandir(root / wnid) as it:
-                files, n_hidden = _visible(it)
-            listing.ignored_hidden += n_hidden
+            files, n_hidden = _visible(_scandir(root / wnid))
             names = sorted(e.name for e in files if e.is_file())
+            subfolders = sum(e.is_dir() for e in files)
+            listing.ignored.update(hidden_files=n_hidden, subfolders=subfolders,
+                                   not_a_file_or_folder=len(files) - len(names) - subfolders)  # e.g. broken links
             if not names:
                 raise ConversionError(f"{root / wnid}: empty class folder. Every class needs at least "
                                       "one image; restore its files or remove the folder everywhere.")
@@ -225,37 +244,61 @@ def convert(src: str | Path, out: str | Path, *, splits=SPLITS, settings: Writer
         ConversionError: bad layout or bad image (named), see :func:`list_split` and :func:`scan`.
     """
     src, out = Path(src), Path(out)
+    splits = tuple(splits)
+    if not splits or len(set(splits)) != len(splits) or not set(splits) <= set(SPLITS):
+        raise ConversionError(f"--splits {','.join(splits)!r}: give train and/or val, each once")
+    if per_class is not None and per_class < 1:
+        raise ConversionError(f"--per-class {per_class}: must be >= 1 (omit it to convert everything)")
+    if workers is not None and workers < 1:
+        raise ConversionError(f"--workers {workers}: must be >= 1 (omit it to use all cores)")
     workers = workers or len(os.sched_getaffinity(0))
-    val_labels = Path(val_labels) if val_labels else None
-    finals = [out / f"{s}.beton" for s in splits] + [out / "meta.json"]
-    existing = [p for p in finals if p.exists()]
+    val_labels = Path(val_labels).resolve() if val_labels else None
+    existing = [p for p in [out / f"{s}.beton" for s in splits] + [out / "meta.json"] if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it "
                               "(nothing was changed)")
+    try:  # fail now, not after scanning 1.28 M files
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConversionError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
+    _remove_stale_temporaries(out, SPLITS)
     classes = list_classes(src)
     listings = [list_split(src, s, classes, per_class=per_class, val_labels=val_labels) for s in splits]
     max_pixels = {l.split: scan(l, src, workers=workers, skip_bad=skip_bad) for l in listings}
 
-    out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else {}
+    kept = {s: info for s, info in previous.get("splits", {}).items()  # splits not rewritten stay listed
+            if s not in splits and previous.get("classes") == classes and (out / f"{s}.beton").is_file()}
     with ExitStack() as stack:  # every output under a temporary name until all are complete
+        written = {}
         for l in listings:
             tmp = stack.enter_context(atomic_path(out / f"{l.split}.beton"))
             writer = BetonWriter(tmp, settings, workers, max_pixels[l.split], desc=f"write {l.split}")
             writer.write(ImageFiles([str(src / f) for f in l.files], l.labels, settings.max_resolution))
+            written[l.split] = {"count": len(l.files), "per_class": l.per_class(classes),
+                                "page_size": writer.page_size, "ignored": dict(l.ignored),
+                                "labels_without_file": l.labels_without_file, "skipped": l.skipped}
         meta = {
             "fastfc_version": fastfc.__version__,
             "source": str(src.resolve()),
             "classes": classes,
-            "splits": {l.split: {"count": len(l.files), "per_class": l.per_class(classes),
-                                 "ignored_hidden_files": l.ignored_hidden,
-                                 "labels_without_file": l.labels_without_file,
-                                 "skipped": l.skipped} for l in listings},
-            "writer": {**settings.as_dict(), "page_size": writer.page_size},
+            "splits": {**kept, **written},
+            "writer": settings.as_dict(),
             "listing": {"per_class": per_class, "val_labels": str(val_labels) if val_labels else None,
                         "order": "classes in label order, files sorted by name"},
         }
         stack.enter_context(atomic_path(out / "meta.json")).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _remove_stale_temporaries(out: Path, splits) -> None:
+    """Delete temporaries of our outputs left by a killed (SIGKILL) run whose process is gone."""
+    for name in [f"{s}.beton" for s in splits] + ["meta.json"]:
+        for tmp in out.glob(f".{name}.tmp-*"):
+            pid = tmp.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                print(f"removing {tmp} ({tmp.stat().st_size / 1e6:.0f} MB), left by an interrupted run")
+                tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- verify
@@ -318,6 +361,9 @@ def verify(out: str | Path, src: str | Path, *, samples: int = 32, min_psnr: flo
     from ffcv.reader import Reader
 
     out, src = Path(out), Path(src)
+    if not (out / "meta.json").is_file():
+        raise VerifyError(f"{out / 'meta.json'}: not found; --verify expects a folder written by "
+                          "python -m data_prep.imagenet")
     meta = json.loads((out / "meta.json").read_text())
     classes, opts = meta["classes"], meta["listing"]
     val_labels = Path(opts["val_labels"]) if opts.get("val_labels") else None

@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from ffcv.fields.rgb_image import resizer  # ffcv's own max-side resize (cv2 INTER_AREA)
+import cv2
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # A truncated file must fail loudly, never be padded with grey.
@@ -31,9 +31,26 @@ class BadImageError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+def resize_max_side(image: np.ndarray, max_resolution: int) -> np.ndarray:
+    """Shrink ``image`` (H x W x 3) so its longer side is ``max_resolution`` px, with cv2 INTER_AREA.
+
+    The same rule as ffcv's ``RGBImageField`` resizer (sizes truncated to int), except that no
+    side drops below 1 px: ffcv's own would ask cv2 for a 0-px side on a 5000 x 2 image and crash.
+    """
+    h, w = image.shape[:2]
+    ratio = max_resolution / max(h, w)
+    if ratio >= 1:
+        return image
+    size = (max(1, int(ratio * w)), max(1, int(ratio * h)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
 def _open(path: str | Path) -> Image.Image:
     """Open ``path`` lazily by content. Raises :class:`BadImageError` for empty or non-image files."""
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise BadImageError(path, f"cannot be read ({e.strerror or e}); fix its permissions or pass --skip-bad") from None
     if not data:
         raise BadImageError(path, "zero-byte file (re-download or remove it, or pass --skip-bad)")
     try:
@@ -43,7 +60,7 @@ def _open(path: str | Path) -> Image.Image:
             path, "not an image: Pillow recognises no image format in its content "
             "(the extension is ignored); remove it or pass --skip-bad") from None
     except _BAD_DATA_ERRORS as e:
-        raise BadImageError(path, f"unreadable image header ({e})") from None
+        raise BadImageError(path, f"unreadable image header ({e}); pass --skip-bad to skip it") from None
 
 
 def _load(path: str | Path, im: Image.Image) -> None:
@@ -96,8 +113,7 @@ def load_rgb(path: str | Path, max_resolution: int | None = None) -> np.ndarray:
         path: any image file Pillow reads (JPEG, PNG, ...), whatever its extension.
         max_resolution: bound on the longer side in px; ``None`` or 0 keeps the full size.
             Larger images are first decoded at a reduced DCT scale (JPEG draft mode, never below
-            the target), then resized with ffcv's own ``resizer`` (cv2 INTER_AREA), exactly as
-            ``RGBImageField(max_resolution=...)`` would.
+            the target), then resized by :func:`resize_max_side` (ffcv's rule, cv2 INTER_AREA).
 
     Returns:
         ``np.ndarray`` of shape ``(H, W, 3)``, dtype ``uint8``, C-contiguous, EXIF orientation applied.
@@ -117,7 +133,7 @@ def load_rgb(path: str | Path, max_resolution: int | None = None) -> np.ndarray:
         pass
     arr = _to_rgb_array(im)
     if max_resolution:
-        arr = resizer(arr, max_resolution)
+        arr = resize_max_side(arr, max_resolution)
     return np.ascontiguousarray(arr)
 
 

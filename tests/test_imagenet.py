@@ -276,3 +276,50 @@ def test_cli_help_and_missing_out(capsys):
         main(["--help"])
     assert e.value.code == 0
     assert "--val-labels" in capsys.readouterr().out
+
+
+def test_very_thin_image_is_resized_not_crashed(small_tree, tmp_path):
+    thin = small_tree.root / "train" / small_tree.classes[0] / "thin.JPEG"
+    Image.new("RGB", (5000, 2), (10, 200, 30)).save(thin)
+    out = tmp_path / "out"
+    convert(small_tree.root, out, workers=1)
+    img = beton_image(out, "train", beton_index(small_tree.root, "train", rel(small_tree, thin)))
+    assert img.shape == (1, 500, 3)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"per_class": 0}, "--per-class 0"), ({"workers": -2}, "--workers -2"),
+    ({"splits": ()}, "--splits"), ({"splits": ("train", "train")}, "--splits"),
+    ({"val_labels": "/nonexistent/LOC_val_solution.csv"}, None)])
+def test_bad_options_are_named(small_tree, tmp_path, kwargs, message):
+    if "val_labels" in kwargs:
+        _flatten_val(small_tree)
+        message = "not found"
+    with pytest.raises(ConversionError, match=message):
+        convert(small_tree.root, tmp_path / "out", **kwargs)
+
+
+def test_missing_src_and_verify_without_meta_are_named(tmp_path):
+    with pytest.raises(ConversionError, match="does not exist"):
+        convert(tmp_path / "nope", tmp_path / "out")
+    with pytest.raises(VerifyError, match="meta.json: not found"):
+        verify(tmp_path, tmp_path)
+
+
+def test_overwriting_one_split_keeps_the_other_listed_and_stale_temporaries_go(small_tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    convert(small_tree.root, out, workers=1)
+    stale = out / ".train.beton.tmp-999999999"  # a SIGKILLed run's leftover (no such pid)
+    stale.write_bytes(b"x" * 10)
+    meta = convert(small_tree.root, out, workers=1, splits=("val",), overwrite=True)
+    assert set(meta["splits"]) == {"train", "val"} and not stale.exists()
+    assert "left by an interrupted run" in capsys.readouterr().out
+    assert verify(out, small_tree.root, samples=2)["train"]["count"] == sum(small_tree.counts["train"].values())
+
+
+def test_subfolders_and_broken_links_are_counted_not_silently_dropped(small_tree, tmp_path):
+    cls = small_tree.root / "train" / small_tree.classes[0]
+    (cls / "extra").mkdir()
+    (cls / "dangling.JPEG").symlink_to(tmp_path / "missing.JPEG")
+    meta = convert(small_tree.root, tmp_path / "out", workers=1, splits=("train",))
+    assert meta["splits"]["train"]["ignored"] == {"hidden_files": 0, "subfolders": 1, "not_a_file_or_folder": 1}
