@@ -28,14 +28,14 @@ from .common import HISTORY, print_table, record
 
 
 def run(*, encoder_name: str = "tiny", per_class: int = 30, epochs: int = 10, workers: int = 2,
-        history: bool = True) -> dict:
+        batch_size: int = 32, history: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_imagenet_tree(tmp / "src", train_per_class=per_class, val_per_class=1, quirks=False)
         meta = convert(tmp / "src", tmp / "betons", splits=("train",), workers=workers,
                        settings=WriterSettings(max_resolution=256))
         beton, classes = tmp / "betons" / "train.beton", len(meta["classes"])
-        recipe = ProbeRecipe(epochs=epochs, batch_size=32, warmup_steps=20)
+        recipe = ProbeRecipe(epochs=epochs, batch_size=batch_size, warmup_steps=20)
         encoder = build_teacher(encoder_name, weights="package" if encoder_name == "mobilenet_v2" else None)
 
         t0 = time.perf_counter()
@@ -69,7 +69,7 @@ def main(argv=None) -> None:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, no history line (CI)")
     args = p.parse_args(argv)
     if args.smoke:
-        run(per_class=3, epochs=2, workers=1, history=False)
+        run(per_class=3, epochs=2, workers=1, batch_size=8, history=False)
     else:
         run(encoder_name=args.encoder, per_class=args.per_class, epochs=args.epochs)
 

@@ -46,7 +46,7 @@ def test_step_benchmark_smoke():
 def test_probe_benchmark_smoke():
     from benchmarks import probe
 
-    line = probe.run(per_class=3, epochs=2, workers=1, history=False)
+    line = probe.run(per_class=3, epochs=2, workers=1, batch_size=8, history=False)
     f = line["figures"]
     assert f["images"] == 30 and f["epochs"] == 2
     assert _finite_positive(f["cached_s"]) and _finite_positive(f["images_s"])
