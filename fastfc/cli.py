@@ -5,6 +5,7 @@ Commands so far:
 * ``distill``: representation distillation (:mod:`fastfc.distill`), one process or under torchrun;
 * ``features``, ``probe``: embeddings cached once, linear probes on them (:mod:`fastfc.probe`);
 * ``eval``: top-1 per set in its own label space, and ``--compare`` (:mod:`fastfc.evaluate`);
+* ``toy``: the synthetic feature-contamination experiment (:mod:`fastfc.toy`);
 * ``demo``: the whole pipeline on the embedded real-photo data, on CPU (:mod:`fastfc.demo`).
 """
 
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the resolved config, per-rank batch and number of steps; do not train")
     t.set_defaults(func=lambda args: __import__("fastfc.distill", fromlist=["main"]).main(args))
 
+    sub.add_parser("toy", add_help=False,
+                   help="the paper's synthetic feature-contamination experiment (see: python -m fastfc toy --help)")
+
     f = sub.add_parser("features", help="extract embeddings of betons / shard sets to the cache")
     _encoder_args(f)
     f.add_argument("source", nargs="+", type=Path, help="a .beton or a shard set folder (holding meta.json)")
@@ -194,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["toy"]:  # the synthetic experiment has its own parser (python -m fastfc toy --help)
+        from fastfc.toy import main as toy_main
+        return toy_main(argv[1:])
     args = build_parser().parse_args(argv)
     from fastfc.data.ffcv import quiet_numba_finalizer_noise
     quiet_numba_finalizer_noise()
