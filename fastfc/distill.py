@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,8 +259,10 @@ def main(args) -> int:
     """``fastfc distill``: see ``python -m fastfc distill --help``."""
     cfg = configlib.load(DistillConfig, args.config, args.set or [])
     if args.dry_run:
-        world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
-        print(json.dumps({"config": configlib.to_dict(cfg), "plan": plan(cfg, world)}, indent=2, default=str))
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+        summary = {"config": configlib.to_dict(cfg), "plan": plan(cfg, world)}
+        if rank == 0:
+            print(json.dumps(summary, indent=2, default=str))
         return 0
     summary = run(cfg, resume=args.resume)
     out = Path(cfg.train.out_dir)

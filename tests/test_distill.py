@@ -96,3 +96,25 @@ def test_oracle_norm_stats_freezes_the_students_batchnorm_to_the_teachers():
     student.visual(torch.randn(8, 3, 32, 32))  # a forward in "training" must not move the stats
     pairs = [(t, s) for t, s in zip(teacher.visual.modules(), student.visual.modules()) if isinstance(s, torch.nn.BatchNorm2d)]
     assert all(torch.equal(t.running_mean, s.running_mean) and not s.training for t, s in pairs)
+
+
+@pytest.mark.parametrize("script", ["single_node.sh", "multi_node.sh", "slurm.sbatch"])
+def test_launchers_are_valid_bash_and_use_the_distill_entry_point(script):
+    import subprocess
+
+    path = REPO / "launch" / script
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    text = path.read_text()
+    assert "torch.distributed.run" in text and "-m fastfc distill --config" in text
+
+
+def test_single_node_launcher_runs_a_dry_run(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(["bash", str(REPO / "launch" / "single_node.sh"), str(CONFIGS[0]), "--dry-run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "NGPU": "2", "PY": sys.executable})
+    assert done.returncode == 0, done.stderr[-2000:]
+    plan = json.loads(done.stdout[done.stdout.index("{"):])["plan"]  # rank 0 prints, once
+    assert plan["world_size"] == 2 and plan["per_rank_batch"] == 128
