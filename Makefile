@@ -50,6 +50,7 @@ demo: setup
 
 bench: setup
 	$(PY) -m benchmarks.convert
+	$(PY) -m benchmarks.loader
 	$(PY) -m benchmarks.shards
 	$(PY) -m benchmarks.step
 	$(PY) -m benchmarks.probe

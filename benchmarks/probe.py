@@ -68,6 +68,8 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, no history line (CI)")
     args = p.parse_args(argv)
+    from fastfc.data.ffcv import quiet_numba_finalizer_noise
+    quiet_numba_finalizer_noise()
     if args.smoke:
         run(per_class=3, epochs=2, workers=1, batch_size=8, history=False)
     else:

@@ -52,3 +52,30 @@ def test_probe_benchmark_smoke():
     assert _finite_positive(f["cached_s"]) and _finite_positive(f["images_s"])
     assert 0 <= f["train_top1_cached"] <= 1 and 0 <= f["train_top1_images"] <= 1
     assert _finite_positive(line["ratios"]["cached_vs_images"])
+
+
+def test_loader_benchmark_smoke():
+    from benchmarks import loader
+
+    line = loader.run(per_class=4, repeats=1, workers=1, batch_size=8, resolution=64, history=False)
+    f = line["figures"]
+    assert f["images"] == 40
+    for key in ("ffcv_img_per_s", "ffcv_fp16_img_per_s", "imagefolder_img_per_s", "decode_bound_img_per_s"):
+        assert _finite_positive(f[key]), key
+    assert line["ratios"]["beton_vs_source_size"] > 1  # raw-stored images are bigger than JPEGs
+
+
+def test_plot_draws_one_png_per_benchmark(tmp_path):
+    import json
+
+    from benchmarks import plot
+
+    history = tmp_path / "history.jsonl"
+    lines = [{"benchmark": "step", "sha": "abc", "date": "2026-11-29T00:00:00", "machine": {"cpu": "x", "gpu": None},
+              "figures": {}, "ratios": {"vs_eager_fp32": {"+ bf16": 1.5}}},
+             {"benchmark": "loader", "sha": "def", "date": "2026-11-29T01:00:00", "machine": {"cpu": "x", "gpu": None},
+              "figures": {}, "ratios": {"ffcv_vs_imagefolder": 2.8}}]
+    history.write_text("".join(json.dumps(l) + "\n" for l in lines))
+    paths = plot.plot(history, tmp_path)
+    assert sorted(p.name for p in paths) == ["loader.png", "step.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
