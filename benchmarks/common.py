@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-HISTORY = Path(__file__).resolve().parent / "results" / "history.jsonl"
+# FASTFC_BENCH_HISTORY redirects it (the GPU script writes under the device's $OUT).
+HISTORY = Path(os.environ.get("FASTFC_BENCH_HISTORY", Path(__file__).resolve().parent / "results" / "history.jsonl"))
 
 
 def machine() -> dict:

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from data_prep.beton import WriterSettings
-from data_prep.imagenet import convert
+import torch
+
 from fastfc.models import build_teacher
 from fastfc.photos import make_imagenet_tree
 from fastfc.probe import ProbeRecipe, extract, top1, train_from_images, train_heads
@@ -29,6 +29,9 @@ from .common import HISTORY, print_table, record
 
 def run(*, encoder_name: str = "tiny", per_class: int = 30, epochs: int = 10, workers: int = 2,
         batch_size: int = 32, history: bool = True) -> dict:
+    from data_prep.beton import WriterSettings  # ffcv: imported here, so --random-features runs without it
+    from data_prep.imagenet import convert
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_imagenet_tree(tmp / "src", train_per_class=per_class, val_per_class=1, quirks=False)
@@ -61,13 +64,49 @@ def run(*, encoder_name: str = "tiny", per_class: int = 30, epochs: int = 10, wo
     return line
 
 
+def run_random(*, n: int, dim: int, classes: int, heads: int, epochs: int = 1, device: str | None = None,
+               history: bool = True) -> dict:
+    """Head training alone on random on-device features: samples/s for 1 head and for ``heads``
+    heads in one pass (the weight-decay sweep), and the sweep's cost per head against one head."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, dim, generator=g).half().to(dev)
+    y = torch.randint(0, classes, (n,), generator=g).to(dev)
+    recipe = ProbeRecipe(epochs=epochs, batch_size=256, warmup_steps=10)
+    times = {}
+    for k in (1, heads):
+        train_heads(x[:2048], y[:2048], classes, [1e-3] * k, ProbeRecipe(epochs=1, batch_size=256), dev, progress=False)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        train_heads(x, y, classes, [1e-3] * k, recipe, dev, progress=False)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times[k] = time.perf_counter() - t0
+    figures = {"device": str(dev), "n": n, "dim": dim, "classes": classes, "epochs": epochs, "heads": heads,
+               "one_head_samples_per_s": n * epochs / times[1], "sweep_samples_per_s": n * epochs / times[heads]}
+    ratios = {"sweep_time_per_head_vs_one_head": times[heads] / heads / times[1]}
+    line = record("probe_heads", figures, ratios, history=HISTORY if history else None)
+    print_table(f"probe heads: {n} x {dim} random features, {classes} classes, {dev}", [
+        ("1 head", f"{figures['one_head_samples_per_s']:.0f} samples/s"),
+        (f"{heads} heads, one pass", f"{figures['sweep_samples_per_s']:.0f} samples/s; "
+                                     f"{ratios['sweep_time_per_head_vs_one_head']:.2f}x one head's time per head")])
+    return line
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoder", default="tiny")
     p.add_argument("--per-class", type=int, default=30)
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--random-features", action="store_true",
+                   help="head training alone on random on-device features (the GPU script; needs no ffcv)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, no history line (CI)")
     args = p.parse_args(argv)
+    if args.random_features:
+        big = torch.cuda.is_available()
+        run_random(n=262_144 if big else 8192, dim=1024 if big else 256, classes=1000, heads=8)
+        return
     from fastfc.data.ffcv import quiet_numba_finalizer_noise
     quiet_numba_finalizer_noise()
     if args.smoke:

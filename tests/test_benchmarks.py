@@ -79,3 +79,24 @@ def test_plot_draws_one_png_per_benchmark(tmp_path):
     paths = plot.plot(history, tmp_path)
     assert sorted(p.name for p in paths) == ["loader.png", "step.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_probe_heads_benchmark_on_random_features_smoke():
+    from benchmarks import probe
+
+    line = probe.run_random(n=1024, dim=32, classes=10, heads=3, device="cpu", history=False)
+    assert _finite_positive(line["figures"]["one_head_samples_per_s"])
+    assert _finite_positive(line["ratios"]["sweep_time_per_head_vs_one_head"])
+
+
+def test_gpu_script_is_valid_bash_and_never_needs_ffcv():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    # The device has no ffcv: the modules the script runs must import without it.
+    code = ("import sys; sys.modules['ffcv'] = None\n"
+            "import benchmarks.step, benchmarks.probe")
+    assert subprocess.run([sys.executable, "-c", code], cwd=script.parents[1]).returncode == 0
