@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from fastfc.photos import IMAGENETTE_WNIDS, _class_sources, _random_view, make_imagenet_tree
+from fastfc.photos import IMAGENETTE_WNIDS, class_sources, random_view, make_imagenet_tree
 
 SHIFT_DIRS = {"imagenet-v2": "imagenetv2-matched-frequency", "imagenet-sketch": "sketch",
               "imagenet-r": "imagenet-r", "imagenet-a": "imagenet-a", "objectnet": "objectnet-1.0"}
@@ -96,12 +96,12 @@ def make_shift_sets(root: str | Path, *, per_class: int = 8, seed: int = 1) -> d
 
     root, rng = Path(root), np.random.default_rng(seed)
     classes, imagenet = sorted(IMAGENETTE_WNIDS), imagenet_wnids()
-    sources = _class_sources(len(classes))
+    sources = class_sources(len(classes))
     folders = _objectnet_mappings(root / SHIFT_DIRS["objectnet"], classes, imagenet)
     folder_of = {w: f for f, w in folders.items()}
     for c, wnid in enumerate(classes):
         for k in range(per_class):
-            view = _random_view(rng, sources[c][k % len(sources[c])], 200, 400)
+            view = random_view(rng, sources[c][k % len(sources[c])], 200, 400)
             out = {"imagenet-v2": root / SHIFT_DIRS["imagenet-v2"] / str(imagenet.index(wnid)) / f"{rng.bytes(8).hex()}.jpeg",
                    "imagenet-sketch": root / "sketch" / wnid / f"sketch_{k}.JPEG",
                    "imagenet-r": root / "imagenet-r" / wnid / f"art_{k}.jpg",
@@ -115,7 +115,7 @@ def make_shift_sets(root: str | Path, *, per_class: int = 8, seed: int = 1) -> d
     unmapped = root / SHIFT_DIRS["objectnet"] / "images" / "air_freshener"
     unmapped.mkdir(parents=True)
     for k in range(2):
-        _framed(_random_view(rng, sources[0][0], 200, 300)).save(unmapped / f"{k:016x}.png")
+        _framed(random_view(rng, sources[0][0], 200, 300)).save(unmapped / f"{k:016x}.png")
     return {name: root / d for name, d in SHIFT_DIRS.items()}
 
 

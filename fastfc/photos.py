@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["IMAGENETTE_WNIDS", "PhotoTree", "make_imagenet_tree", "source_photos"]
+__all__ = ["IMAGENETTE_WNIDS", "PhotoTree", "class_sources", "make_imagenet_tree", "random_view", "source_photos"]
 
 #: The 10 Imagenette classes (real ImageNet-1k WNIDs), sorted.
 IMAGENETTE_WNIDS: tuple[str, ...] = (
@@ -115,7 +115,7 @@ class PhotoTree:
     quirks: dict[str, Path] = field(default_factory=dict)
 
 
-def _class_sources(n_classes: int) -> list[list[Image.Image]]:
+def class_sources(n_classes: int) -> list[list[Image.Image]]:
     """Disjoint round-robin split of the sorted photos over classes.
 
     With fewer photos than classes, class ``c`` reuses photo ``c % n``; in reuse round
@@ -136,7 +136,7 @@ def _class_sources(n_classes: int) -> list[list[Image.Image]]:
     return out
 
 
-def _random_view(rng: np.random.Generator, src: Image.Image, min_side: int, max_side: int,
+def random_view(rng: np.random.Generator, src: Image.Image, min_side: int, max_side: int,
                  size: tuple[int, int] | None = None) -> Image.Image:
     """Random crop (area 0.3-1.0, aspect 3/4-4/3) -> resize (long side in range) -> flip."""
     w, h = src.size
@@ -223,7 +223,7 @@ def make_imagenet_tree(root: str | Path, *, n_classes: int = 10, train_per_class
 
     rng = np.random.default_rng(seed)
     classes = sorted(IMAGENETTE_WNIDS[:n_classes])
-    sources = _class_sources(n_classes)
+    sources = class_sources(n_classes)
     quirk_at = {(i % n_classes, i // n_classes): q for i, q in enumerate(planted)}
     trunc_cls = len(_QUIRKS) % n_classes
     counts: dict[str, dict[str, int]] = {"train": {}, "val": {}}
@@ -232,7 +232,7 @@ def make_imagenet_tree(root: str | Path, *, n_classes: int = 10, train_per_class
 
     def write(path: Path, c: int, k: int, quirk: str | None) -> bytes:
         src = sources[c][k % len(sources[c])]
-        img = _random_view(rng, src, min_side, max_side, _QUIRK_SIZES.get(quirk or ""))
+        img = random_view(rng, src, min_side, max_side, _QUIRK_SIZES.get(quirk or ""))
         data = _encode(img, int(rng.integers(75, 96)), quirk)
         if quirk == "truncated":
             data = data[: len(data) // 2]
