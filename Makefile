@@ -54,6 +54,7 @@ bench: setup
 	$(PY) -m benchmarks.shards
 	$(PY) -m benchmarks.step
 	$(PY) -m benchmarks.probe
+	$(PY) -m benchmarks.e2e
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

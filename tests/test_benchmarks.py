@@ -100,3 +100,12 @@ def test_gpu_script_is_valid_bash_and_never_needs_ffcv():
     code = ("import sys; sys.modules['ffcv'] = None\n"
             "import benchmarks.step, benchmarks.probe")
     assert subprocess.run([sys.executable, "-c", code], cwd=script.parents[1]).returncode == 0
+
+
+def test_e2e_benchmark_smoke():
+    from benchmarks import e2e
+
+    line = e2e.run(per_class=4, steps=6, batch=8, workers=1, history=False)
+    f = line["figures"]
+    assert _finite_positive(f["loader_img_per_s"]) and _finite_positive(f["synthetic_img_per_s"])
+    assert 0 <= f["data_wait"] <= 1
