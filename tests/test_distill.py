@@ -118,3 +118,20 @@ def test_single_node_launcher_runs_a_dry_run(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     plan = json.loads(done.stdout[done.stdout.index("{"):])["plan"]  # rank 0 prints, once
     assert plan["world_size"] == 2 and plan["per_rank_batch"] == 128
+
+
+def test_probe_and_eval_launcher_prints_the_papers_runs():
+    import subprocess
+
+    done = subprocess.run(["bash", str(REPO / "launch" / "probe_and_eval.sh"), "ViT-B-16"], cwd=REPO,
+                          capture_output=True, text=True, env={**__import__("os").environ, "DRY": "1", "NGPU": "8"})
+    assert done.returncode == 0, done.stderr
+    lines = [l for l in done.stdout.splitlines() if l.startswith("+ ")]
+    assert len(lines) == 5
+    assert "--pretrained openai --kind clip" in lines[0] and "--nproc-per-node 8" in lines[0]
+    assert "--weights runs/distill_vit_b16/weights.pt --kind distilled" in lines[1]
+    assert all("--val data/betons/val.beton --shards data/shards" in l for l in lines[2:4])
+    assert "eval --compare runs/clip_vit_b16 runs/student_vit_b16" in lines[4]
+    from fastfc.cli import build_parser  # every printed command parses with the real CLI
+    for line in lines[:4]:
+        build_parser().parse_args(line.split(" -m fastfc ")[1].split())
