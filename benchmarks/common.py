@@ -63,14 +63,14 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tupl
     return statistics.median(times), times
 
 
-def record(benchmark: str, figures: dict, ratios: dict | None = None, *, history: Path | None = HISTORY) -> dict:
-    """Append one history line (unless ``history`` is None) and return it."""
+def record(benchmark: str, figures: dict, ratios: dict | None = None, *, save: bool = True) -> dict:
+    """Build one history line; append it to :data:`HISTORY` when ``save`` (smoke runs don't)."""
     line = {"benchmark": benchmark, "sha": git_sha(),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "figures": figures, "ratios": ratios or {}}
-    if history is not None:
-        history.parent.mkdir(parents=True, exist_ok=True)
-        with history.open("a") as f:
+    if save:
+        HISTORY.parent.mkdir(parents=True, exist_ok=True)
+        with HISTORY.open("a") as f:
             f.write(json.dumps(line) + "\n")
     return line
 

@@ -20,7 +20,7 @@ from data_prep.beton import BetonWriter, ImageFiles, WriterSettings
 from data_prep.imagenet import list_classes, list_split, scan
 from fastfc.photos import make_imagenet_tree
 
-from .common import HISTORY, median_time, print_table, record
+from .common import median_time, print_table, record
 
 
 def run(*, per_class: int, repeats: int, workers: int, history=True) -> dict:
@@ -51,7 +51,7 @@ def run(*, per_class: int, repeats: int, workers: int, history=True) -> dict:
                "convert_img_per_s": n / total, "convert_img_per_s_per_core": n / total / workers,
                "source_mb": src_bytes / 1e6, "beton_mb": beton_bytes / 1e6, "settings": settings.as_dict()}
     line = record("convert", figures, {"beton_vs_source_size": beton_bytes / src_bytes},
-                  history=HISTORY if history else None)
+                  save=history)
     print_table(f"convert: {n} real-photo images, {workers} workers, median of {repeats}", [
         ("scan (integrity check)", f"{figures['scan_img_per_s']:.0f} img/s"),
         ("write (decode+resize+encode)", f"{figures['write_img_per_s']:.0f} img/s"),

@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .common import HISTORY, print_table, record
+from .common import print_table, record
 
 
 def run(*, arch: str = "tiny", per_class: int = 40, steps: int = 60, batch: int = 64, workers: int = 2,
@@ -50,7 +50,7 @@ def run(*, arch: str = "tiny", per_class: int = 40, steps: int = 60, batch: int 
     figures = {"arch": arch, "batch": batch, "steps": steps, "workers": workers,
                "loader_img_per_s": loader_img_s, "synthetic_img_per_s": synthetic["img_per_s"], "data_wait": data_wait}
     ratios = {"loader_vs_synthetic": loader_img_s / synthetic["img_per_s"]}
-    line = record("e2e", figures, ratios, history=HISTORY if history else None)
+    line = record("e2e", figures, ratios, save=history)
     print_table(f"e2e: {arch} distillation, batch {batch}, {workers} loader workers", [
         ("FFCV loader + step", f"{loader_img_s:.0f} img/s, data wait {data_wait:.1%} (target < 5%)"),
         ("step on a synthetic batch", f"{synthetic['img_per_s']:.0f} img/s"),

@@ -33,7 +33,7 @@ from fastfc.data.ffcv import TRAIN_SCALE, make_loader
 from fastfc.models import CLIP_MEAN, CLIP_STD
 from fastfc.photos import make_imagenet_tree
 
-from .common import HISTORY, median_time, print_table, record
+from .common import median_time, print_table, record
 
 
 def _decode(path: str) -> int:
@@ -75,7 +75,7 @@ def run(*, per_class: int = 40, repeats: int = 3, workers: int = 2, batch_size: 
               "ffcv_fp16_vs_imagefolder": figures["ffcv_fp16_img_per_s"] / figures["imagefolder_img_per_s"],
               "ffcv_vs_decode_bound": figures["ffcv_img_per_s"] / figures["decode_bound_img_per_s"],
               "beton_vs_source_size": beton_mb / src_mb}
-    line = record("loader", figures, ratios, history=HISTORY if history else None)
+    line = record("loader", figures, ratios, save=history)
     print_table(f"loader: {n} real-photo JPEGs, {workers} workers, batch {batch_size}, median of {repeats}", [
         ("ffcv (float32 normalise)", f"{figures['ffcv_img_per_s']:.0f} img/s  {ratios['ffcv_vs_imagefolder']:.2f}x ImageFolder (target >= 3x)"),
         ("ffcv (float16 normalise)", f"{figures['ffcv_fp16_img_per_s']:.0f} img/s  {ratios['ffcv_fp16_vs_imagefolder']:.2f}x"),

@@ -24,7 +24,7 @@ from fastfc.photos import make_imagenet_tree
 from fastfc.probe import ProbeRecipe, extract, top1, train_from_images, train_heads
 from fastfc.train import Runtime
 
-from .common import HISTORY, print_table, record
+from .common import print_table, record
 
 
 def run(*, encoder_name: str = "tiny", per_class: int = 30, epochs: int = 10, workers: int = 2,
@@ -55,7 +55,7 @@ def run(*, encoder_name: str = "tiny", per_class: int = 30, epochs: int = 10, wo
                "cached_img_per_s": n * epochs / t_cached, "images_img_per_s": n * epochs / t_images,
                "train_top1_cached": acc_cached, "train_top1_images": acc_images}
     ratios = {"cached_vs_images": t_images / t_cached, "top1_diff_points": (acc_cached - acc_images) * 100}
-    line = record("probe", figures, ratios, history=HISTORY if history else None)
+    line = record("probe", figures, ratios, save=history)
     print_table(f"probe: {encoder_name}, {n} real-photo images, {epochs} epochs, whole job", [
         ("cached features (extract + heads)", f"{t_cached:.1f} s  train top-1 {acc_cached:.3f}"),
         ("image path (baseline)", f"{t_images:.1f} s  train top-1 {acc_images:.3f}"),
@@ -86,7 +86,7 @@ def run_random(*, n: int, dim: int, classes: int, heads: int, epochs: int = 1, d
     figures = {"device": str(dev), "n": n, "dim": dim, "classes": classes, "epochs": epochs, "heads": heads,
                "one_head_samples_per_s": n * epochs / times[1], "sweep_samples_per_s": n * epochs / times[heads]}
     ratios = {"sweep_time_per_head_vs_one_head": times[heads] / heads / times[1]}
-    line = record("probe_heads", figures, ratios, history=HISTORY if history else None)
+    line = record("probe_heads", figures, ratios, save=history)
     print_table(f"probe heads: {n} x {dim} random features, {classes} classes, {dev}", [
         ("1 head", f"{figures['one_head_samples_per_s']:.0f} samples/s"),
         (f"{heads} heads, one pass", f"{figures['sweep_samples_per_s']:.0f} samples/s; "

@@ -22,7 +22,7 @@ from data_prep.shifts import list_set, read_imagenet_classes, write_set
 from fastfc.data.shards import eval_transform, make_shard_loader
 from fastfc.photos import make_imagenet_tree
 
-from .common import HISTORY, median_time, print_table, record
+from .common import median_time, print_table, record
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -50,7 +50,7 @@ def run(*, per_class: int, repeats: int, workers: int, batch_size: int = 64, res
     figures = {"images": n, "workers": workers, "batch_size": batch_size, "resolution": resolution,
                "shards_img_per_s": n / t_shards, "imagefolder_img_per_s": n / t_folder}
     ratios = {"shards_vs_imagefolder": t_folder / t_shards}
-    line = record("shards", figures, ratios, history=HISTORY if history else None)
+    line = record("shards", figures, ratios, save=history)
     print_table(f"shards: {n} real-photo images, {workers} workers, batch {batch_size}, median of {repeats}", [
         ("webdataset shards", f"{figures['shards_img_per_s']:.0f} img/s"),
         ("ImageFolder (baseline)", f"{figures['imagefolder_img_per_s']:.0f} img/s"),

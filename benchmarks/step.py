@@ -29,7 +29,7 @@ from fastfc.distill import DistillTask, ObjectiveConfig
 from fastfc.models import build_student, build_teacher
 from fastfc.train import Runtime, TrainConfig, peak_flops, prepare, train_step
 
-from .common import HISTORY, print_table, record
+from .common import print_table, record
 
 ROWS = [  # (name, channels_last, bf16, compile, fused)
     ("eager fp32 NCHW", False, False, False, False),
@@ -87,7 +87,7 @@ def run(*, arch: str, batch: int, resolution: int | None, steps: int, repeats: i
     ratios = {name: r["img_per_s"] / base for name, r in results.items()}
     figures = {"arch": arch, "batch": batch, "resolution": resolution, "device": str(dev), "steps": steps,
                "repeats": repeats, "rows": results}
-    line = record("step", figures, {"vs_eager_fp32": ratios}, history=HISTORY if history else None)
+    line = record("step", figures, {"vs_eager_fp32": ratios}, save=history)
     print_table(f"step: {arch} distillation, batch {batch}, {dev}, median of {repeats} x {steps} steps", [
         (name, f"{r['img_per_s']:8.1f} img/s  {ratios[name]:5.2f}x"
                + (f"  MFU {r['mfu']:.1%}" if r["mfu"] else "")) for name, r in results.items()])

@@ -161,7 +161,7 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
         raise ConversionError(f"{src / skipped[0]['file']}: {skipped[0]['reason']}")
     set_dir.mkdir(parents=True, exist_ok=True)
     shards = []
-    writer = sha = None
+    writer, stream, writer_bytes = None, None, 0
     try:
         bar = tqdm(total=len(paths), desc=f"write {listing.name}", unit="img", dynamic_ncols=True)
         key = 0

@@ -14,7 +14,6 @@ freezes the student's BatchNorm statistics to the teacher's.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os

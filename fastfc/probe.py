@@ -164,7 +164,8 @@ def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Run
             labels[rows.numpy()] = y.cpu().numpy()
             seen += len(rows)
             bar.update(len(rows) * rt.world_size)
-    feats.flush(), labels.flush()
+    feats.flush()
+    labels.flush()
     del feats, labels
     total = torch.tensor([seen], device=rt.device)
     if rt.distributed:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -19,8 +18,7 @@ from ffcv.types import HeaderType
 from PIL import Image, ImageOps
 
 from data_prep.beton import ConversionError, WriterSettings
-from data_prep.imagenet import VerifyError, convert, list_classes, list_split, main, psnr, read_images, verify
-from fastfc.atomic import tmp_name
+from data_prep.imagenet import VerifyError, convert, list_split, main, psnr, read_images, verify
 from fastfc.data.ffcv import make_loader
 from fastfc.photos import make_imagenet_tree
 

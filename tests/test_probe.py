@@ -20,7 +20,7 @@ from fastfc.models import build_student, build_teacher
 from fastfc.probe import (ProbeRecipe, extract, init_head, load_probe, save_probe, sweep, top1, train_heads)
 from fastfc.train import lr_at
 
-from .test_shift_sets import IMAGENET, ColourStub, make_objectnet, make_ra, photo
+from .test_shift_sets import IMAGENET, make_objectnet, make_ra, photo
 
 REPO = Path(__file__).resolve().parents[1]
 
