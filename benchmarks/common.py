@@ -63,6 +63,21 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tupl
     return statistics.median(times), times
 
 
+def interleaved_times(sides: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per side, the sides run in turn (A B C A B C ...) so that a shared machine's
+    drift hits every side alike; ``warmup`` untimed rounds first. Returns ``{name: median s}``."""
+    for _ in range(warmup):
+        for fn in sides.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def record(benchmark: str, figures: dict, ratios: dict | None = None, *, save: bool = True) -> dict:
     """Build one history line; append it to :data:`HISTORY` when ``save`` (smoke runs don't)."""
     line = {"benchmark": benchmark, "sha": git_sha(),

@@ -35,7 +35,7 @@ def run(*, per_class: int, repeats: int, workers: int, history=True) -> dict:
 
         max_pixels = scan_once()
         listing = list_split(tree.root, "train", classes)
-        files = ImageFiles([str(tree.root / f) for f in listing.files], listing.labels, settings.max_resolution)
+        files = ImageFiles([str(tree.root / f) for f in listing.files], listing.labels, settings)
 
         def write_once():
             out = Path(tmp) / "train.beton"

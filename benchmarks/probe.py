@@ -2,7 +2,10 @@
 
 Both sides start from the same train beton (real photographs) and the same frozen encoder. The
 cached side pays one extraction pass plus 10 epochs on the cache; the image path (the
-original's way, ``--from-images``) runs the encoder over the images every epoch. Both use the
+original's way, ``--from-images``) runs the encoder over the images every epoch. One
+extraction pass costs about one image-path epoch, so a cold cached probe is at most about
+``epochs``x faster; a further probe on the same cache (another weight decay, a rerun: the cache
+is keyed by encoder and data) is timed too. Both use the
 paper's recipe. Target (issue 5): cached ≥ 20× faster, with the two top-1s within 1 point.
 
     python -m benchmarks.probe                         # tiny encoder, CPU (~1 min)
@@ -46,20 +49,31 @@ def run(*, encoder_name: str = "tiny", per_class: int = 30, epochs: int = 10, wo
         w, b = train_heads(feats.features, feats.labels, classes, [recipe.weight_decay], recipe, progress=False)
         t_cached = time.perf_counter() - t0
 
+        t0 = time.perf_counter()  # a second probe on the same cache: another weight decay, a rerun
+        warm = extract(encoder, beton, tmp / "cache", batch_size=64, num_workers=workers)
+        train_heads(warm.features, warm.labels, classes, [recipe.weight_decay / 10], recipe, progress=False)
+        t_warm = time.perf_counter() - t0
+
         t0 = time.perf_counter()
         wi, bi = train_from_images(encoder, beton, classes, recipe, Runtime(), out_dir=tmp / "img", num_workers=workers)
         t_images = time.perf_counter() - t0
         acc_cached, acc_images = top1(feats.features, feats.labels, w[0], b[0]), top1(feats.features, feats.labels, wi, bi)
     n = len(feats.labels)
     figures = {"encoder": encoder_name, "images": n, "epochs": epochs, "cached_s": t_cached, "images_s": t_images,
+               "warm_cache_s": t_warm,
                "cached_img_per_s": n * epochs / t_cached, "images_img_per_s": n * epochs / t_images,
                "train_top1_cached": acc_cached, "train_top1_images": acc_images}
-    ratios = {"cached_vs_images": t_images / t_cached, "top1_diff_points": (acc_cached - acc_images) * 100}
+    # one extraction pass is about one image-path epoch, so a cold probe gains at most ~epochs x
+    ratios = {"cached_vs_images": t_images / t_cached, "warm_cache_vs_images": t_images / t_warm,
+              "top1_diff_points": (acc_cached - acc_images) * 100}
     line = record("probe", figures, ratios, save=history)
     print_table(f"probe: {encoder_name}, {n} real-photo images, {epochs} epochs, whole job", [
         ("cached features (extract + heads)", f"{t_cached:.1f} s  train top-1 {acc_cached:.3f}"),
         ("image path (baseline)", f"{t_images:.1f} s  train top-1 {acc_images:.3f}"),
-        ("speed-up", f"{ratios['cached_vs_images']:.1f}x (target >= 20x); top-1 diff {ratios['top1_diff_points']:+.1f} pt"),
+        ("speed-up", f"{ratios['cached_vs_images']:.1f}x (target >= 20x; bounded by ~{epochs}x: the cached job "
+                     f"still runs the encoder once); top-1 diff {ratios['top1_diff_points']:+.1f} pt"),
+        ("next probe on the same cache", f"{t_warm:.1f} s = {ratios['warm_cache_vs_images']:.0f}x the image path "
+                                         "(another weight decay, or a rerun)"),
     ])
     return line
 

@@ -39,12 +39,18 @@ class WriterSettings:
             ``jpg`` or ``raw``.
         compress_probability: share of JPEG-stored images in ``proportion`` mode, in [0, 1].
         jpeg_quality: libjpeg quality 1..100 of the stored JPEGs.
+        short_side: shorter side in px after resize; 0 = no bound. Decode time scales with the
+            stored pixels, so store at the smallest size that still feeds the training crop
+            without upsampling: a RandomResizedCrop keeping at least ``s`` of the area at output
+            ``r`` px needs ``r / s`` (224 px, s = 0.9: 249, so 256; 288 px: 320; 384 px: 427).
+            REFERENCE.md §5; ``benchmarks/loader.py`` measures the gain.
     """
 
     max_resolution: int = 500
     write_mode: str = "proportion"
     compress_probability: float = 0.5
     jpeg_quality: int = 90
+    short_side: int = 0
 
     def __post_init__(self):
         if self.write_mode not in WRITE_MODES:
@@ -55,6 +61,8 @@ class WriterSettings:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.max_resolution < 0:
             raise ValueError(f"max_resolution must be >= 0 (0 = keep full size), got {self.max_resolution}")
+        if self.short_side < 0:
+            raise ValueError(f"short_side must be >= 0 (0 = no bound), got {self.short_side}")
 
     def fields(self) -> dict:
         """The ffcv fields of a fastfc beton: ``image`` (RGBImageField) and ``label`` (IntField)."""
@@ -86,12 +94,12 @@ class ImageFiles:
     supervising :class:`BetonWriter` can name the file.
     """
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int], max_resolution: int):
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], settings: WriterSettings):
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = list(paths)
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.max_resolution = max_resolution
+        self.max_resolution, self.short_side = settings.max_resolution, settings.short_side
         self.errors: mp.Queue = mp.get_context("fork").Queue()
 
     def __len__(self) -> int:
@@ -99,7 +107,7 @@ class ImageFiles:
 
     def __getitem__(self, i: int):
         try:
-            return load_rgb(self.paths[i], self.max_resolution or None), int(self.labels[i])
+            return load_rgb(self.paths[i], self.max_resolution, self.short_side), int(self.labels[i])
         except BadImageError as e:
             self.errors.put(str(e))
             raise

@@ -274,7 +274,7 @@ def convert(src: str | Path, out: str | Path, *, splits=SPLITS, settings: Writer
         for l in listings:
             tmp = stack.enter_context(atomic_path(out / f"{l.split}.beton"))
             writer = BetonWriter(tmp, settings, workers, max_pixels[l.split], desc=f"write {l.split}")
-            writer.write(ImageFiles([str(src / f) for f in l.files], l.labels, settings.max_resolution))
+            writer.write(ImageFiles([str(src / f) for f in l.files], l.labels, settings))
             written[l.split] = {"count": len(l.files), "per_class": l.per_class(classes),
                                 "page_size": writer.page_size, "ignored": dict(l.ignored),
                                 "labels_without_file": l.labels_without_file, "skipped": l.skipped}
@@ -395,7 +395,7 @@ def verify(out: str | Path, src: str | Path, *, samples: int = 32, min_psnr: flo
         modes = fields["image"]["mode"]
         worst = float("inf")
         for i, got in zip(idx, read_images(beton, idx, fields["image"])):
-            want = load_rgb(src / files[i], meta["writer"]["max_resolution"] or None)
+            want = load_rgb(src / files[i], meta["writer"]["max_resolution"], meta["writer"].get("short_side"))
             if got.shape != want.shape:
                 problems.append(f"{beton}[{i}] ({files[i]}): shape {got.shape}, source gives {want.shape}")
                 continue
@@ -428,6 +428,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits (default: %(default)s)")
     p.add_argument("--max-resolution", type=int, default=d.max_resolution,
                    help="longer side in px after resize, 0 = full size (default: %(default)s)")
+    p.add_argument("--short-side", type=int, default=d.short_side,
+                   help="shorter side in px after resize, 0 = no bound (default: %(default)s). Decoding "
+                        "scales with stored pixels: 256 feeds 224-px crops of >= 90%% of the image "
+                        "without upsampling (RN50, RN101, ViT-B/16); 320 for RN50x4, 427 for RN50x16")
     p.add_argument("--write-mode", choices=("proportion", "jpg", "raw"), default=d.write_mode,
                    help="how images are stored (default: %(default)s)")
     p.add_argument("--compress-probability", type=float, default=d.compress_probability,
@@ -458,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is None:
             _parser().error("--out is required (or pass --verify DIR)")
         settings = WriterSettings(args.max_resolution, args.write_mode, args.compress_probability,
-                                  args.jpeg_quality)
+                                  args.jpeg_quality, args.short_side)
         splits = tuple(s for s in args.splits.split(",") if s)
         meta = convert(args.src, args.out, splits=splits, settings=settings, workers=args.workers,
                        per_class=args.per_class, val_labels=args.val_labels, skip_bad=args.skip_bad,

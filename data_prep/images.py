@@ -31,14 +31,30 @@ class BadImageError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
-def resize_max_side(image: np.ndarray, max_resolution: int) -> np.ndarray:
-    """Shrink ``image`` (H x W x 3) so its longer side is ``max_resolution`` px, with cv2 INTER_AREA.
+def shrink_ratio(height: int, width: int, max_side: int | None = None, short_side: int | None = None) -> float:
+    """Scale factor (<= 1) that brings an ``height x width`` image within both bounds.
 
-    The same rule as ffcv's ``RGBImageField`` resizer (sizes truncated to int), except that no
-    side drops below 1 px: ffcv's own would ask cv2 for a 0-px side on a 5000 x 2 image and crash.
+    ``max_side`` bounds the longer side (ffcv's ``max_resolution``), ``short_side`` the shorter
+    side (the smallest size that still feeds a training crop without upsampling, REFERENCE.md §5);
+    ``None`` or 0 disables a bound. Images are never enlarged.
+    """
+    ratio = 1.0
+    if max_side:
+        ratio = min(ratio, max_side / max(height, width))
+    if short_side:
+        ratio = min(ratio, short_side / min(height, width))
+    return ratio
+
+
+def shrink(image: np.ndarray, max_side: int | None = None, short_side: int | None = None) -> np.ndarray:
+    """Shrink ``image`` (H x W x 3 uint8) by :func:`shrink_ratio` with cv2 INTER_AREA.
+
+    Sizes are truncated to int, as ffcv's ``RGBImageField`` resizer does, except that no side
+    drops below 1 px: ffcv's own would ask cv2 for a 0-px side on a 5000 x 2 image and crash.
+    Returns ``image`` itself when no shrinking is needed.
     """
     h, w = image.shape[:2]
-    ratio = max_resolution / max(h, w)
+    ratio = shrink_ratio(h, w, max_side, short_side)
     if ratio >= 1:
         return image
     size = (max(1, int(ratio * w)), max(1, int(ratio * h)))
@@ -106,14 +122,16 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def load_rgb(path: str | Path, max_resolution: int | None = None) -> np.ndarray:
-    """Decode ``path`` to an upright RGB image whose longer side is at most ``max_resolution``.
+def load_rgb(path: str | Path, max_resolution: int | None = None, short_side: int | None = None) -> np.ndarray:
+    """Decode ``path`` to an upright RGB image whose longer side is at most ``max_resolution``
+    and whose shorter side is at most ``short_side``.
 
     Args:
         path: any image file Pillow reads (JPEG, PNG, ...), whatever its extension.
-        max_resolution: bound on the longer side in px; ``None`` or 0 keeps the full size.
+        max_resolution: bound on the longer side in px; ``None`` or 0: no bound.
+        short_side: bound on the shorter side in px; ``None`` or 0: no bound.
             Larger images are first decoded at a reduced DCT scale (JPEG draft mode, never below
-            the target), then resized by :func:`resize_max_side` (ffcv's rule, cv2 INTER_AREA).
+            the target), then shrunk by :func:`shrink` (ffcv's rule, cv2 INTER_AREA).
 
     Returns:
         ``np.ndarray`` of shape ``(H, W, 3)``, dtype ``uint8``, C-contiguous, EXIF orientation applied.
@@ -122,8 +140,8 @@ def load_rgb(path: str | Path, max_resolution: int | None = None) -> np.ndarray:
         BadImageError: zero-byte, non-image, truncated or corrupt file.
     """
     im = _open(path)
-    if max_resolution and im.format == "JPEG":
-        scale = max_resolution / max(im.size)
+    if im.format == "JPEG":
+        scale = shrink_ratio(im.size[1], im.size[0], max_resolution, short_side)
         if scale < 1:  # draft keeps both sides >= the requested size, so no detail is lost
             im.draft(None, (int(np.ceil(im.size[0] * scale)), int(np.ceil(im.size[1] * scale))))
     _load(path, im)
@@ -132,8 +150,7 @@ def load_rgb(path: str | Path, max_resolution: int | None = None) -> np.ndarray:
     except Exception:  # malformed EXIF must not cost an otherwise good image; keep stored orientation
         pass
     arr = _to_rgb_array(im)
-    if max_resolution:
-        arr = resize_max_side(arr, max_resolution)
+    arr = shrink(arr, max_resolution, short_side)
     return np.ascontiguousarray(arr)
 
 

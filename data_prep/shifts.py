@@ -38,7 +38,7 @@ from .beton import ConversionError
 from .images import BadImageError, imap_progress, probe_image
 
 FORMAT_EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}  # MPO: camera JPEGs
-DEFAULT_SHARD_BYTES = 1 << 30
+DEFAULT_SHARD_BYTES = 250_000_000  # a few shards even for ImageNet-A (about 0.7 GB)
 
 
 @dataclass
@@ -173,7 +173,8 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
                     _close(writer, stream, set_dir, shards[-1])
                 shards.append({"name": f"{listing.name}-{len(shards):06d}.tar", "count": 0})
                 stream = open(tmp_name(set_dir / shards[-1]["name"]), "wb")
-                writer, writer_bytes = wds.TarWriter(stream, encoder=False, mtime=0.0, user="", group="",
+                # an int mtime: a float one costs a pax header per member, twice the headers to parse
+                writer, writer_bytes = wds.TarWriter(stream, encoder=False, mtime=0, user="", group="",
                                                      mode=0o444), 0
             data = (src / rel).read_bytes()
             meta = {"path": rel, "imagenet": listing.imagenet_indices[label]}
@@ -230,7 +231,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--imagenet-classes", type=Path, default=None, metavar="PATH",
                    help="the 1000 sorted WNIDs: an ImageNet train folder or data_prep.imagenet's meta.json "
                         "(default: the list timm ships)")
-    p.add_argument("--shard-size", type=float, default=1.0, metavar="GB", help="shard size in GB (default: 1)")
+    p.add_argument("--shard-size", type=float, default=DEFAULT_SHARD_BYTES / 1e9, metavar="GB",
+                   help="shard size in GB (default: %(default).2f); readers split sets with fewer shards "
+                        "than ranks x workers by sample")
     p.add_argument("--workers", type=int, default=None, help="processes for the scan (default: all cores)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images, listing them in meta.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing converted set")

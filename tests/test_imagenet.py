@@ -285,6 +285,21 @@ def test_very_thin_image_is_resized_not_crashed(small_tree, tmp_path):
     assert img.shape == (1, 500, 3)
 
 
+def test_short_side_bounds_the_shorter_side_and_verify_uses_it(small_tree, tmp_path, capsys):
+    cls = small_tree.root / "train" / small_tree.classes[0]
+    Image.new("RGB", (400, 300), (10, 200, 30)).save(cls / "landscape.JPEG")
+    Image.new("RGB", (90, 120), (200, 10, 30)).save(cls / "small.JPEG")
+    out = tmp_path / "out"
+    assert main(["--src", str(small_tree.root), "--out", str(out), "--short-side", "100", "--workers", "1"]) == 0
+    land = beton_image(out, "train", beton_index(small_tree.root, "train", rel(small_tree, cls / "landscape.JPEG")))
+    small = beton_image(out, "train", beton_index(small_tree.root, "train", rel(small_tree, cls / "small.JPEG")))
+    assert land.shape == (100, 133, 3)  # 300 -> 100 on the short side, 400 * 1/3 truncated
+    assert small.shape == (120, 90, 3)  # never enlarged
+    assert json.loads((out / "meta.json").read_text())["writer"]["short_side"] == 100
+    assert main(["--verify", str(out), "--src", str(small_tree.root)]) == 0  # compares at the stored size
+    assert "verify: OK" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"per_class": 0}, "--per-class 0"), ({"workers": -2}, "--workers -2"),
     ({"splits": ()}, "--splits"), ({"splits": ("train", "train")}, "--splits"),

@@ -156,7 +156,10 @@ def test_two_rank_extraction_equals_one_process(converted, tmp_path):
     assert two["world"] == 2
     for source in sources:
         a, b = Path(one["paths"][source]), Path(two["paths"][source])
-        assert np.array_equal(np.load(a / "features.npy"), np.load(b / "features.npy")), source
+        # same images in the same order; batches differ (4+1 vs 3 and 2), and CPU kernels may round a
+        # batch of 2 differently from a batch of 4: up to one float16 step apart, not bit for bit
+        fa, fb = np.load(a / "features.npy").astype(np.float32), np.load(b / "features.npy").astype(np.float32)
+        assert fa.shape == fb.shape and np.allclose(fa, fb, rtol=2e-3, atol=1e-4), (source, np.abs(fa - fb).max())
         assert np.array_equal(np.load(a / "labels.npy"), np.load(b / "labels.npy"))
     assert np.load(Path(two["paths"][str(five)]) / "labels.npy").shape == (5,)
 

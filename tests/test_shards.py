@@ -137,11 +137,12 @@ def test_sample_split_three_shards(tmp_path):
     assert sorted(keys) == [f"{i:08d}" for i in range(12)] and len(set(keys)) == 12
     assert {k: lab for r in out for k, lab in zip(*out[r])} == {f"{i:08d}": s["cls"] for i, s in enumerate(samples)}
     check_count(tmp_path, len(keys))
-    # global worker g keeps positions p with p % 4 == g
+    # global worker g walks shard g % 3 only; shard 0 (keys 0-3) is shared by g = 0 and 3
+    want = {0: [0, 2], 1: [4, 5, 6], 2: [7, 8, 9, 10, 11], 3: [1, 3]}
     for rank in range(2):
         for worker in range(2):
             got = [int(s.key) for s in iter_samples(tmp_path, rank=rank, world_size=2, worker=worker, num_workers=2)]
-            assert got == list(range(rank * 2 + worker, 12, 4))
+            assert got == want[rank * 2 + worker]
 
 
 def test_shard_split_five_shards(tmp_path):
@@ -217,13 +218,13 @@ class _Payload:
 @pytest.mark.parametrize("member", ["pyd", "pickle", "pth", "npy"])
 def test_unexpected_member_refused(tmp_path, member):
     marker = tmp_path / "UNPICKLED"
-    # the forbidden member sits in sample 3 of shard 1; every reader must refuse, even one that
-    # would not keep sample 3 itself (sample split) -- and must never unpickle it
+    # the forbidden member sits in sample 3 of shard 1; with 2 ranks x 2 workers, global workers 1 and 3
+    # walk shard 1 and keep samples 3, 5 and 4: both must refuse -- and nothing may be unpickled
     write_set(tmp_path / "set", make_samples(6), [3, 3], extra={3: {member: pickle.dumps(_Payload(marker))}})
     shard = str(tmp_path / "set" / "toy-000001.tar")
-    for worker in range(2):
+    for rank in range(2):
         with pytest.raises(ShardFormatError, match=f"toy-000001.tar.*00000003.{member}"):
-            list(iter_samples(tmp_path / "set", rank=0, world_size=2, worker=worker, num_workers=2))
+            list(iter_samples(tmp_path / "set", rank=rank, world_size=2, worker=1, num_workers=2))
     with pytest.raises(ValueError, match=shard):
         for _ in make_shard_loader(tmp_path / "set", transform=eval_transform(16, MEAN, STD),
                                    batch_size=2, num_workers=0):
@@ -249,6 +250,40 @@ def test_missing_member_and_bad_counts(tmp_path):
         list(iter_samples(tmp_path / "twoimg"))
 
 
+def test_duplicate_key_is_refused_by_every_reader(tmp_path):
+    """A key that comes back later in the shard is found even by a reader that skips it (sample split)."""
+    samples = make_samples(3)
+    (tmp_path / "set").mkdir()
+    with wds.TarWriter(str(tmp_path / "set" / "toy-000000.tar"), encoder=False) as tw:
+        for i, key in enumerate(["00000000", "00000001", "00000000"]):
+            tw.write({"__key__": key, samples[i]["ext"]: samples[i]["image"], "cls": b"1",
+                      "json": json.dumps({"path": "x", "imagenet": [1]}).encode()})
+    (tmp_path / "set" / "meta.json").write_text(json.dumps({"count": 3, "shards": [{"name": "toy-000000.tar", "count": 3}]}))
+    for worker in range(2):
+        with pytest.raises(ShardFormatError, match="'00000000' appears twice"):
+            list(iter_samples(tmp_path / "set", worker=worker, num_workers=2))
+
+
+def test_eval_transform_matches_torchvision_resize_centercrop():
+    """The one-resample Resize + CenterCrop gives torchvision's output (CLIP's preprocess) on real photos."""
+    from torchvision import transforms as T
+
+    reference = T.Compose([T.Resize(32, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32),
+                           T.ToTensor(), T.Normalize(MEAN, STD)])
+    ours = eval_transform(32, MEAN, STD)
+    sizes = [(56, 44), (44, 56), (200, 97), (33, 80), (32, 40), (20, 24), (150, 150)]
+    diffs = []
+    for i, (w, h) in enumerate(sizes):
+        img = photo(i, w, h)
+        a, b = reference(img), ours(img)
+        assert a.shape == b.shape == (3, 32, 32) and b.dtype == torch.float32
+        diffs.append(((a - b) * torch.tensor(STD).view(3, 1, 1) * 255).abs())  # in grey levels
+    d = torch.stack(diffs)
+    assert d.max() <= 6 and d.mean() < 0.1 and (d > 0.5).float().mean() < 0.05
+    exact = photo(7, 32, 48)  # no resize on the short side: the crop is the centre rows, exactly
+    assert torch.allclose(ours(exact), reference(exact), atol=1e-5)
+
+
 def test_read_meta_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"meta\.json.*python -m data_prep\.shifts"):
         read_meta(tmp_path / "imagenet-r")
@@ -267,7 +302,7 @@ def test_objectnet_border_crop():
     # through the eval transform (mean 0, std 1 = the un-normalised crop): inner size -> exact inner pixels
     x = eval_transform(26, (0, 0, 0), (1, 1, 1), border_crop=2)(framed.convert("RGB"))
     want = torch.from_numpy(np.asarray(inner)[:, 5:31].copy()).permute(2, 0, 1).float() / 255
-    assert x.dtype == torch.float32 and x.shape == (3, 26, 26) and torch.equal(x, want)
+    assert x.dtype == torch.float32 and x.shape == (3, 26, 26) and torch.allclose(x, want, rtol=0, atol=1e-6)
     # without the crop the frame reaches the output edge
     y = eval_transform(30, (0, 0, 0), (1, 1, 1))(framed.convert("RGB"))
     assert torch.equal(y[:, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
