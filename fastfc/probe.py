@@ -9,8 +9,9 @@ no augmentation, label smoothing 0, bias initialised to zero, weight decay 0.1 f
 encoders and 1e-3 for distilled ones. The image path of the original (``--from-images``) is
 :class:`ProbeTask` on :func:`fastfc.train.train`.
 
-Under torchrun every rank extracts a contiguous slice and writes its rows in place: the cache is
-identical to a one-process run (no padded duplicates; ffcv's distributed order would pad).
+Under torchrun every rank extracts a contiguous slice and writes its rows in place: the cache holds
+the rows of a one-process run, in its order (no padded duplicates; ffcv's distributed order would
+pad); values may differ by the kernels' batch-size rounding.
 """
 
 from __future__ import annotations
