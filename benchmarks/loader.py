@@ -53,9 +53,9 @@ def run(*, per_class: int = 40, repeats: int = 5, workers: int = 2, batch_size: 
         short_side: int = 256, history: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tree = make_imagenet_tree(Path(tmp) / "src", train_per_class=per_class, val_per_class=1, quirks=False)
-        recipe, fastfc = Path(tmp) / "recipe" / "train.beton", Path(tmp) / "fastfc" / "train.beton"
+        recipe, short = Path(tmp) / "recipe" / "train.beton", Path(tmp) / "short" / "train.beton"
         convert(tree.root, recipe.parent, splits=("train",), workers=workers)  # ffcv-imagenet: longer side 500
-        convert(tree.root, fastfc.parent, splits=("train",), workers=workers, settings=WriterSettings(short_side=short_side))
+        convert(tree.root, short.parent, splits=("train",), workers=workers, settings=WriterSettings(short_side=short_side))
         folder = tree.root / "train"
         files = sorted(str(p) for p in folder.rglob("*.JPEG"))
         n = len(files)
@@ -74,11 +74,11 @@ def run(*, per_class: int = 40, repeats: int = 5, workers: int = 2, batch_size: 
                 "decode": lambda: pool.map(_decode, files, chunksize=16),
                 "imagefolder": lambda: sum(len(y) for _, y in folder_loader),
                 "recipe": ffcv_pass(recipe, np.float32),
-                "fastfc": ffcv_pass(fastfc, np.float32),
-                "fastfc_fp16": ffcv_pass(fastfc, np.float16)}, repeats)
+                "fastfc": ffcv_pass(short, np.float32),
+                "fastfc_fp16": ffcv_pass(short, np.float16)}, repeats)
         seen = n // batch_size * batch_size  # the training loaders drop the last partial batch
         src_mb = sum(os.path.getsize(f) for f in files) / 1e6
-        recipe_mb, fastfc_mb = recipe.stat().st_size / 1e6, fastfc.stat().st_size / 1e6
+        recipe_mb, fastfc_mb = recipe.stat().st_size / 1e6, short.stat().st_size / 1e6
     rate = {k: (n if k == "decode" else seen) / v for k, v in t.items()}
     figures = {"images": n, "workers": workers, "batch_size": batch_size, "resolution": resolution,
                "short_side": short_side, "repeats": repeats,
