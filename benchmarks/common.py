@@ -6,6 +6,7 @@ date, machine (CPU model, cores, GPU if any), library versions, its figures and 
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import importlib.metadata
 import json
@@ -19,6 +20,21 @@ from typing import Callable
 
 # FASTFC_BENCH_HISTORY redirects it (the GPU script writes under the device's $OUT).
 HISTORY = Path(os.environ.get("FASTFC_BENCH_HISTORY", Path(__file__).resolve().parent / "results" / "history.jsonl"))
+
+
+def parser(doc: str, *, per_class: int | None = None, repeats: int | None = None,
+           workers: bool = True) -> argparse.ArgumentParser:
+    """The benchmarks' shared command line: ``--smoke`` always; ``--per-class`` (images per class of
+    the 10-class real-photo tree), ``--repeats`` and ``--workers`` (default: all cores) when asked."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if per_class is not None:
+        p.add_argument("--per-class", type=int, default=per_class, help="images per class, 10 classes (default: %(default)s)")
+    if repeats is not None:
+        p.add_argument("--repeats", type=int, default=repeats, help="timed rounds, median reported (default: %(default)s)")
+    if workers:
+        p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="default: all cores")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, no history line (CI)")
+    return p
 
 
 def machine() -> dict:

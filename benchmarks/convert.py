@@ -11,8 +11,6 @@ no baseline for this one; the figure is tracked over commits in ``results/histor
 
 from __future__ import annotations
 
-import argparse
-import os
 import tempfile
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from data_prep.beton import BetonWriter, ImageFiles, WriterSettings
 from data_prep.imagenet import list_classes, list_split, scan
 from fastfc.photos import make_imagenet_tree
 
-from .common import median_time, print_table, record
+from .common import median_time, parser, print_table, record
 
 
 def run(*, per_class: int, repeats: int, workers: int, history=True) -> dict:
@@ -63,11 +61,7 @@ def run(*, per_class: int, repeats: int, workers: int, history=True) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--per-class", type=int, default=100, help="train images per class, 10 classes")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, no history line (CI)")
+    p = parser(__doc__, per_class=100, repeats=3)
     args = p.parse_args(argv)
     if args.smoke:
         run(per_class=3, repeats=1, workers=1, history=False)

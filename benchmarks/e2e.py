@@ -12,13 +12,11 @@ next batch over wall time). Target (issue 7): data wait < 5%.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 
-from .common import print_table, record
+from .common import parser, print_table, record
 
 
 def run(*, arch: str = "tiny", per_class: int = 40, steps: int = 60, batch: int = 64, workers: int = 2,
@@ -60,12 +58,10 @@ def run(*, arch: str = "tiny", per_class: int = 40, steps: int = 60, batch: int 
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--arch", default="tiny")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, no history line (CI)")
     args = p.parse_args(argv)
     from fastfc.data.ffcv import quiet_numba_finalizer_noise
     quiet_numba_finalizer_noise()

@@ -23,7 +23,6 @@ source JPEGs' are reported too.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import tempfile
@@ -41,7 +40,7 @@ from fastfc.data.ffcv import TRAIN_SCALE, make_loader
 from fastfc.models import CLIP_MEAN, CLIP_STD
 from fastfc.photos import make_imagenet_tree
 
-from .common import interleaved_times, print_table, record
+from .common import interleaved_times, parser, print_table, record
 
 
 def _decode(path: str) -> int:
@@ -108,12 +107,8 @@ def run(*, per_class: int = 40, repeats: int = 5, workers: int = 2, batch_size: 
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--per-class", type=int, default=40, help="images per class, 10 classes")
-    p.add_argument("--repeats", type=int, default=5)
+    p = parser(__doc__, per_class=40, repeats=5)
     p.add_argument("--short-side", type=int, default=256, help="fastfc beton's stored shorter side (px)")
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, no history line (CI)")
     args = p.parse_args(argv)
     from fastfc.data.ffcv import quiet_numba_finalizer_noise
     quiet_numba_finalizer_noise()

@@ -15,7 +15,6 @@ paper's recipe. Target (issue 5): cached ≥ 20× faster, with the two top-1s wi
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from fastfc.photos import make_imagenet_tree
 from fastfc.probe import ProbeRecipe, extract, top1, train_from_images, train_heads
 from fastfc.train import Runtime
 
-from .common import print_table, record
+from .common import parser, print_table, record
 
 
 def run(*, encoder_name: str = "tiny", per_class: int = 30, epochs: int = 10, workers: int = 2,
@@ -109,13 +108,11 @@ def run_random(*, n: int, dim: int, classes: int, heads: int, epochs: int = 1, d
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, per_class=30, workers=False)
     p.add_argument("--encoder", default="tiny")
-    p.add_argument("--per-class", type=int, default=30)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--random-features", action="store_true",
                    help="head training alone on random on-device features (the GPU script; needs no ffcv)")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, no history line (CI)")
     args = p.parse_args(argv)
     if args.random_features:
         big = torch.cuda.is_available()

@@ -20,7 +20,6 @@ Target (issue 7): shards ≥ 2× ImageFolder.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from pathlib import Path
@@ -34,7 +33,7 @@ from fastfc.data.shards import eval_transform, make_shard_loader
 from fastfc.models import CLIP_MEAN, CLIP_STD
 from fastfc.photos import make_imagenet_tree
 
-from .common import interleaved_times, print_table, record
+from .common import interleaved_times, parser, print_table, record
 
 
 def _drain(loader) -> int:
@@ -98,11 +97,7 @@ def run(*, per_class: int, repeats: int, workers: int, batch_size: int = 64, res
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--per-class", type=int, default=60, help="images per class, 10 classes")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, no history line (CI)")
+    p = parser(__doc__, per_class=60, repeats=5)
     args = p.parse_args(argv)
     if args.smoke:
         run(per_class=2, repeats=1, workers=1, batch_size=8, resolution=32, history=False)
