@@ -4,9 +4,10 @@ The same task and settings run twice: through :func:`fastfc.train.train` reading
 (RandomResizedCrop + flip, normalised in the loader), and through the bare
 :func:`fastfc.train.train_step` on one synthetic batch already in memory. The loader side reports
 img/s and the data-wait share measured by the trainer (``perf/data_wait``: time blocked on the
-next batch over wall time). Target (issue 7): data wait < 5%.
+next batch over wall time). The beton stores each image at the shorter side the crop needs
+(``data_prep.beton.short_side_for``), as the README recommends. Target (issue 7): data wait < 5%.
 
-    python -m benchmarks.e2e              # tiny student at 64 px, CPU
+    python -m benchmarks.e2e              # tiny student at 32 px, CPU
     python -m benchmarks.e2e --smoke      # tiny, for CI
 """
 
@@ -21,9 +22,11 @@ from .common import parser, print_table, record
 
 def run(*, arch: str = "tiny", per_class: int = 40, steps: int = 60, batch: int = 64, workers: int = 2,
         history: bool = True) -> dict:
-    from data_prep.beton import WriterSettings
+    from data_prep.beton import WriterSettings, short_side_for
     from data_prep.imagenet import convert
+    from fastfc.data.ffcv import TRAIN_SCALE
     from fastfc.distill import DistillConfig, run as distill
+    from fastfc.models import ENCODERS, canonical_name
     from fastfc.photos import make_imagenet_tree
     from fastfc.train import Runtime, TrainConfig
 
@@ -32,10 +35,11 @@ def run(*, arch: str = "tiny", per_class: int = 40, steps: int = 60, batch: int 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_imagenet_tree(tmp / "src", train_per_class=per_class, val_per_class=1, quirks=False)
-        convert(tmp / "src", tmp / "betons", splits=("train",), workers=workers,
-                settings=WriterSettings(max_resolution=128))
         cfg = DistillConfig()
         cfg.model.arch, cfg.model.teacher_pretrained = arch, None
+        resolution = ENCODERS[canonical_name(arch)].input_size  # stored as README recommends: short side for the crop
+        convert(tmp / "src", tmp / "betons", splits=("train",), workers=workers,
+                settings=WriterSettings(short_side=short_side_for(resolution, TRAIN_SCALE[0])))
         cfg.data.train_beton, cfg.data.num_workers = str(tmp / "betons" / "train.beton"), workers
         cfg.train = TrainConfig(epochs=1000, max_steps=steps, global_batch_size=batch, warmup_steps=5, bf16=False,
                                 compile=False, log_every=max(1, steps // 3), out_dir=str(tmp / "run"))

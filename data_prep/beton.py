@@ -11,6 +11,7 @@ on the first error, reports which file caused it, and the caller writes to a tem
 from __future__ import annotations
 
 import ctypes
+import math
 import multiprocessing as mp
 import queue
 import time
@@ -27,6 +28,13 @@ from tqdm import tqdm
 from .images import BadImageError, load_rgb
 
 WRITE_MODES = ("proportion", "jpg", "raw")
+
+
+def short_side_for(resolution: int, min_scale: float = 0.9) -> int:
+    """Smallest stored shorter side (px) from which a RandomResizedCrop keeping at least
+    ``min_scale`` of the area reaches ``resolution`` px without upsampling: ``ceil(r / s)``
+    (224 px, the paper's 0.9: 249). See :attr:`WriterSettings.short_side`."""
+    return math.ceil(resolution / min_scale)
 
 
 @dataclass(frozen=True)

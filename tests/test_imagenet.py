@@ -17,7 +17,7 @@ from ffcv.reader import Reader
 from ffcv.types import HeaderType
 from PIL import Image, ImageOps
 
-from data_prep.beton import ConversionError, WriterSettings
+from data_prep.beton import ConversionError, WriterSettings, short_side_for
 from data_prep.imagenet import VerifyError, convert, list_split, main, psnr, read_images, verify
 from fastfc.data.ffcv import make_loader
 from fastfc.photos import make_imagenet_tree
@@ -298,6 +298,8 @@ def test_short_side_bounds_the_shorter_side_and_verify_uses_it(small_tree, tmp_p
     assert json.loads((out / "meta.json").read_text())["writer"]["short_side"] == 100
     assert main(["--verify", str(out), "--src", str(small_tree.root)]) == 0  # compares at the stored size
     assert "verify: OK" in capsys.readouterr().out
+    # the sizes the README recommends per student resolution (crops keep >= 90% of the area)
+    assert [short_side_for(r) for r in (224, 288, 384)] == [249, 320, 427]
 
 
 @pytest.mark.parametrize("kwargs,message", [

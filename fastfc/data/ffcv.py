@@ -40,6 +40,15 @@ def quiet_numba_finalizer_noise() -> None:
 TRAIN_SCALE = (0.9, 1.0)
 
 
+def decode_ops(*, train: bool, resolution: int, scale=TRAIN_SCALE) -> list:
+    """The CPU image work of every pipeline: decode + crop + resize to ``resolution`` (+ flip when
+    ``train``), yielding ``(B, resolution, resolution, 3)`` uint8. On a GPU this is all the CPU does;
+    normalisation runs on the device (:func:`image_pipeline`)."""
+    if train:
+        return [RandomResizedCropRGBImageDecoder((resolution, resolution), scale=scale), RandomHorizontalFlip()]
+    return [CenterCropRGBImageDecoder((resolution, resolution), ratio=1.0)]
+
+
 def image_pipeline(*, train: bool, resolution: int, mean: Sequence[float], std: Sequence[float],
                    device: str | torch.device = "cpu", dtype=np.float32, scale=TRAIN_SCALE) -> list:
     """The ffcv operations for the ``image`` field.
@@ -55,11 +64,7 @@ def image_pipeline(*, train: bool, resolution: int, mean: Sequence[float], std: 
     Returns:
         A list of ffcv operations yielding ``(B, 3, resolution, resolution)`` tensors of ``dtype``.
     """
-    if train:
-        ops = [RandomResizedCropRGBImageDecoder((resolution, resolution), scale=scale),
-               RandomHorizontalFlip()]
-    else:
-        ops = [CenterCropRGBImageDecoder((resolution, resolution), ratio=1.0)]
+    ops = decode_ops(train=train, resolution=resolution, scale=scale)
     normalise = NormalizeImage(np.array(mean) * 255, np.array(std) * 255, dtype)
     if torch.device(device).type == "cpu":
         return ops + [normalise, ToTensor(), ToTorchImage()]
