@@ -49,9 +49,8 @@ class WriterSettings:
         jpeg_quality: libjpeg quality 1..100 of the stored JPEGs.
         short_side: shorter side in px after resize; 0 = no bound. Decode time scales with the
             stored pixels, so store at the smallest size that still feeds the training crop
-            without upsampling: a RandomResizedCrop keeping at least ``s`` of the area at output
-            ``r`` px needs ``r / s`` (224 px, s = 0.9: 249, so 256; 288 px: 320; 384 px: 427).
-            REFERENCE.md §5; ``benchmarks/loader.py`` measures the gain.
+            without upsampling, :func:`short_side_for` (224 px: 249, so 256; 288 px: 320;
+            384 px: 427). REFERENCE.md §5; ``benchmarks/loader.py`` measures the gain.
     """
 
     max_resolution: int = 500
