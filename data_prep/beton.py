@@ -61,15 +61,15 @@ class WriterSettings:
 
     def __post_init__(self):
         if self.write_mode not in WRITE_MODES:
-            raise ValueError(f"write_mode must be one of {WRITE_MODES}, got {self.write_mode!r}")
+            raise ValueError(f"write_mode (--write-mode) must be one of {WRITE_MODES}, got {self.write_mode!r}")
         if not 0.0 <= self.compress_probability <= 1.0:
-            raise ValueError(f"compress_probability must be in [0, 1], got {self.compress_probability}")
+            raise ValueError(f"compress_probability (--compress-probability) must be in [0, 1], got {self.compress_probability}")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+            raise ValueError(f"jpeg_quality (--jpeg-quality) must be in 1..100, got {self.jpeg_quality}")
         if self.max_resolution < 0:
-            raise ValueError(f"max_resolution must be >= 0 (0 = keep full size), got {self.max_resolution}")
+            raise ValueError(f"max_resolution (--max-resolution) must be >= 0 (0 = keep full size), got {self.max_resolution}")
         if self.short_side < 0:
-            raise ValueError(f"short_side must be >= 0 (0 = no bound), got {self.short_side}")
+            raise ValueError(f"short_side (--short-side) must be >= 0 (0 = no bound), got {self.short_side}")
 
     def fields(self) -> dict:
         """The ffcv fields of a fastfc beton: ``image`` (RGBImageField) and ``label`` (IntField)."""

@@ -420,7 +420,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Convert an ImageNet folder tree (train/<wnid>/*, val/<wnid>/*) to FFCV .beton "
                     "files plus meta.json, or --verify a conversion against its source.",
         epilog="Example: python -m data_prep.imagenet --src /data/imagenet --out /data/betons "
-               "--workers 32\n         python -m data_prep.imagenet --verify /data/betons --src /data/imagenet",
+               "--short-side 256 --workers 32\n         python -m data_prep.imagenet --verify /data/betons --src /data/imagenet",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", type=Path, required=True, help="ImageNet root holding train/ and val/")
     p.add_argument("--out", type=Path, help="output folder for <split>.beton and meta.json")
@@ -429,7 +429,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-resolution", type=int, default=d.max_resolution,
                    help="longer side in px after resize, 0 = full size (default: %(default)s)")
     p.add_argument("--short-side", type=int, default=d.short_side,
-                   help="shorter side in px after resize, 0 = no bound (default: %(default)s). Decoding "
+                   help="upper bound on the shorter side in px, 0 = none (default: %(default)s); images are "
+                        "shrunk, never enlarged, and --max-resolution still bounds the longer side. Decoding "
                         "scales with stored pixels: 256 feeds 224-px crops of >= 90%% of the image "
                         "without upsampling (RN50, RN101, ViT-B/16); 320 for RN50x4, 427 for RN50x16")
     p.add_argument("--write-mode", choices=("proportion", "jpg", "raw"), default=d.write_mode,

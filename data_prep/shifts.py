@@ -149,8 +149,10 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
 
     Raises:
         FileExistsError: the set's ``meta.json`` exists and ``overwrite`` is false.
-        ConversionError: an unreadable image (named), unless ``skip_bad``.
+        ConversionError: an unreadable image (named), unless ``skip_bad``; ``shard_bytes`` < 1.
     """
+    if shard_bytes < 1:
+        raise ConversionError(f"--shard-size must be positive, got {shard_bytes / 1e9:g} GB")
     set_dir = out / listing.name
     if (set_dir / "meta.json").exists() and not overwrite:
         raise FileExistsError(f"{set_dir / 'meta.json'} exists; pass --overwrite to replace the set")

@@ -255,6 +255,8 @@ def test_existing_set_needs_overwrite_and_cli_reports_errors(tmp_path, capsys):
     assert main(argv) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert main(argv + ["--overwrite"]) == 0
+    assert main(argv + ["--overwrite", "--shard-size", "-1"]) == 1
+    assert "--shard-size must be positive" in capsys.readouterr().err
     assert main(["--set", "imagenet-v2", "--src", str(src), "--out", str(tmp_path / "o")]) == 1
     assert "integer in 0..999" in capsys.readouterr().err
 
