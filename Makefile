@@ -30,7 +30,7 @@ system-deps:
 		echo "then run make again."; exit 1; \
 	fi
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py fastfc/data/_resize.cpp Makefile
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[test]'

@@ -82,8 +82,10 @@ def list_classes(src: Path) -> list[str]:
                               "--src is the ImageNet root holding train/ and val/")
     train = src / "train"
     if not train.is_dir():
+        hint = (f" --src looks one level too deep: try --src {src.parent}"
+                if src.name in SPLITS and (src.parent / "train").is_dir() else "")
         raise ConversionError(f"{train}: no train folder. The class list (label = index of the WNID "
-                              "in the sorted train folder names) is defined by ROOT/train/<wnid>/.")
+                              f"in the sorted train folder names) is defined by ROOT/train/<wnid>/.{hint}")
     classes = sorted(e.name for e in _visible(_scandir(train))[0] if e.is_dir())
     if not classes:
         raise ConversionError(f"{train}: no class folders; expected ROOT/train/<wnid>/<images>.")
@@ -452,6 +454,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     exit_cleanly_on_sigterm()
+    new_out = args.out is not None and not args.out.exists()
     try:
         if args.verify:
             report = verify(args.verify, args.src)
@@ -470,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                        overwrite=args.overwrite)
     except (ConversionError, VerifyError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if new_out and args.out.is_dir() and not any(args.out.iterdir()):
+            args.out.rmdir()  # a failed first conversion leaves no empty --out folder behind
         return 1
     for split, info in meta["splits"].items():
         print(f"{split}: {info['count']} images in {len(meta['classes'])} classes → {args.out / (split + '.beton')}"

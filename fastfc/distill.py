@@ -265,6 +265,8 @@ def main(args) -> int:
         return 0
     summary = run(cfg, resume=args.resume)
     out = Path(cfg.train.out_dir)
+    if int(os.environ.get("RANK", "0")) != 0:  # one line per run, not one per rank
+        return 0
     if summary["stopped_early"]:
         print(f"stopped at step {summary['step']}; resume with --resume (checkpoint: {out / 'checkpoint.pt'})")
     else:

@@ -321,6 +321,17 @@ def test_missing_src_and_verify_without_meta_are_named(tmp_path):
         verify(tmp_path, tmp_path)
 
 
+def test_wrong_src_suggests_the_parent_and_leaves_no_empty_out(small_tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["--src", str(small_tree.root / "train"), "--out", str(out)]) == 1
+    assert f"try --src {small_tree.root}" in capsys.readouterr().err
+    assert not out.exists()  # created for the run, removed again because nothing was written
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert main(["--src", str(tmp_path / "nope"), "--out", str(kept)]) == 1
+    assert kept.is_dir()  # a folder the user made stays
+
+
 def test_overwriting_one_split_keeps_the_other_listed_and_stale_temporaries_go(small_tree, tmp_path, capsys):
     out = tmp_path / "out"
     convert(small_tree.root, out, workers=1)

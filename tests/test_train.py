@@ -130,6 +130,7 @@ def test_torchrun_two_ranks_loss_decreases_and_replicas_agree(small_beton, tmp_p
                            "-m", "fastfc", "distill", "--config", str(toml)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("done: 30 steps") == 1, done.stdout  # rank 0 reports, once
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     sums = summary["replica_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1] and sums[0] != 0
