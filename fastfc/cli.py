@@ -27,6 +27,13 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder", required=True, help="encoder name or alias: RN50, CLIP_RN50, ViT-B-16, mobilenet_v2, tiny, ...")
     g = p.add_mutually_exclusive_group()
@@ -59,14 +66,30 @@ def probe(args) -> int:
     import json
 
     from fastfc import probe as probelib
+    from fastfc.models import canonical_name
     from fastfc.train import setup_runtime
 
-    rt, encoder = setup_runtime(), _encoder(args)
+    if args.zero_shot and args.from_images:
+        raise SystemExit("fastfc probe: --zero-shot initialises a head on cached features; drop --from-images")
+    zero_shot_only = args.epochs == 0
+    if zero_shot_only and (not args.zero_shot or args.wd_sweep):
+        raise SystemExit("fastfc probe: --epochs 0 keeps the initial head: give --zero-shot TAG, and no --wd-sweep")
+    rt = setup_runtime()
+    encoder = None if zero_shot_only else _encoder(args)  # a zero-shot head needs no image features
     classes = json.loads((args.train.parent / "meta.json").read_text())["classes"]
     wd = args.wd if args.wd is not None else probelib.WEIGHT_DECAY[args.kind]
     recipe = probelib.ProbeRecipe(args.epochs, args.batch_size, args.lr, args.warmup, wd, args.seed)
-    info = {"encoder": encoder.name, "classes": classes}
-    if args.from_images:
+    info = {"encoder": canonical_name(args.encoder), "classes": classes}
+    init = None
+    if args.zero_shot:
+        from fastfc import zeroshot
+
+        clip, tokenizer = zeroshot.build_clip(args.encoder, args.zero_shot)
+        init = zeroshot.zero_shot_head(clip, tokenizer, zeroshot.classnames_for(classes), progress=rt.is_main)
+        info["init"] = {"zero_shot": args.zero_shot, "templates": "open_clip OPENAI_IMAGENET_TEMPLATES"}
+    if zero_shot_only:
+        weight, bias = init
+    elif args.from_images:
         weight, bias = probelib.train_from_images(encoder, args.train, len(classes), recipe, rt,
                                                   out_dir=args.out.parent / "from_images", num_workers=args.workers)
     else:
@@ -74,12 +97,12 @@ def probe(args) -> int:
         if not rt.is_main:
             return 0
         if args.wd_sweep:
-            wd, scores = probelib.sweep(feats.features, feats.labels, len(classes), args.wd_sweep, recipe)
+            wd, scores = probelib.sweep(feats.features, feats.labels, len(classes), args.wd_sweep, recipe, init=init)
             info["sweep"] = {"held_out_top1": {str(k): v for k, v in scores.items()}, "chosen": wd}
             print(f"weight decay {wd:g} chosen on a held-out 10% of train: "
                   + ", ".join(f"{k:g}: {v:.3f}" for k, v in scores.items()))
         recipe = probelib.ProbeRecipe(args.epochs, args.batch_size, args.lr, args.warmup, wd, args.seed)
-        w, b = probelib.train_heads(feats.features, feats.labels, len(classes), [wd], recipe)
+        w, b = probelib.train_heads(feats.features, feats.labels, len(classes), [wd], recipe, init=init)
         weight, bias = w[0], b[0]
         info["train_top1"] = probelib.top1(feats.features, feats.labels, weight, bias)
     if rt.is_main:
@@ -157,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "steps then cosine; weight decay 0.1 for CLIP encoders, 1e-3 for distilled ones.",
         epilog="examples:\n  python -m fastfc probe --encoder RN50 --pretrained openai --train data/betons/train.beton --out runs/clip/probe.pt\n"
                "  python -m fastfc probe --encoder RN50 --weights runs/distill_rn50/weights.pt --kind distilled --train ... --out ...\n"
-               "  python -m fastfc probe ... --wd-sweep 1e-6,1e-5,1e-4,1e-3,1e-2,1e-1",
+               "  python -m fastfc probe ... --wd-sweep 1e-6,1e-5,1e-4,1e-3,1e-2,1e-1\n"
+               "  python -m fastfc probe --encoder RN50 --pretrained openai --zero-shot openai --epochs 0 ...  # CLIP zero-shot as the head",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _encoder_args(pr)
     pr.add_argument("--train", type=Path, required=True, help="the train beton (its meta.json gives the classes)")
@@ -166,11 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--wd", type=float, default=None, help="weight decay (overrides --kind)")
     pr.add_argument("--wd-sweep", type=lambda t: [float(v) for v in t.split(",")], default=None,
                     help="comma-separated weight decays: K heads in one pass, chosen on a held-out 10%% of train")
-    pr.add_argument("--epochs", type=int, default=10)
+    pr.add_argument("--epochs", type=_non_negative, default=10, help="0 keeps the initial head (with --zero-shot)")
     pr.add_argument("--lr", type=float, default=1e-3)
     pr.add_argument("--warmup", type=int, default=500, help="warmup steps")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--from-images", action="store_true", help="the original way: run the encoder over the images every epoch")
+    pr.add_argument("--zero-shot", metavar="TAG", help="start from CLIP's zero-shot head: the text tower of --encoder's CLIP "
+                                                       "model with this open_clip tag (e.g. openai; downloads once) or a "
+                                                       "whole-CLIP checkpoint file, prompted with open_clip's ImageNet class "
+                                                       "names and 80 templates; also for a distilled student of that CLIP")
     pr.set_defaults(func=probe)
 
     ev = sub.add_parser("eval", help="top-1 on ImageNet val and the shift sets; --compare runs",

@@ -205,7 +205,8 @@ def init_head(dim: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torc
 
 def train_heads(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, num_classes: int,
                 weight_decays: Sequence[float], recipe: ProbeRecipe = ProbeRecipe(),
-                device: str | torch.device = "cpu", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                device: str | torch.device = "cpu", progress: bool = True,
+                init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Train one linear head per weight decay, all in one pass over the same minibatches.
 
     AdamW with decoupled weight decay, as ``torch.optim.AdamW`` does it (decay ``p *= 1 - lr*wd``
@@ -216,16 +217,25 @@ def train_heads(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
     Args:
         features: ``[N, D]`` (float16 is fine; batches are cast to float32).
         labels: ``[N]`` int64 in ``0..num_classes-1``.
+        init: ``(weight [C, D], bias [C])`` every head starts from, e.g. a zero-shot head
+            (:func:`fastfc.zeroshot.zero_shot_head`); default :func:`init_head`. With
+            ``recipe.epochs == 0`` the heads are ``init`` itself.
 
     Returns:
         ``(weight [K, C, D], bias [K, C])`` float32 on the CPU.
+
+    Raises:
+        ValueError: ``init`` is not ``[num_classes, D]`` and ``[num_classes]``.
     """
     device = torch.device(device)
     x_all = torch.tensor(np.asarray(features), device=device)  # a copy: the cache is a read-only memmap
     y_all = torch.tensor(np.asarray(labels), device=device)
     n, dim = x_all.shape
     k = len(weight_decays)
-    w0, b0 = init_head(dim, num_classes, recipe.seed)
+    w0, b0 = init_head(dim, num_classes, recipe.seed) if init is None else (init[0].float(), init[1].float())
+    if w0.shape != (num_classes, dim) or b0.shape != (num_classes,):
+        raise ValueError(f"initial head is {tuple(w0.shape)} + {tuple(b0.shape)}; these features need "
+                         f"({num_classes}, {dim}) + ({num_classes},)")
     weight = w0.to(device).expand(k, -1, -1).clone().requires_grad_(True)
     bias = b0.to(device).expand(k, -1).clone().requires_grad_(True)
     wd = torch.tensor(list(weight_decays), dtype=torch.float32, device=device)
@@ -266,8 +276,9 @@ def top1(features, labels, weight: torch.Tensor, bias: torch.Tensor, batch_size:
 
 
 def sweep(features, labels, num_classes: int, weight_decays: Sequence[float], recipe: ProbeRecipe,
-          *, holdout: float = 0.1, device="cpu") -> tuple[float, dict[float, float]]:
+          *, holdout: float = 0.1, device="cpu", init=None) -> tuple[float, dict[float, float]]:
     """Choose the weight decay on a held-out slice of the *train* features (never on test data).
+    ``init``: as in :func:`train_heads`.
 
     Returns:
         ``(best weight decay, {weight decay: held-out top-1})``.
@@ -277,7 +288,7 @@ def sweep(features, labels, num_classes: int, weight_decays: Sequence[float], re
     cut = max(1, int(n * holdout))
     held, kept = np.sort(perm[:cut]), np.sort(perm[cut:])
     x, y = np.asarray(features), np.asarray(labels)
-    weights, biases = train_heads(x[kept], y[kept], num_classes, weight_decays, recipe, device)
+    weights, biases = train_heads(x[kept], y[kept], num_classes, weight_decays, recipe, device, init=init)
     scores = {wd: top1(x[held], y[held], weights[i], biases[i]) for i, wd in enumerate(weight_decays)}
     return max(scores, key=lambda wd: (scores[wd], -wd)), scores
 
