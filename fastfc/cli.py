@@ -12,6 +12,7 @@ Commands so far:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -76,7 +77,11 @@ def probe(args) -> int:
         raise SystemExit("fastfc probe: --epochs 0 keeps the initial head: give --zero-shot TAG, and no --wd-sweep")
     rt = setup_runtime()
     encoder = None if zero_shot_only else _encoder(args)  # a zero-shot head needs no image features
-    classes = json.loads((args.train.parent / "meta.json").read_text())["classes"]
+    meta = args.train.parent / "meta.json"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{meta}: not found; --train must be a beton written by `python -m data_prep.imagenet`, "
+                                "whose meta.json lists the classes")
+    classes = json.loads(meta.read_text())["classes"]
     wd = args.wd if args.wd is not None else probelib.WEIGHT_DECAY[args.kind]
     recipe = probelib.ProbeRecipe(args.epochs, args.batch_size, args.lr, args.warmup, wd, args.seed)
     info = {"encoder": canonical_name(args.encoder), "classes": classes}
@@ -233,7 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fastfc.data.ffcv import quiet_numba_finalizer_noise
     quiet_numba_finalizer_noise()
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:  # bad input: unknown encoder, missing file, bad checkpoint
+        if os.environ.get("FASTFC_TRACEBACK"):
+            raise
+        print(f"fastfc {args.command}: error: {e}\n(FASTFC_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -48,6 +48,10 @@ def test_dry_run_override_and_uneven_world(monkeypatch, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["plan"]["per_rank_batch"] == 32 and out["config"]["train"]["lr"] == 2e-4
     monkeypatch.setenv("WORLD_SIZE", "3")
+    assert main(["distill", "--config", str(CONFIGS[0]), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "fastfc distill: error:" in err and "does not split evenly over 3 ranks" in err and "Traceback" not in err
+    monkeypatch.setenv("FASTFC_TRACEBACK", "1")
     with pytest.raises(ValueError, match="does not split evenly over 3 ranks"):
         main(["distill", "--config", str(CONFIGS[0]), "--dry-run"])
 
