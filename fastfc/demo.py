@@ -155,6 +155,8 @@ def prepare_data(data: Path, *, train_per_class: int = 30, val_per_class: int = 
         make_imagenet_tree(data / "imagenet", quirks=True, train_per_class=train_per_class,
                            val_per_class=val_per_class)
         make_shift_sets(data / "shifts", per_class=shift_per_class)
+    else:
+        print(f"[demo] reusing the photo trees in {data} (delete it to rebuild)")
     betons = data / "betons"
     if not (betons / "meta.json").is_file():
         print("[demo] converting ImageNet → betons")
@@ -188,6 +190,9 @@ def run(out: Path, *, distill_steps: int = 60, nproc: int = 2, **sizes) -> str:
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                         "-m", "fastfc", "distill", "--config", str(toml)],
                        check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    else:
+        print(f"[demo] reusing the student distilled by an earlier run: {student_dir / 'weights.pt'} "
+              f"(delete {student_dir} to distil again, e.g. with another --steps)")
     classes = json.loads((betons / "meta.json").read_text())["classes"]
     encoders = {"teacher": (build_teacher("mobilenet_v2", weights="package"), "clip"),
                 "student": (build_teacher("mobilenet_v2", weights=student_dir / "weights.pt"), "distilled")}

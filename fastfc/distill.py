@@ -244,6 +244,9 @@ def run(cfg: DistillConfig, *, resume: bool = False, rt: Runtime | None = None) 
     """Distil on the beton under torchrun (or one process). Returns :func:`fastfc.train.train`'s summary."""
     from fastfc.data.ffcv import make_loader
 
+    if not Path(cfg.data.train_beton).is_file():  # before the teacher is built (and maybe downloaded)
+        raise FileNotFoundError(f"data.train_beton = {cfg.data.train_beton}: no such beton; create it with "
+                                "`python -m data_prep.imagenet` or point --set data.train_beton=... at it")
     rt = rt or setup_runtime()
     per_rank = cfg.train.per_rank_batch(rt.world_size)
     task = build_task(cfg).to(rt.device)

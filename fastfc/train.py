@@ -81,6 +81,9 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.lr <= 0:
             raise ValueError("train.warmup_steps must be >= 0 and train.lr > 0")
+        for name in ("max_steps", "stop_after"):  # 0 would read as "not set" and run the whole schedule
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1 (or unset), got {getattr(self, name)}")
 
     def per_rank_batch(self, world_size: int) -> int:
         """The per-rank batch. Raises ``ValueError`` when the global batch does not split evenly."""

@@ -139,3 +139,14 @@ def test_probe_and_eval_launcher_prints_the_papers_runs():
     from fastfc.cli import build_parser  # every printed command parses with the real CLI
     for line in lines[:4]:
         build_parser().parse_args(line.split(" -m fastfc ")[1].split())
+
+
+def test_bad_values_and_a_missing_beton_are_named_before_any_work(tmp_path, capsys):
+    paper = ["distill", "--config", str(CONFIGS[0])]
+    assert main([*paper, "--set", "train.lr=abc", "--dry-run"]) == 1
+    assert "train.lr: expected a number, got 'abc'" in capsys.readouterr().err
+    assert main([*paper, "--set", "train.max_steps=0", "--dry-run"]) == 1  # 0 used to mean the whole schedule
+    assert "train.max_steps must be >= 1" in capsys.readouterr().err
+    assert main([*paper, "--set", f"data.train_beton={tmp_path / 'none.beton'}"]) == 1
+    err = capsys.readouterr().err  # refused before the openai teacher is built (a download, offline here)
+    assert "none.beton: no such beton" in err and "download" not in err.lower()

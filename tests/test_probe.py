@@ -203,3 +203,25 @@ def test_cli_probe_cached_and_from_images_then_eval(small_beton, converted, tmp_
                  "--out", str(tmp_path / "run")]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["sets"]["imagenet-val"]["n"] == 100 and "imagenet-val" in capsys.readouterr().out
+
+
+def test_cli_bad_input_is_one_error_line_before_any_work(converted, tmp_path, capsys):
+    from fastfc.cli import main
+
+    out, _ = converted
+    common = ["--encoder", "tiny", "--cache", str(tmp_path / "cache"), "--workers", "1"]
+    assert main(["probe", *common, "--train", str(tmp_path / "nope.beton"), "--out", str(tmp_path / "p.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "--train" in err and "no such beton" in err and "Traceback" not in err
+    (tmp_path / "afile").write_text("x")
+    assert main(["probe", *common, "--train", str(out / "train.beton"), "--out", str(tmp_path / "afile" / "p.pt")]) == 1
+    assert "afile" in capsys.readouterr().err and not (tmp_path / "cache").exists()  # refused before extraction
+    probe = ["--probe", str(tmp_path / "p.pt")]
+    with pytest.raises(SystemExit, match="nothing to evaluate"):
+        main(["eval", *common, *probe])
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", *common, *probe, "--shards", str(tmp_path / "empty")]) == 1
+    assert "no shift-set folders" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as steps:
+        main(["demo", "--steps", "0", "--out", str(tmp_path / "demo")])
+    assert steps.value.code == 2 and not (tmp_path / "demo").exists()  # 0 used to mean "the whole schedule"

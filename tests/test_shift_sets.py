@@ -212,6 +212,12 @@ def test_objectnet_missing_mapping_file_is_named(tmp_path, missing):
         list_set("objectnet", root, IMAGENET)
 
 
+def test_objectnet_src_one_level_too_deep_suggests_the_parent(tmp_path):
+    root = make_objectnet(tmp_path / "objectnet-1.0")
+    with pytest.raises(ConversionError, match=f"try --src {root}$"):
+        list_set("objectnet", root / "images", IMAGENET)
+
+
 # ------------------------------------------------------------------ bytes, errors, reproducibility
 
 def test_round_trip_keeps_bytes_and_labels_and_is_reproducible(tmp_path):
@@ -251,7 +257,7 @@ def test_existing_set_needs_overwrite_and_cli_reports_errors(tmp_path, capsys):
     src = make_ra(tmp_path / "r")
     argv = ["--set", "imagenet-r", "--src", str(src), "--out", str(tmp_path / "out"), "--workers", "1"]
     assert main(argv) == 0
-    assert "5 images in 2 classes" in capsys.readouterr().out
+    assert "5 images in 2 of 2 classes" in capsys.readouterr().out
     assert main(argv) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert main(argv + ["--overwrite"]) == 0
@@ -259,6 +265,14 @@ def test_existing_set_needs_overwrite_and_cli_reports_errors(tmp_path, capsys):
     assert "--shard-size must be positive" in capsys.readouterr().err
     assert main(["--set", "imagenet-v2", "--src", str(src), "--out", str(tmp_path / "o")]) == 1
     assert "integer in 0..999" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["--set", "imagenet-r", "--src", str(src), "--out", str(tmp_path / "afile")]) == 1
+    assert "afile" in capsys.readouterr().err  # one line, not a NotADirectoryError traceback
+    assert main(["--set", "imagenet-r", "--src", str(src / "n01498041"), "--out", str(tmp_path / "o")]) == 1
+    assert f"try --src {src}" in capsys.readouterr().err
+    assert main(["--set", "imagenet-sketch", "--src", str(src), "--out", str(tmp_path / "sketch"), "--workers", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "5 images in 2 of 1000 classes" in out and "2 of its 1000 classes" in err  # a subset is said so
 
 
 def test_imagenet_classes_must_be_the_full_sorted_list(tmp_path):
