@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastfc toy", epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
-            "Feature contamination on synthetic data (arXiv 2406.03345, REFERENCE.md §1): a 2-layer "
+            "Feature contamination on synthetic data (arXiv 2406.03345): a 2-layer "
             "MLP trained on 32 core dims and 32 background dims (U(0,1), uncorrelated with the label) "
             "grows its first-layer weights along the background, so its loss rises when the "
             "background shifts to -U(0,1) (OOD).", 92))
