@@ -99,6 +99,12 @@ class ImageFiles:
 
     A decode error is put on ``errors`` (shared with the parent) before it propagates, so the
     supervising :class:`BetonWriter` can name the file.
+
+    In ``proportion`` mode ffcv draws ``np.random.rand()`` to decide JPEG or raw for each image,
+    in whichever writer process gets it. Reading image ``i`` reseeds that process's global numpy
+    generator with ``i`` (ffcv encodes the sample right after), so the same image is stored the same
+    way on every conversion, whatever the number of workers. (The file's byte layout still follows
+    the workers' timing.)
     """
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], settings: WriterSettings):
@@ -113,6 +119,7 @@ class ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, i: int):
+        np.random.seed(i % 2**32)  # ffcv's proportion-mode draw for this image (see the class doc)
         try:
             return load_rgb(self.paths[i], self.max_resolution, self.short_side), int(self.labels[i])
         except BadImageError as e:

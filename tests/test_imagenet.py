@@ -123,6 +123,20 @@ def small_tree(tmp_path):
     return make_imagenet_tree(tmp_path / "src", n_classes=3, train_per_class=3, val_per_class=2, quirks=False)
 
 
+def test_proportion_mode_stores_each_image_the_same_way_on_every_conversion(tmp_path):
+    tree = make_imagenet_tree(tmp_path / "src", n_classes=3, train_per_class=12, val_per_class=1, quirks=False)
+    stored = []
+    for workers in (1, 2):  # another number of writer processes deals the images out differently
+        out = tmp_path / f"w{workers}"
+        convert(tree.root, out, splits=("train",), workers=workers)  # proportion, p = 0.5
+        md = Reader(str(out / "train.beton")).metadata["f0"]
+        stored.append((md["mode"].copy(), read_images(out / "train.beton", list(range(len(md))), md)))
+    (modes_1, images_1), (modes_2, images_2) = stored
+    assert len(modes_1) == 36 and 6 <= int((modes_1 == modes_1[0]).sum()) <= 30  # a real mix of JPEG and raw
+    assert np.array_equal(modes_1, modes_2)
+    assert all(np.array_equal(a, b) for a, b in zip(images_1, images_2))
+
+
 @pytest.mark.parametrize("content,reason", [(b"", "zero-byte"), (b"wnid,label\nnot an image\n", "not an image")])
 def test_zero_byte_and_non_image_files_are_named(small_tree, tmp_path, content, reason):
     bad = small_tree.root / "train" / small_tree.classes[1] / "bad.JPEG"
