@@ -53,8 +53,9 @@ bench: setup
 	$(PY) -m benchmarks.loader
 	$(PY) -m benchmarks.shards
 	$(PY) -m benchmarks.step
-	$(PY) -m benchmarks.probe
+	$(PY) -m benchmarks.probe --encoder mobilenet_v2
 	$(PY) -m benchmarks.e2e
+	$(PY) -m benchmarks.summary
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

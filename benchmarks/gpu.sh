@@ -25,4 +25,5 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 python3 -m benchmarks.step --arch RN50 --batch 256 --steps 20 --repeats 3 --warmup 5
 python3 -m benchmarks.step --arch ViT-B-16 --batch 256 --steps 20 --repeats 3 --warmup 5
 python3 -m benchmarks.probe --random-features
+python3 -m benchmarks.summary --history "$FASTFC_BENCH_HISTORY"
 echo "history lines: $FASTFC_BENCH_HISTORY"

@@ -81,6 +81,37 @@ def test_plot_draws_one_png_per_benchmark(tmp_path):
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
 
 
+def test_summary_judges_the_newest_line_and_gpu_targets_only_on_gpu_lines(tmp_path, capsys):
+    import json
+
+    from benchmarks import summary
+
+    def line(benchmark, sha, figures=None, **ratios):
+        return {"benchmark": benchmark, "sha": sha, "date": "2026-11-29T00:00:00", "machine": {},
+                "figures": figures or {}, "ratios": ratios}
+
+    def step(device, arch, rate, ratio):
+        rows = {"eager fp32 NCHW": {"img_per_s": rate / ratio}, "+ fused AdamW": {"img_per_s": rate}}
+        return line("step", device, {"device": device, "arch": arch, "rows": rows},
+                    vs_eager_fp32={"eager fp32 NCHW": 1.0, "+ fused AdamW": ratio})
+
+    history = tmp_path / "history.jsonl"
+    lines = [line("loader", "old", ffcv_vs_imagefolder=2.5, ffcv_vs_decode_bound=0.5),
+             line("loader", "new", ffcv_vs_imagefolder=3.5, ffcv_vs_decode_bound=0.7),
+             step("cuda", "RN50", 6000.0, 3.2), step("cpu", "tiny", 900.0, 0.2)]
+    history.write_text("".join(json.dumps(l) + "\n" for l in lines))
+    rows = {r["measure"]: r for r in summary.summarise(summary.read_history(history))}
+    assert rows["fastfc loader vs ImageFolder"]["status"] == "met" and rows["fastfc loader vs ImageFolder"]["sha"] == "new"
+    assert rows["fastfc loader vs decode bound"]["status"] == "missed"
+    assert rows["RN50 step on one GPU"]["value"] == "6000.00 img/s" and rows["RN50 step on one GPU"]["status"] == "met"
+    assert rows["RN50 step, all toggles vs eager fp32"]["sha"] == "cuda"  # the newer CPU line is not judged on it
+    assert rows["data wait"]["status"] == "not run yet"
+    assert summary.main(["--history", str(history)]) == 0
+    assert "needs a GPU run" not in capsys.readouterr().out
+    assert summary.main(["--history", str(tmp_path / "none.jsonl")]) == 1
+    assert "run `make bench` first" in capsys.readouterr().err
+
+
 def test_probe_heads_benchmark_on_random_features_smoke():
     from benchmarks import probe
 
