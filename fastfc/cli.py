@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser(
         "probe", help="train a linear probe on an encoder's cached features (or on images)",
-        description="Linear probe, the paper's recipe: AdamW lr 1e-3, batch 256, 10 epochs, 500 warmup "
+        description="Linear probe, the paper's recipe: AdamW lr 1e-3, batch 256, 10 epochs, 500 warmup\n"
                     "steps then cosine; weight decay 0.1 for CLIP encoders, 1e-3 for distilled ones.",
         epilog="examples:\n  python -m fastfc probe --encoder RN50 --pretrained openai --train data/betons/train.beton --out runs/clip/probe.pt\n"
                "  python -m fastfc probe --encoder RN50 --weights runs/distill_rn50/weights.pt --kind distilled --train ... --out ...\n"
@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--from-images", action="store_true", help="the original way: run the encoder over the images every epoch")
     pr.add_argument("--zero-shot", metavar="TAG", help="start from CLIP's zero-shot head: the text tower of --encoder's CLIP "
                                                        "model with this open_clip tag (e.g. openai; downloads once) or a "
-                                                       "whole-CLIP checkpoint file, prompted with open_clip's ImageNet class "
+                                                       "whole-CLIP checkpoint file of open_clip's config of that name "
+                                                       "(not QuickGELU: use the tag for OpenAI's), prompted with open_clip's ImageNet class "
                                                        "names and 80 templates; also for a distilled student of that CLIP")
     pr.set_defaults(func=probe)
 
