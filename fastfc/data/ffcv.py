@@ -20,6 +20,7 @@ from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToDev
 
 from .resize import random_resized_crop_decoder
 
+
 def quiet_numba_finalizer_noise() -> None:
     """Hide one known-harmless message: numba's dispatcher finalizer raises ``KeyError`` when an
     ffcv pipeline is garbage-collected ("Exception ignored in: <finalize object ...>"). Every other
