@@ -4,7 +4,7 @@
 // image stored with its shorter side just above the output, REFERENCE.md section 5) every resize is
 // a small non-integer downscale (ratio about 1.1), where OpenCV's area filter takes its generic
 // path: 0.5-0.7 ms per 224 px image on one core, as much as the JPEG decode. Bilinear takes 0.1 ms.
-// Below a 2x downscale bilinear reads every source pixel, so it does not alias; at 2x and above
+// Below a 2x downscale bilinear skips no source pixel, so it aliases little; at 2x and above
 // this falls back to INTER_AREA, exactly as ffcv does.
 //
 // Same argument order as ffcv's `resize` minus its unused first argument: image rows/cols,

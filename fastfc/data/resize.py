@@ -4,7 +4,7 @@ ffcv 1.0.2 resizes every crop with OpenCV ``INTER_AREA``. For the paper's crop (
 image whose shorter side is stored just above the output size, REFERENCE.md §5) each resize is a
 small non-integer downscale, where the area filter costs 0.5-0.7 ms per 224-px image on one core,
 as much as the JPEG decode itself; ``INTER_LINEAR`` costs 0.1 ms. Below a 2x downscale bilinear
-interpolation reads every source pixel, so it does not alias; from 2x on, the native resize falls
+interpolation skips no source pixel, so it aliases little; from 2x on, the native resize falls
 back to ``INTER_AREA`` exactly as ffcv does. Against PIL's antialiased bicubic (torchvision's
 ``RandomResizedCrop`` on PIL images, the paper's recipe) both filters differ by about one grey level
 on average (measured on the test photos: area 1.11, bilinear 1.17).
@@ -55,9 +55,8 @@ def resize_crop(source: np.ndarray, start_row: int, end_row: int, start_col: int
         destination: ``(h, w, 3)`` uint8, C-contiguous; bilinear when the crop is under twice
             ``(h, w)`` on both sides, otherwise area (as ffcv).
 
-    Raises:
-        RuntimeError: (from Python only) the native library was not built. Bounds and dtypes are
-            not checked: inside ffcv's decoder they are right by construction.
+    Only usable when :data:`AVAILABLE`. Bounds and dtypes are not checked: inside ffcv's decoder
+    they are right by construction.
     """
     _native_resize(source.ctypes.data, source.shape[0], source.shape[1], start_row, end_row,
                    start_col, end_col, destination.ctypes.data, destination.shape[0], destination.shape[1])
