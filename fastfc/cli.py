@@ -6,6 +6,8 @@
   probe     a linear probe on cached embeddings (or the original way, on images)
   eval      top-1 on ImageNet val and the shift sets, each in its own label space; --compare runs
   toy       the synthetic feature-contamination experiment (fastfc/toy.py)
+  cifar     the CIFAR-10 experiment: PGD-trained ResNet-32 with/without a brick-red background,
+            feature visualisation (fastfc/cifar/)
   demo      the whole pipeline on the embedded real-photo data, on CPU, offline
 
 Each command has --help with examples. Bad input gives one error line; FASTFC_TRACEBACK=1 shows
@@ -211,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("toy", add_help=False,
                    help="the paper's synthetic feature-contamination experiment (see: python -m fastfc toy --help)")
+    sub.add_parser("cifar", add_help=False,
+                   help="the CIFAR-10 experiment: train, visualize (see: python -m fastfc cifar --help)")
 
     f = sub.add_parser("features", help="extract embeddings of betons / shard sets to the cache")
     _encoder_args(f)
@@ -272,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["toy"]:  # the synthetic experiment has its own parser (python -m fastfc toy --help)
         from fastfc.toy import main as toy_main
         return toy_main(argv[1:])
+    if argv[:1] == ["cifar"]:  # train | visualize, with their own parser (python -m fastfc cifar --help)
+        from fastfc.cifar.run import main as cifar_main
+        return cifar_main(argv[1:])
     args = build_parser().parse_args(argv)
     from fastfc.data.ffcv import quiet_numba_finalizer_noise
     quiet_numba_finalizer_noise()

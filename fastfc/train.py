@@ -15,7 +15,8 @@ at each epoch end, and on SIGTERM (then exit 0).
 
 The objective lives in a *task* (:mod:`fastfc.distill`, :mod:`fastfc.probe`): an object with
 ``.model`` (the trainable module), ``.loss(images, labels) -> scalar`` and ``.flops_per_image``
-(forward+backward FLOPs, or None).
+(forward+backward FLOPs, or None). A task may also have ``.end_epoch(epoch) -> dict[str, float]``:
+called on every rank after each full epoch, its values are logged (e.g. ``eval/clean/top1``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 class TrainConfig:
     """How to train. Units: lr per step; batch sizes in images; steps are optimiser steps.
 
+    ``optimizer``: "adamw" (``betas``, decoupled weight decay) or "sgd" (``momentum``, L2 weight
+    decay). ``schedule``: "cosine" (:func:`lr_at`) or "step" (lr × ``lr_gamma`` every
+    ``lr_step_epochs`` epochs); both warm up over ``warmup_steps``.
+
     ``global_batch_size`` is kept whatever the number of ranks (the paper's 256); the per-rank batch
     is derived and an uneven split is refused. ``compile=None`` means on for GPU, off for CPU.
     ``stop_after`` ends the run early at that step, as a preemption would (checkpoint saved),
@@ -61,6 +66,11 @@ class TrainConfig:
     warmup_steps: int = 10_000
     grad_clip: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    lr_step_epochs: int = 50
+    lr_gamma: float = 0.1
     global_batch_size: int = 256
     max_steps: int | None = None
     stop_after: int | None = None
@@ -76,7 +86,13 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
-        for name in ("epochs", "global_batch_size", "checkpoint_every", "log_every"):
+        if self.optimizer not in ("adamw", "sgd") or self.schedule not in ("cosine", "step"):
+            raise ValueError(f"train.optimizer must be adamw or sgd (got {self.optimizer!r}) and train.schedule "
+                             f"cosine or step (got {self.schedule!r})")
+        if not (0 <= self.momentum < 1 and 0 < self.lr_gamma <= 1):
+            raise ValueError(f"train.momentum must be in [0, 1) and train.lr_gamma in (0, 1], "
+                             f"got {self.momentum} and {self.lr_gamma}")
+        for name in ("epochs", "global_batch_size", "checkpoint_every", "log_every", "lr_step_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.lr <= 0:
@@ -105,6 +121,26 @@ def lr_at(step: int, *, base: float, warmup: int, total: int) -> float:
         return base * (step + 1) / warmup
     done, span = step - warmup, max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(done, span) / span)) * base
+
+
+def scheduled_lr(cfg: TrainConfig, step: int, *, total: int, steps_per_epoch: int) -> float:
+    """The lr of optimiser step ``step`` (0-based) under ``cfg.schedule``.
+
+    "cosine": :func:`lr_at`. "step": the same linear warmup, then ``cfg.lr * cfg.lr_gamma ** k`` with
+    ``k = (step // steps_per_epoch) // cfg.lr_step_epochs`` (PyTorch's ``StepLR`` stepped once per epoch).
+    """
+    if cfg.schedule == "cosine" or step < cfg.warmup_steps:
+        return lr_at(step, base=cfg.lr, warmup=cfg.warmup_steps, total=total)
+    return cfg.lr * cfg.lr_gamma ** (step // steps_per_epoch // cfg.lr_step_epochs)
+
+
+def build_optimizer(cfg: TrainConfig, params, *, fused: bool) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over ``params``: AdamW or SGD with momentum; fused when ``fused``, else multi-tensor."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               fused=fused or None, foreach=None if fused else True)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                             fused=fused or None, foreach=None if fused else True)
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -255,7 +291,7 @@ def prepare(task: Task, cfg: TrainConfig, rt: Runtime, *, fused: bool | None = N
     Moves it to the device (channels_last if set), wraps it in DDP when distributed, then
     ``torch.compile`` (``cfg.compile``, default on for GPU). ``task.model`` becomes the wrapped
     module; the raw module is returned for checkpoints (no ``module.``/``_orig_mod.`` prefixes).
-    AdamW is fused on CUDA (``fused=None``), multi-tensor (foreach) elsewhere.
+    The optimiser (:func:`build_optimizer`) is fused on CUDA (``fused=None``), multi-tensor elsewhere.
 
     Returns:
         ``(raw_model, optimizer)``.
@@ -271,9 +307,7 @@ def prepare(task: Task, cfg: TrainConfig, rt: Runtime, *, fused: bool | None = N
         model = torch.compile(model)
     task.model = model
     fused = rt.device.type == "cuda" if fused is None else fused
-    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
-                                  fused=fused or None, foreach=None if fused else True)
-    return raw_model, optimizer
+    return raw_model, build_optimizer(cfg, raw_model.parameters(), fused=fused)
 
 
 def train_step(task: Task, raw_model: nn.Module, optimizer, images: torch.Tensor, *, lr: float,
@@ -340,7 +374,7 @@ def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: boo
     preempt = _Preemption()
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not rt.is_main, dynamic_ncols=True)
     stopped_early, last_loss = False, float("nan")
-    lr = lr_at(step, base=cfg.lr, warmup=cfg.warmup_steps, total=total)
+    lr = scheduled_lr(cfg, step, total=total, steps_per_epoch=steps_per_epoch)
     window = {"images": 0, "wait": 0.0, "start": time.perf_counter(), "loss": 0.0, "n": 0}
     try:
         while step < total and not stopped_early:
@@ -353,7 +387,7 @@ def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: boo
                 t0 = time.perf_counter()
                 images, labels = next(batches)[:2]
                 window["wait"] += time.perf_counter() - t0
-                lr = lr_at(step, base=cfg.lr, warmup=cfg.warmup_steps, total=total)
+                lr = scheduled_lr(cfg, step, total=total, steps_per_epoch=steps_per_epoch)
                 loss = train_step(task, raw_model, optimizer, images.to(rt.device, non_blocking=True), lr=lr,
                                   cfg=cfg, labels=labels.to(rt.device, non_blocking=True))
                 step += 1
@@ -378,6 +412,8 @@ def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: boo
                 if step % steps_per_epoch == 0 and done_epochs % cfg.keep_weights_every_epochs == 0:
                     with atomic_path(out / f"weights_epoch{done_epochs:03d}.pt") as tmp:
                         torch.save(raw_model.state_dict(), tmp)
+            if step % steps_per_epoch == 0 and hasattr(task, "end_epoch"):
+                metrics.log(step, task.end_epoch(step // steps_per_epoch - 1))
         if window["n"]:
             last_loss = _log(metrics, bar, window, step, lr, rt, peak, task.flops_per_image)
         sums = [replica_checksum(raw_model)]
