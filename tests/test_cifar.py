@@ -179,6 +179,7 @@ def test_visualisation_raises_its_channels_activation():
     assert vis.images.shape == (3, 32, 32, 3) and vis.images.dtype == np.float32
     assert (vis.activation_end > vis.activation_start + 0.1).all(), (vis.activation_start, vis.activation_end)
     assert np.allclose(vis.images.min(axis=(1, 2, 3)), 0) and np.allclose(vis.images.max(axis=(1, 2, 3)), 1)
+    assert all(p.grad is None for p in net.parameters())  # only the images were optimised
     double = visualize_channels(net, layer, [0], rounds=1, steps=1, double_normalize=True)
     assert double.activation_start[0] != pytest.approx(vis.activation_start[0])  # the quirk changes the input
 

@@ -1,10 +1,10 @@
 """``python -m fastfc cifar train | visualize``: the paper's CIFAR-10 experiment as commands.
 
-    python -m fastfc cifar train --variant background --out runs/cifar/background            # the paper's run
-    python -m fastfc cifar train --variant raw --out runs/cifar/raw
+    python -m fastfc cifar train --variant background --out runs/cifar_background         # the paper's run
+    python -m fastfc cifar train --variant raw --out runs/cifar_raw
     torchrun --standalone --nproc-per-node 1 -m fastfc cifar train --config launch/configs/cifar_background.toml
-    python -m fastfc cifar visualize runs/cifar/raw runs/cifar/background --out runs/cifar/features
-    python -m fastfc cifar train --variant raw --out /tmp/raw --preset smoke                 # CPU, offline
+    python -m fastfc cifar visualize runs/cifar_raw runs/cifar_background --out runs/cifar_features
+    python -m fastfc cifar train --variant raw --out runs/smoke/raw --preset smoke        # CPU, offline
 
 A train run is :func:`fastfc.train.train` on :class:`~fastfc.cifar.attack.SmoothedPGDTask`; its folder
 holds ``config.json``, ``metrics.jsonl`` (``train/loss``, and per epoch ``eval/clean/top1``,
@@ -80,6 +80,10 @@ class CifarConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     cpu_threads: int = 0
 
+    def __post_init__(self):
+        if self.cpu_threads < 0:
+            raise ValueError(f"cpu_threads must be >= 0 (0: torch's default), got {self.cpu_threads}")
+
 
 def _merge(base: dict, top: dict) -> dict:
     out = copy.deepcopy(base)
@@ -101,7 +105,7 @@ def resolve(preset: str, config: Path | None = None, overrides: list[str] = (), 
             out: Path | None = None) -> CifarConfig:
     """The paper's recipe, then ``preset``, the TOML ``config``, ``--set`` overrides, ``variant`` and ``out``.
 
-    Without an out dir anywhere, ``runs/cifar/<variant>``. Raises ``FileNotFoundError`` (config) and
+    Without an out dir anywhere, ``runs/cifar_<variant>``. Raises ``FileNotFoundError`` (config) and
     :class:`fastfc.config.ConfigError` (unknown keys, bad values).
     """
     data = _merge(PAPER, PRESETS[preset])
@@ -112,12 +116,12 @@ def resolve(preset: str, config: Path | None = None, overrides: list[str] = (), 
         data.setdefault("data", {})["variant"] = variant
     if out is not None:
         data["train"]["out_dir"] = str(out)
-    data["train"].setdefault("out_dir", f"runs/cifar/{data.get('data', {}).get('variant', 'run')}")
+    data["train"].setdefault("out_dir", f"runs/cifar_{data.get('data', {}).get('variant', 'run')}")
     return configlib.from_dict(CifarConfig, data)
 
 
 def plan(cfg: CifarConfig, world_size: int) -> dict:
-    """What a run will do (``--dry-run``): images, per-rank batch, steps, and the FLOPs per image."""
+    """What a run will do (``--dry-run``): images, per-rank batch, steps, model passes per image."""
     per_rank = cfg.train.per_rank_batch(world_size)
     images = CIFAR_TRAIN_IMAGES if cfg.data.source == "cifar10" else 10 * cfg.data.train_per_class
     steps_per_epoch = images // world_size // per_rank
@@ -260,10 +264,10 @@ noise-smoothed classifier, on raw CIFAR-10 or with a brick-red (150,50,50) backg
 feature visualisation of both models and two measures of the background colour in their features.
 
 examples:
-  python -m fastfc cifar train --variant background --out runs/cifar/background   # the paper's run (GPU)
-  python -m fastfc cifar train --variant raw --out runs/cifar/raw
+  python -m fastfc cifar train --variant background --out runs/cifar_background   # the paper's run (GPU)
+  python -m fastfc cifar train --variant raw --out runs/cifar_raw
   torchrun --standalone --nproc-per-node 1 -m fastfc cifar train --config launch/configs/cifar_raw.toml
-  python -m fastfc cifar visualize runs/cifar/raw runs/cifar/background --out runs/cifar/features
+  python -m fastfc cifar visualize runs/cifar_raw runs/cifar_background --out runs/cifar_features
   python -m fastfc cifar train --variant raw --out runs/smoke/raw --preset smoke  # CPU, offline
 
 A train run folder holds config.json, metrics.jsonl (train/loss; per epoch eval/clean/top1 and
@@ -281,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "docs/recipe.md); --preset smoke: the offline photo stand-in, a few epochs, CPU.")
     t.add_argument("--variant", choices=VARIANTS, help="raw: flip only; background: 8-px (150,50,50) padding + "
                                                        "random 32-px crop + flip (required unless --config sets it)")
-    t.add_argument("--out", type=Path, help="run folder (default: the config's train.out_dir, else runs/cifar/VARIANT)")
+    t.add_argument("--out", type=Path, help="run folder (default: the config's train.out_dir, else runs/cifar_VARIANT)")
     t.add_argument("--preset", choices=PRESETS, default="paper", help="paper (default): 250 epochs on CIFAR-10; "
                                                                       "smoke: CPU, offline, ~1 min")
     t.add_argument("--config", type=Path, help="TOML with [data] [attack] [train] sections (launch/configs/cifar_*.toml)")

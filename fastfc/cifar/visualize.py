@@ -76,8 +76,8 @@ def visualize_channels(net: nn.Module, layer: nn.Module, channels: list[int], *,
                        double_normalize: bool = False) -> Visualisation:
     """One optimised image per channel of ``layer`` (all channels at once; the images are independent).
 
-    ``net`` takes ``[B, 3, size, size]`` RGB in [0, 1] and is put in eval mode; its weights are not
-    changed. Adam works per element, so one optimiser over the stacked images equals one per image.
+    ``net`` takes ``[B, 3, size, size]`` RGB in [0, 1] and is put in eval mode; its weights and their
+    ``.grad`` are not touched. Adam works per element, so one optimiser over the stacked images equals one per image.
     """
     net.eval()
     device = next(net.parameters()).device
@@ -94,8 +94,7 @@ def visualize_channels(net: nn.Module, layer: nn.Module, channels: list[int], *,
         for _ in range(steps):
             act = _channel_means(net, layer, x, index, double_normalize)
             loss = (-act + l2 * (x - 0.5).flatten(1).norm(dim=1)).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            x.grad, = torch.autograd.grad(loss, x)  # the image's gradient only, none for the weights
             optimizer.step()
     x = x.detach()
     with torch.no_grad():
@@ -194,5 +193,5 @@ def plot_grids(grids: dict[str, np.ndarray], measures: dict[str, dict], stem) ->
     fig.tight_layout()
     for fmt in ("png", "pdf"):
         with atomic_path(f"{stem}.{fmt}") as tmp:
-            fig.savefig(tmp, format=fmt, dpi=150)
+            fig.savefig(tmp, format=fmt, dpi=110)
     plt.close(fig)
