@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from fastfc.cifar.attack import AttackConfig, SmoothedPGDTask, epsilon_at, pgd_l2, smoothed_nll
+from fastfc.cifar.attack import AttackConfig, SmoothedPGDTask, epsilon_at, noisy_copies, pgd_l2, smoothed_nll
 from fastfc.cifar.data import BACKGROUND, EpochLoader, PhotoCIFAR10, train_transform
 from fastfc.cifar.data import test_transform as eval_transform  # not a test
 from fastfc.cifar.model import CifarResNet, resnet32
@@ -139,6 +139,15 @@ def test_pgd_raises_the_smoothed_loss_of_a_trained_model(trained_tiny):
         attacked = smoothed_nll(net, images + delta, labels, noise).item()
         jittered = smoothed_nll(net, (images + random).clamp(0, 1), labels, noise).item()
     assert attacked > 2 * clean and attacked > 2 * jittered, (clean, jittered, attacked)
+
+
+def test_noisy_copies_keep_each_images_copies_together_and_the_memory_format():
+    images = torch.rand(3, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    noise = torch.randn(3, 2, 3, 4, 4)
+    copies = noisy_copies(images, noise)
+    assert copies.shape == (6, 3, 4, 4) and copies.is_contiguous(memory_format=torch.channels_last)
+    for row, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]):  # labels.repeat_interleave(2)
+        assert torch.equal(copies[row], images[i] + noise[i, j])
 
 
 def test_task_loss_trains_on_the_noisy_adversarial_copies(trained_tiny):

@@ -44,6 +44,15 @@ def epsilon_at(epoch: int, *, epsilon: float = 255 / 256, ramp_epochs: int = 10)
     return min(1.0, (epoch + 1) / ramp_epochs) * epsilon
 
 
+def noisy_copies(inputs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, H, W]`` images + ``[B, m, 3, H, W]`` noise → ``[B·m, 3, H, W]``, image i's copies at rows
+    ``i·m … i·m + m - 1``, in the images' memory format (channels_last stays channels_last)."""
+    copies = (inputs.unsqueeze(1) + noise).flatten(0, 1)
+    if inputs.is_contiguous(memory_format=torch.channels_last) and not inputs.is_contiguous():
+        copies = copies.contiguous(memory_format=torch.channels_last)
+    return copies
+
+
 def smoothed_nll(net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the softmax averaged over noisy copies.
 
@@ -51,7 +60,7 @@ def smoothed_nll(net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, noi
     Returns the mean over the batch of ``-log(mean_j softmax(net(x + noise_j))[y])`` (float32).
     """
     b, m = noise.shape[:2]
-    probs = net((inputs.unsqueeze(1) + noise).flatten(0, 1)).float().softmax(-1).view(b, m, -1).mean(1)
+    probs = net(noisy_copies(inputs, noise)).float().softmax(-1).view(b, m, -1).mean(1)
     return F.nll_loss(probs.clamp_min(1e-20).log(), labels)
 
 
@@ -118,7 +127,7 @@ class SmoothedPGDTask:
         self.net.eval()
         delta = pgd_l2(self.net, images, labels, noise, epsilon=self.epsilon, steps=self.attack.steps)
         self.net.train()
-        logits = self.model((images + delta).unsqueeze(1).add(noise).flatten(0, 1))
+        logits = self.model(noisy_copies(images + delta, noise))
         return F.cross_entropy(logits.float(), labels.repeat_interleave(noise.shape[1]))
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
