@@ -48,6 +48,7 @@ class ProbeRecipe:
     warmup_steps: int = 500
     weight_decay: float = 0.1
     seed: int = 0
+    grad_clip: float = 1.0
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -74,7 +75,7 @@ def source_fingerprint(source: Path) -> str:
 
 @dataclass
 class Features:
-    """A cached extraction: ``features`` float16 ``[N, D]`` (memory-mapped), ``labels`` int64 ``[N]``."""
+    """A cached extraction: ``features`` float16 or float32 ``[N, D]`` (memory-mapped), ``labels`` int64 ``[N]``."""
 
     features: np.ndarray
     labels: np.ndarray
@@ -120,23 +121,37 @@ def _count(source: Path) -> int:
     return int(Reader(str(source)).num_samples)
 
 
+PRECISIONS = {"bf16": np.float16, "fp32": np.float32}  # precision -> the cache's dtype
+
+
 def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Runtime | None = None, *,
-            batch_size: int = 256, num_workers: int = 4, compile: bool | None = None) -> Features:
+            batch_size: int = 256, num_workers: int = 4, compile: bool | None = None,
+            precision: str = "bf16") -> Features:
     """Embeddings of every image of ``source`` (a beton or a shard set folder), cached.
 
-    The cache folder is ``cache_dir/<encoder fp>-<source fp>/``; one that exists and matches both
-    fingerprints is reused, anything else is rebuilt. Eval transform, bf16 autocast,
-    channels_last, ``torch.compile`` on GPU by default.
+    The cache folder is ``cache_dir/<encoder fp>-<source fp>[-fp32]/``; one that exists and matches
+    both fingerprints and the precision is reused, anything else is rebuilt. Eval transform,
+    channels_last, ``torch.compile`` on GPU by default. ``precision="bf16"``: bf16 autocast on GPU
+    (fp32 on CPU) and a float16 cache; ``"fp32"``: no autocast anywhere and a float32 cache, the
+    paper's arithmetic (``docs/recipe.md`` gives the measured difference).
 
     Returns:
-        :class:`Features` with ``features`` float16 ``[N, D]`` and ``labels`` int64 ``[N]`` in set order.
+        :class:`Features` with ``features`` ``[N, D]`` (float16, or float32 for ``"fp32"``) and
+        ``labels`` int64 ``[N]`` in set order.
+
+    Raises:
+        ValueError: unknown ``precision``.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     rt = rt or Runtime()
     source = Path(source)
     enc_fp, src_fp = encoder_fingerprint(encoder), source_fingerprint(source)
-    folder = Path(cache_dir) / f"{enc_fp[:16]}-{src_fp[:16]}"
+    folder = Path(cache_dir) / (f"{enc_fp[:16]}-{src_fp[:16]}" + ("-fp32" if precision == "fp32" else ""))
     want = {"encoder": enc_fp, "source": src_fp, "source_path": str(source), "encoder_name": encoder.name,
-            "transform": {"resolution": encoder.input_size, "mean": list(encoder.mean), "std": list(encoder.std)}}
+            "transform": {"resolution": encoder.input_size, "mean": list(encoder.mean), "std": list(encoder.std)},
+            "precision": precision}
+    dtype = PRECISIONS[precision]
     cached = _load(folder, want)
     if cached is not None:
         return cached
@@ -144,7 +159,7 @@ def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Run
     feats_tmp, labels_tmp = folder / ".features.npy.tmp", folder / ".labels.npy.tmp"
     if rt.is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        np.lib.format.open_memmap(feats_tmp, mode="w+", dtype=np.float16, shape=(n, dim)).flush()
+        np.lib.format.open_memmap(feats_tmp, mode="w+", dtype=dtype, shape=(n, dim)).flush()
         np.lib.format.open_memmap(labels_tmp, mode="w+", dtype=np.int64, shape=(n,)).flush()
     if rt.distributed:
         dist.barrier()
@@ -157,11 +172,12 @@ def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Run
         model = torch.compile(model)
     seen = 0
     # bf16 on GPU; fp32 on CPU, where bf16 autocast ran 3-4x slower here (no AVX512-BF16).
-    with torch.no_grad(), torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.device.type == "cuda"), \
+    autocast = precision == "bf16" and rt.device.type == "cuda"
+    with torch.no_grad(), torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=autocast), \
             tqdm(total=n, desc=f"features {source.name}", unit="img", disable=not rt.is_main) as bar:
         for rows, images, y in _batches(encoder, source, rt, batch_size=batch_size, num_workers=num_workers):
             emb = model(images.to(rt.device, non_blocking=True).contiguous(memory_format=torch.channels_last))
-            feats[rows.numpy()] = emb.float().cpu().numpy().astype(np.float16)
+            feats[rows.numpy()] = emb.float().cpu().numpy().astype(dtype)
             labels[rows.numpy()] = y.cpu().numpy()
             seen += len(rows)
             bar.update(len(rows) * rt.world_size)
@@ -210,8 +226,10 @@ def train_heads(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
     """Train one linear head per weight decay, all in one pass over the same minibatches.
 
     AdamW with decoupled weight decay, as ``torch.optim.AdamW`` does it (decay ``p *= 1 - lr*wd``
-    after the backward, then the Adam update) but with a per-head ``wd``: so head k equals a
-    separate run with ``weight_decay=weight_decays[k]`` and the same seed. Per-step warmup then
+    after the backward, then the Adam update) but with a per-head ``wd``, and each head's gradient
+    norm clipped at ``recipe.grad_clip`` as ``nn.utils.clip_grad_norm_`` would clip it alone (the
+    paper's probe clips at 1.0): so head k equals a separate run with
+    ``weight_decay=weight_decays[k]`` and the same seed. Per-step warmup then
     cosine (:func:`fastfc.train.lr_at`); minibatches in a seeded random order; the last one may be small.
 
     Args:
@@ -255,6 +273,7 @@ def train_heads(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
                 loss = F.cross_entropy(logits.reshape(-1, num_classes), y.repeat(k), reduction="sum") / len(y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                clip_per_head(weight.grad, bias.grad, recipe.grad_clip)
                 optimizer.param_groups[0]["lr"] = lr
                 with torch.no_grad():  # decoupled weight decay, per head
                     weight.mul_((1 - lr * wd)[:, None, None])
@@ -263,6 +282,16 @@ def train_heads(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
                 step += 1
                 bar.update()
     return weight.detach().cpu(), bias.detach().cpu()
+
+
+def clip_per_head(weight_grad: torch.Tensor, bias_grad: torch.Tensor, max_norm: float) -> None:
+    """Clip, in place, each head's gradient ``(weight_grad [K, C, D], bias_grad [K, C])`` to the norm
+    ``max_norm``, exactly as ``torch.nn.utils.clip_grad_norm_`` clips one head's parameters
+    (scale ``min(1, max_norm / (norm + 1e-6))``)."""
+    norms = torch.sqrt(weight_grad.pow(2).sum((1, 2)) + bias_grad.pow(2).sum(1))
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    weight_grad.mul_(scale[:, None, None])
+    bias_grad.mul_(scale[:, None])
 
 
 def top1(features, labels, weight: torch.Tensor, bias: torch.Tensor, batch_size: int = 4096) -> float:
@@ -351,7 +380,7 @@ def train_from_images(encoder: Encoder, beton: Path, num_classes: int, recipe: P
     from fastfc.train import TrainConfig, train
 
     cfg = TrainConfig(epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay,
-                      warmup_steps=recipe.warmup_steps, global_batch_size=recipe.batch_size, grad_clip=float("inf"),
+                      warmup_steps=recipe.warmup_steps, global_batch_size=recipe.batch_size, grad_clip=recipe.grad_clip,
                       seed=recipe.seed, compile=False, bf16=rt.device.type == "cuda", channels_last=False,
                       out_dir=str(out_dir), log_every=50)
     task = ProbeTask(encoder, num_classes, recipe.seed)

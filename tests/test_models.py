@@ -59,7 +59,10 @@ def test_openai_weights_get_quickgelu_config():
     """OpenAI CLIP weights were trained with QuickGELU (REFERENCE.md §4); read from open_clip's tables."""
     assert open_clip_model_name("ViT-B-16", "openai") == "ViT-B-16-quickgelu"
     assert open_clip_model_name("ViT-B-16", "laion2b_s34b_b88k") == "ViT-B-16"
-    assert open_clip_model_name("RN50", None) == "RN50"
+    # no tag (a random-init student, or weights from a file): the paper's OpenAI family, QuickGELU
+    assert open_clip_model_name("ViT-B-16", None) == "ViT-B-16-quickgelu"
+    assert open_clip_model_name("RN50", None) == "RN50-quickgelu"
+    assert open_clip_model_name("ViT-B-16", None, quick_gelu=False) == "ViT-B-16"
 
 
 def test_rn50_student_builds_at_native_resolution():
