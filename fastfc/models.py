@@ -29,7 +29,6 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torchvision import transforms as T
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP (= open_clip.constants.OPENAI_DATASET_MEAN)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -44,11 +43,6 @@ _WRAPPER_PREFIXES = ("module", "_orig_mod")  # DDP, torch.compile
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the module; the message names the file."""
-
-
-def _to_rgb(img):
-    """PIL image in any mode -> RGB (CLIP's own preprocess does the same); top-level so it pickles."""
-    return img.convert("RGB")
 
 
 @dataclass
@@ -74,20 +68,6 @@ class Encoder:
     embed_dim: int
     backend: str
     head: nn.Module | None = None
-
-    def train_transform(self) -> T.Compose:
-        """PIL image -> ``[3, S, S]`` float32 tensor: RGB, RandomResizedCrop(S, scale=(0.9, 1.0),
-        bicubic), horizontal flip, ToTensor (0..1), Normalize(mean, std). The paper's train recipe."""
-        return T.Compose([T.Lambda(_to_rgb),
-                          T.RandomResizedCrop(self.input_size, scale=(0.9, 1.0),
-                                              interpolation=T.InterpolationMode.BICUBIC),
-                          T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(self.mean, self.std)])
-
-    def eval_transform(self) -> T.Compose:
-        """PIL image -> ``[3, S, S]`` float32 tensor: RGB, Resize(S, bicubic) of the shorter side,
-        CenterCrop(S), ToTensor (0..1), Normalize(mean, std). CLIP's / the paper's eval recipe."""
-        return T.Compose([T.Lambda(_to_rgb), T.Resize(self.input_size, interpolation=T.InterpolationMode.BICUBIC),
-                          T.CenterCrop(self.input_size), T.ToTensor(), T.Normalize(self.mean, self.std)])
 
 
 class TinyCNN(nn.Module):
