@@ -29,7 +29,24 @@ from fastfc.distill import DistillTask, ObjectiveConfig
 from fastfc.models import build_student, build_teacher
 from fastfc.train import Runtime, TrainConfig, peak_flops, prepare, train_step
 
-from .common import print_table, record
+from .common import Target, print_table, record
+
+
+def _last_row(line: dict) -> dict:
+    return list(line["figures"]["rows"].values())[-1]
+
+
+def _is_gpu_rn50(line: dict) -> bool:
+    return line["figures"].get("device", "").startswith("cuda") and line["figures"].get("arch") == "RN50"
+
+
+MAKE_BENCH: list[str] | None = []  # `make bench` runs it with these arguments
+TARGETS = (  # GPU targets: judged only on a CUDA line of RN50 (benchmarks/gpu.sh)
+    Target("step", "RN50 step, all toggles vs eager fp32", lambda l: list(l["ratios"]["vs_eager_fp32"].values())[-1],
+           "x", ">= 3x (GPU)", lambda v: v >= 3, _is_gpu_rn50, "needs a GPU run (benchmarks/gpu.sh)"),
+    Target("step", "RN50 step on one GPU", lambda l: _last_row(l)["img_per_s"], " img/s", ">= 5000 img/s (H200)",
+           lambda v: v >= 5000, _is_gpu_rn50, "needs a GPU run (benchmarks/gpu.sh)"),
+)
 
 ROWS = [  # (name, channels_last, bf16, compile, fused)
     ("eager fp32 NCHW", False, False, False, False),
