@@ -15,7 +15,9 @@ import torch
 
 from fastfc import config as configlib
 from fastfc.distill import DistillConfig, plan, run
-from fastfc.train import Runtime, TrainConfig, load_checkpoint, lr_at
+from fastfc.checkpoint import load_checkpoint
+from fastfc.runtime import Runtime
+from fastfc.train import TrainConfig, lr_at
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +28,7 @@ def tiny_config(beton: Path, out: Path, **train) -> DistillConfig:
     cfg.data.train_beton, cfg.data.num_workers, cfg.data.augment = str(beton), 1, False
     cfg.train = TrainConfig(**{"epochs": 1, "lr": 1e-3, "warmup_steps": 2, "global_batch_size": 8,
                                "out_dir": str(out), "log_every": 1, "checkpoint_every": 1000,
-                               "compile": False, "bf16": False, "deterministic": True, **train})
+                               "compile": False, "precision": "fp32", "deterministic": True, **train})
     return cfg
 
 
@@ -121,7 +123,7 @@ def test_sigterm_leaves_a_loadable_checkpoint_and_exits_zero(small_beton, tmp_pa
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_loss_decreases_and_replicas_agree(small_beton, tmp_path):
-    cfg = tiny_config(small_beton, tmp_path / "run", max_steps=30, warmup_steps=3, lr=3e-3, bf16=True,
+    cfg = tiny_config(small_beton, tmp_path / "run", max_steps=30, warmup_steps=3, lr=3e-3, precision="bf16",
                       deterministic=False, log_every=5)
     cfg.data.augment = True
     toml = write_toml(cfg, tmp_path / "cfg.toml")
@@ -142,7 +144,7 @@ def test_torchrun_two_ranks_loss_decreases_and_replicas_agree(small_beton, tmp_p
 def test_compiled_cpu_step_matches_eager(small_beton, tmp_path):
     from torch._dynamo.utils import counters
 
-    kw = dict(max_steps=3, bf16=True, deterministic=False)
+    kw = dict(max_steps=3, precision="bf16", deterministic=False)
     eager = run(tiny_config(small_beton, tmp_path / "eager", compile=False, **kw), rt=one_process())
     graphs_before = counters["stats"]["unique_graphs"]
     compiled = run(tiny_config(small_beton, tmp_path / "compiled", compile=True, **kw), rt=one_process())
