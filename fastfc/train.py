@@ -159,13 +159,15 @@ class Task(Protocol):
 # ----------------------------------------------------------------------------- metrics
 
 class Metrics:
-    """JSONL (and TensorBoard when installed) on rank 0; keys are namespaced (``train/loss``).
-    Every line is strict JSON: a non-finite value is written as ``null``."""
+    """The run's record on rank 0: ``config.json`` (the resolved config), ``metrics.jsonl`` (and
+    TensorBoard when installed; keys are namespaced, ``train/loss``), ``summary.json``. Every
+    metrics line is strict JSON: a non-finite value is written as ``null``."""
 
-    def __init__(self, out_dir: Path, enabled: bool):
-        self.enabled, self.tb = enabled, None
+    def __init__(self, out_dir: Path, enabled: bool, config: dict):
+        self.out, self.enabled, self.tb = out_dir, enabled, None
         if enabled:
             out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
             self.file = (out_dir / "metrics.jsonl").open("a")
             with contextlib.suppress(ImportError):
                 from torch.utils.tensorboard import SummaryWriter
@@ -181,6 +183,10 @@ class Metrics:
             for k, v in values.items():
                 if v is not None:
                     self.tb.add_scalar(k, v, step)
+
+    def write_summary(self, summary: dict) -> None:
+        if self.enabled:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     def close(self) -> None:
         if self.enabled:
@@ -304,13 +310,17 @@ def build_optimizer(cfg: TrainConfig, params, *, fused: bool) -> torch.optim.Opt
 
 
 def prepare(task: Task, cfg: TrainConfig, rt: Runtime, *, fused: bool | None = None):
-    """Place ``task.model`` for training (:func:`fastfc.runtime.prepare_model` with ``cfg``'s
-    precision, channels_last and compile) and build its optimiser (:func:`build_optimizer`; fused
-    on CUDA when ``fused`` is None). ``task.model`` becomes the wrapped module.
+    """Seed this rank (``cfg.seed + rank``; deterministic algorithms if ``cfg.deterministic``), place
+    ``task.model`` for training (:func:`fastfc.runtime.prepare_model` with ``cfg``'s precision,
+    channels_last and compile) and build its optimiser (:func:`build_optimizer`; fused on CUDA when
+    ``fused`` is None). ``task.model`` becomes the wrapped module.
 
     Returns:
         ``(prepared, optimizer)``; ``prepared.raw`` is the module checkpoints save.
     """
+    torch.manual_seed(cfg.seed + rt.rank)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
     model = prepare_model(task.model, rt, training=True, precision=cfg.precision,
                           channels_last=cfg.channels_last, compile=cfg.compile)
     task.model = model.module
@@ -351,35 +361,26 @@ def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: boo
           run_config: dict | None = None) -> dict:
     """Train ``task.model`` on ``loader`` (yielding ``(images [B,3,H,W], labels)`` per rank).
 
-    ``loader`` must be an ffcv ``Loader`` (or anything with ``indices``, ``len()``, iteration and a
-    writable ``next_epoch``, which seeds its order). Each epoch is cut at
-    :meth:`TrainConfig.steps_per_epoch` steps (ffcv pads every rank to ``ceil(N / ranks)`` images).
-    Resuming restores model, optimiser, step and RNG state, then skips the batches of the current
-    epoch already seen, so the lr at every later step equals the uninterrupted run's, also on
-    another number of ranks; with the same ranks, deterministic data and algorithms so do the losses.
-
-    Returns:
-        A summary: ``{"step", "epoch", "total_steps", "stopped_early", "replica_checksums",
-        "final_loss"}``; also written to ``out_dir/summary.json`` on rank 0.
+    ``loader``: an ffcv ``Loader`` (``indices``, ``batch_size``, ``len()``, a writable ``next_epoch``
+    seeding its order). Each epoch is cut at :meth:`TrainConfig.steps_per_epoch` steps (ffcv pads
+    every rank to ``ceil(N / ranks)`` images). A resume restores model, optimiser, step and RNG
+    state and skips the batches of the epoch already seen: the lr at every later step equals the
+    uninterrupted run's, on any number of ranks (with the same ranks and deterministic data and
+    algorithms, so do the losses). Returns (and writes to summary.json) ``{"step", "epoch",
+    "total_steps", "stopped_early", "replica_checksums", "final_loss"}``.
 
     Raises:
         Diverged: a non-finite loss, gradient norm or weights (nothing non-finite is written).
         CheckpointError, FileNotFoundError: ``resume`` without a usable checkpoint of this run.
     """
     out, original_model = Path(cfg.out_dir), task.model
-    torch.manual_seed(cfg.seed + rt.rank)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
     model, optimizer = prepare(task, cfg, rt)
     plan = _plan(cfg, loader, rt)
     per_epoch, total = plan["steps_per_epoch"], plan["total_steps"]
     config = run_config or {"train": asdict(cfg)}
     ckpt = Checkpointer(out, rt, plan=plan, config=config)
     step = ckpt.resume(model.raw, optimizer) if resume else 0
-    if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    metrics, meter, preempt = Metrics(out, rt.is_main), Meter(rt, task.flops_per_image), _Preemption()
+    metrics, meter, preempt = Metrics(out, rt.is_main, config), Meter(rt, task.flops_per_image), _Preemption()
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not rt.is_main, dynamic_ncols=True)
     stopped_early, last_loss, lr = False, float("nan"), cfg.lr
     try:
@@ -402,19 +403,14 @@ def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: boo
                     stopped_early = step < total
                     break
             getattr(batches, "close", lambda: None)()  # stop ffcv's prefetch threads of a cut epoch
-            _save(ckpt, meter, model.raw, optimizer, step, per_epoch)  # end of epoch (or stop): resumable
-            done_epochs, partial = divmod(step, per_epoch)
-            if not partial and done_epochs % cfg.keep_weights_every_epochs == 0:
-                ckpt.write_weights(model.raw, f"weights_epoch{done_epochs:03d}.pt", step=step)
+            _save(ckpt, meter, model.raw, optimizer, step, per_epoch, keep_every=cfg.keep_weights_every_epochs)
         if meter.pending:
             last_loss = _log(meter, metrics, bar, ckpt, step, lr)
-        sums = replica_checksums(model.raw, rt)
+        summary = {"step": step, "epoch": step / per_epoch, "total_steps": total, "stopped_early": stopped_early,
+                   "replica_checksums": replica_checksums(model.raw, rt), "final_loss": last_loss}
         if not stopped_early:
             ckpt.write_weights(model.raw, "weights.pt", step=step)
-        summary = {"step": step, "epoch": step / per_epoch, "total_steps": total,
-                   "stopped_early": stopped_early, "replica_checksums": sums, "final_loss": last_loss}
-        if rt.is_main:
-            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        metrics.write_summary(summary)
         return summary
     finally:
         bar.close()
@@ -442,12 +438,17 @@ def _epoch(loader: Any, epoch: int, skip: int) -> Iterator:
     return batches
 
 
-def _save(ckpt: Checkpointer, meter: Meter, model: nn.Module, optimizer, step: int, per_epoch: int) -> None:
-    """Checkpoint ``step``, unless a step since the last log went non-finite (then raise ``Diverged``)."""
+def _save(ckpt: Checkpointer, meter: Meter, model: nn.Module, optimizer, step: int, per_epoch: int, *,
+          keep_every: int | None = None) -> None:
+    """Checkpoint ``step``, unless a step since the last log went non-finite (then raise ``Diverged``);
+    at the end of every ``keep_every``-th epoch also keep the weights (``weights_epochNNN.pt``)."""
     bad = meter.first_nonfinite(step)
     if bad is not None:
         raise ckpt.diverged(*bad)
     ckpt.save(model, optimizer, step=step, epoch=step // per_epoch)
+    epochs, partial = divmod(step, per_epoch)
+    if keep_every and not partial and epochs % keep_every == 0:
+        ckpt.write_weights(model, f"weights_epoch{epochs:03d}.pt", step=step)
 
 
 def _log(meter: Meter, metrics: Metrics, bar, ckpt: Checkpointer, step: int, lr: float) -> float:
