@@ -34,6 +34,7 @@ from fastfc.runtime import Runtime
 
 CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
 _REQUIRED = ("model", "optimizer", "step")
+_PLAN_KEYS = ("train_images", "global_batch", "steps_per_epoch", "total_steps")  # what a resume must keep
 # Settings a resumed run may change without a note: how it is run, not what it computes.
 _RUN_CONTROL = {"stop_after", "out_dir", "log_every", "checkpoint_every", "compile", "num_workers",
                 "keep_weights_every_epochs"}
@@ -153,6 +154,10 @@ def all_finite(module: nn.Module) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
 
 
+def _show(plan: dict) -> str:
+    return ", ".join(f"{k} {plan.get(k)}" for k in _PLAN_KEYS)
+
+
 def _plain(obj: Any) -> Any:
     """``obj`` as JSON-able plain values (tuples become lists; other objects their ``str``)."""
     return json.loads(json.dumps(obj, default=str))
@@ -229,21 +234,19 @@ class Checkpointer:
                               "drop --resume to start afresh")
 
     def _check_fits(self, state: dict, path: Path) -> None:
+        """Refuse another plan or another run (one line); note another world size or changed settings."""
         saved = state.get("plan")
         if saved is None:
             self.note(f"{path} predates saved plans: the schedule cannot be checked against it")
-        else:
-            keys = ("train_images", "global_batch", "steps_per_epoch", "total_steps")
-            if any(saved.get(k) != self.plan[k] for k in keys):
-                show = lambda p: ", ".join(f"{k} {p.get(k)}" for k in keys)  # noqa: E731
-                raise CheckpointError(f"{path}: planned for {show(saved)}; this run plans {show(self.plan)}: "
-                                      "resuming would change the schedule; resume with the data, epochs, max_steps "
-                                      "and global_batch_size it was started with, or drop --resume")
-            if saved.get("world_size") != self.rt.world_size:
-                self.note(f"{path} was written by {saved.get('world_size')} processes, this run has "
-                          f"{self.rt.world_size}: the schedule continues (step {state['step']} of "
-                          f"{self.plan['total_steps']}), but the data order and random streams differ from "
-                          "an uninterrupted run")
+        elif any(saved.get(k) != self.plan[k] for k in _PLAN_KEYS):
+            raise CheckpointError(f"{path}: planned for {_show(saved)}; this run plans {_show(self.plan)}: resuming "
+                                  "would change the schedule; resume with the data, epochs, max_steps and "
+                                  "global_batch_size it was started with, or drop --resume")
+        elif saved.get("world_size") != self.rt.world_size:
+            self.note(f"{path} was written by {saved.get('world_size')} processes, this run has "
+                      f"{self.rt.world_size}: the schedule continues (step {state['step']} of "
+                      f"{self.plan['total_steps']}), but the data order, the per-rank batch (BatchNorm "
+                      "statistics) and the random streams differ from an uninterrupted run")
         theirs = _plain(state.get("config") or {})
         for section in sorted((set(theirs) | set(self.config)) - {"train", "data"}):
             if theirs.get(section) != self.config.get(section):
