@@ -26,7 +26,7 @@ import torch
 from fastfc.models import build_teacher
 from fastfc.photos import make_imagenet_tree
 from fastfc.probe import ProbeRecipe, extract, top1, train_from_images, train_heads
-from fastfc.train import Runtime
+from fastfc.runtime import Runtime
 
 from .common import Target, parser, print_table, record
 

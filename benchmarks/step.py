@@ -27,7 +27,8 @@ import torch
 
 from fastfc.distill import DistillTask, ObjectiveConfig
 from fastfc.models import build_student, build_teacher
-from fastfc.train import Runtime, TrainConfig, peak_flops, prepare, train_step
+from fastfc.runtime import Runtime, peak_flops
+from fastfc.train import TrainConfig, prepare, train_step
 
 from .common import Target, print_table, record
 
@@ -68,19 +69,19 @@ def measure_row(arch: str, batch: int, resolution: int | None, device: torch.dev
     teacher, student = build_teacher(arch), build_student(arch, seed=0)
     task = DistillTask(teacher, student, ObjectiveConfig()).to(device)
     size = resolution or teacher.input_size
-    cfg = TrainConfig(channels_last=channels_last, bf16=bf16, compile=compile, lr=1e-4)
-    raw, optimizer = prepare(task, cfg, Runtime(device=device), fused=fused)
+    cfg = TrainConfig(channels_last=channels_last, precision="bf16" if bf16 else "fp32", compile=compile, lr=1e-4)
+    model, optimizer = prepare(task, cfg, Runtime(device=device), fused=fused)
     if channels_last:
         teacher.visual.to(memory_format=torch.channels_last)
     images = torch.randn(batch, 3, size, size, device=device)
     for _ in range(warmup):  # includes compilation; excluded from the timing
-        train_step(task, raw, optimizer, images, lr=1e-4, cfg=cfg)
+        train_step(task, model, optimizer, images, lr=1e-4, cfg=cfg)
     _sync(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(steps):
-            loss = train_step(task, raw, optimizer, images, lr=1e-4, cfg=cfg)
+            loss, _ = train_step(task, model, optimizer, images, lr=1e-4, cfg=cfg)
         _sync(device)
         times.append(time.perf_counter() - t0)
     assert torch.isfinite(loss), "the benchmarked step diverged"

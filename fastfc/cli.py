@@ -76,7 +76,7 @@ def _encoder(args):
 
 def features(args) -> int:
     from fastfc.probe import extract
-    from fastfc.train import setup_runtime
+    from fastfc.runtime import setup_runtime
 
     rt, encoder = setup_runtime(), _encoder(args)
     for source in args.source:
@@ -92,7 +92,7 @@ def probe(args) -> int:
 
     from fastfc import probe as probelib
     from fastfc.models import canonical_name
-    from fastfc.train import setup_runtime
+    from fastfc.runtime import setup_runtime
 
     if args.zero_shot and args.from_images:
         raise SystemExit("fastfc probe: --zero-shot initialises a head on cached features; drop --from-images")
@@ -149,7 +149,7 @@ def evaluate(args) -> int:
     from fastfc import evaluate as evallib
     from fastfc.probe import load_probe
     from fastfc.shifts import imagenet_wnids
-    from fastfc.train import setup_runtime
+    from fastfc.runtime import setup_runtime
 
     if args.compare:
         print(evallib.compare(args.compare, args.baseline or [], plot=args.plot))

@@ -4,7 +4,7 @@ The objective of the paper (arXiv 2406.03345, REFERENCE.md §1): the teacher's p
 embedding ``visual(x)`` is the target, unnormalised; ``loss = distill_weight * mse(student, teacher)``.
 Teacher and student see the same augmented batch (RandomResizedCrop 0.9–1.0 + flip from the
 beton), at the teacher's native resolution, normalised on the device with the teacher's mean/std.
-The teacher runs in eval mode, without gradients, under the loop's bf16 autocast.
+The teacher runs in eval mode, without gradients, at the loop's precision (bf16 autocast or fp32).
 
 ViT options of the original code: ``hidden_weight`` / ``attn_weight`` add MSE terms between the
 hidden states / "attention maps" of the chosen ``blocks`` ("last", "all" or "0,5,11"), each averaged
@@ -29,7 +29,8 @@ from torch import nn
 
 from fastfc import config as configlib
 from fastfc.models import INITS, Encoder, build_student, build_teacher
-from fastfc.train import Runtime, TrainConfig, lr_at, setup_runtime, train
+from fastfc.runtime import Runtime, setup_runtime
+from fastfc.train import TrainConfig, lr_at, train
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
@@ -239,20 +240,20 @@ def build_task(cfg: DistillConfig) -> DistillTask:
 
 
 def plan(cfg: DistillConfig, world_size: int) -> dict:
-    """The numbers ``--dry-run`` prints: per-rank batch, images, steps per epoch, total steps."""
-    per_rank = cfg.train.per_rank_batch(world_size)
+    """The numbers ``--dry-run`` prints: per-rank batch, images, steps per epoch, total steps
+    (:meth:`fastfc.train.TrainConfig.plan`: the steps do not depend on ``world_size``)."""
     beton = Path(cfg.data.train_beton)
     if beton.is_file():
         from ffcv.reader import Reader
         images, source = int(Reader(str(beton)).num_samples), str(beton)
     else:
         images, source = IMAGENET_TRAIN_IMAGES, f"{beton} not found: assuming ImageNet-1k train"
-    steps_per_epoch = images // world_size // per_rank
-    total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-    return {"world_size": world_size, "global_batch": cfg.train.global_batch_size, "per_rank_batch": per_rank,
-            "train_images": images, "images_from": source, "steps_per_epoch": steps_per_epoch,
-            "total_steps": total, "warmup_steps": cfg.train.warmup_steps,
-            "lr_first": lr_at(0, base=cfg.train.lr, warmup=cfg.train.warmup_steps, total=total)}
+    counts = cfg.train.plan(images, world_size)
+    return {"world_size": world_size, "global_batch": cfg.train.global_batch_size,
+            "per_rank_batch": counts["per_rank_batch"], "train_images": images, "images_from": source,
+            "steps_per_epoch": counts["steps_per_epoch"], "total_steps": counts["total_steps"],
+            "warmup_steps": cfg.train.warmup_steps,
+            "lr_first": lr_at(0, base=cfg.train.lr, warmup=cfg.train.warmup_steps, total=counts["total_steps"])}
 
 
 def run(cfg: DistillConfig, *, resume: bool = False, rt: Runtime | None = None) -> dict:
@@ -268,7 +269,8 @@ def run(cfg: DistillConfig, *, resume: bool = False, rt: Runtime | None = None) 
     loader = make_loader(cfg.data.train_beton, train=True, augment=cfg.data.augment, batch_size=per_rank,
                          resolution=task.teacher.input_size, mean=task.teacher.mean, std=task.teacher.std,
                          num_workers=cfg.data.num_workers, device=rt.device, distributed=rt.distributed,
-                         seed=cfg.train.seed, dtype=np.float16 if rt.device.type == "cuda" else np.float32)
+                         seed=cfg.train.seed,
+                         dtype=np.float16 if rt.device.type == "cuda" and cfg.train.precision == "bf16" else np.float32)
     return train(task, loader, cfg.train, rt, resume=resume, run_config=configlib.to_dict(cfg))
 
 

@@ -26,7 +26,7 @@ from fastfc import shifts
 from fastfc.atomic import atomic_path, write_json
 from fastfc.models import Encoder
 from fastfc.probe import encoder_fingerprint, extract, source_fingerprint
-from fastfc.train import Runtime
+from fastfc.runtime import Runtime
 
 ID_SET = "imagenet-val"
 

