@@ -322,7 +322,7 @@ def test_fp32_has_no_autocast_anywhere_and_bf16_autocasts_teacher_and_student():
         torch.manual_seed(0)
         task = DistillTask(build_teacher("tiny"), build_student("tiny", seed=0), ObjectiveConfig())
         with torch.no_grad():
-            expected = torch.nn.functional.mse_loss(task.model(images), task.teacher.visual(images))
+            expected = 0.9 * torch.nn.functional.mse_loss(task.model(images), task.teacher.visual(images))
         dtypes = []
         for module in (task.teacher.visual, task.model):
             module.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
