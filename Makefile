@@ -48,14 +48,8 @@ test-fast: setup
 demo: setup
 	$(PY) -m fastfc demo
 
-bench: setup
-	$(PY) -m benchmarks.convert
-	$(PY) -m benchmarks.loader
-	$(PY) -m benchmarks.shards
-	$(PY) -m benchmarks.step
-	$(PY) -m benchmarks.probe --encoder mobilenet_v2
-	$(PY) -m benchmarks.e2e
-	$(PY) -m benchmarks.summary
+bench: setup  # every benchmarks/<name>.py that declares MAKE_BENCH, then the summary
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,13 +1,21 @@
-"""Shared benchmark plumbing: the machine line, median-of-runs timing, and the JSONL history.
+"""Shared benchmark plumbing: the machine line, median-of-runs timing, the JSONL history, targets.
 
 Every benchmark appends one line to ``benchmarks/results/history.jsonl`` recording the git sha,
 date, machine (CPU model, cores, GPU if any), library versions, its figures and its ratios.
+
+A benchmark is one module ``benchmarks/<name>.py`` with a ``main(argv)`` and two declarations that
+:func:`discover` finds, so adding a benchmark touches only its own file:
+
+* ``TARGETS``: a tuple of :class:`Target`, judged by ``python -m benchmarks.summary``;
+* ``MAKE_BENCH``: its arguments in ``make bench`` (``python -m benchmarks``), or ``None`` to leave
+  it out.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import importlib.metadata
 import json
 import os
@@ -15,7 +23,9 @@ import platform
 import statistics
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 # FASTFC_BENCH_HISTORY redirects it (the GPU script writes under the device's $OUT).
@@ -111,3 +121,36 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
     print(f"\n{title}")
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target a benchmark declares: ``value(history line) -> float`` judged by ``met``.
+    ``applies`` picks the history lines it may be judged on (e.g. GPU lines only); ``missing`` is
+    what the summary says when no such line exists."""
+
+    benchmark: str
+    measure: str
+    value: Callable[[dict], float]
+    unit: str
+    target: str
+    met: Callable[[float], bool]
+    applies: Callable[[dict], bool] = lambda line: True
+    missing: str = "not run yet"
+
+
+NOT_BENCHMARKS = {"__init__", "__main__", "common", "summary", "plot"}
+
+
+def discover() -> dict[str, ModuleType | str]:
+    """Every benchmark module, by name (sorted): the imported module, or the import error's text
+    where it cannot be imported here (the GPU machine has no ffcv)."""
+    found: dict[str, ModuleType | str] = {}
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.stem in NOT_BENCHMARKS:
+            continue
+        try:
+            found[path.stem] = importlib.import_module(f"{__package__}.{path.stem}")
+        except ImportError as e:
+            found[path.stem] = str(e)
+    return found

@@ -18,7 +18,11 @@ from data_prep.beton import BetonWriter, ImageFiles, WriterSettings
 from data_prep.imagenet import list_classes, list_split, scan
 from fastfc.photos import make_imagenet_tree
 
-from .common import median_time, parser, print_table, record
+from .common import Target, median_time, parser, print_table, record
+
+MAKE_BENCH: list[str] | None = []  # `make bench` runs it with these arguments
+TARGETS = (Target("convert", "conversion per core", lambda l: l["figures"]["convert_img_per_s_per_core"], " img/s",
+                  ">= 100 img/s", lambda v: v >= 100),)
 
 
 def run(*, per_class: int, repeats: int, workers: int, history=True) -> dict:

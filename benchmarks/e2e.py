@@ -17,7 +17,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from .common import parser, print_table, record
+from .common import Target, parser, print_table, record
+
+MAKE_BENCH: list[str] | None = []  # `make bench` runs it with these arguments
+TARGETS = (Target("e2e", "data wait", lambda l: 100 * l["figures"]["data_wait"], "%", "< 5%", lambda v: v < 5),)
 
 
 def run(*, arch: str = "tiny", per_class: int = 40, steps: int = 60, batch: int = 64, workers: int = 2,
@@ -28,7 +31,8 @@ def run(*, arch: str = "tiny", per_class: int = 40, steps: int = 60, batch: int 
     from fastfc.distill import DistillConfig, run as distill
     from fastfc.models import ENCODERS, canonical_name
     from fastfc.photos import make_imagenet_tree
-    from fastfc.train import Runtime, TrainConfig
+    from fastfc.runtime import Runtime
+    from fastfc.train import TrainConfig
 
     from .step import measure_row
 
@@ -41,7 +45,7 @@ def run(*, arch: str = "tiny", per_class: int = 40, steps: int = 60, batch: int 
         convert(tmp / "src", tmp / "betons", splits=("train",), workers=workers,
                 settings=WriterSettings(short_side=short_side_for(resolution, TRAIN_SCALE[0])))
         cfg.data.train_beton, cfg.data.num_workers = str(tmp / "betons" / "train.beton"), workers
-        cfg.train = TrainConfig(epochs=1000, max_steps=steps, global_batch_size=batch, warmup_steps=5, bf16=False,
+        cfg.train = TrainConfig(epochs=1000, max_steps=steps, global_batch_size=batch, warmup_steps=5, precision="fp32",
                                 compile=False, log_every=max(1, steps // 3), out_dir=str(tmp / "run"))
         distill(cfg, rt=Runtime())
         logged = [json.loads(l) for l in (tmp / "run" / "metrics.jsonl").read_text().splitlines()][1:]  # skip warm-up

@@ -49,7 +49,15 @@ from fastfc.data.ffcv import TRAIN_SCALE, decode_ops, label_pipeline, make_loade
 from fastfc.models import CLIP_MEAN, CLIP_STD
 from fastfc.photos import make_imagenet_tree
 
-from .common import interleaved_times, parser, print_table, record
+from .common import Target, interleaved_times, parser, print_table, record
+
+MAKE_BENCH: list[str] | None = []  # `make bench` runs it with these arguments
+TARGETS = (
+    Target("loader", "fastfc loader vs ImageFolder", lambda l: l["ratios"]["ffcv_vs_imagefolder"], "x", ">= 3x",
+           lambda v: v >= 3),
+    Target("loader", "fastfc loader vs decode bound", lambda l: l["ratios"]["ffcv_vs_decode_bound"], "x", ">= 0.8x",
+           lambda v: v >= 0.8),
+)
 
 
 def _decode(path: str) -> int:

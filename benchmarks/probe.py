@@ -26,9 +26,13 @@ import torch
 from fastfc.models import build_teacher
 from fastfc.photos import make_imagenet_tree
 from fastfc.probe import ProbeRecipe, extract, top1, train_from_images, train_heads
-from fastfc.train import Runtime
+from fastfc.runtime import Runtime
 
-from .common import parser, print_table, record
+from .common import Target, parser, print_table, record
+
+MAKE_BENCH: list[str] | None = ["--encoder", "mobilenet_v2"]  # `make bench` runs it with these arguments
+TARGETS = (Target("probe", "cached probe vs image path", lambda l: l["ratios"]["cached_vs_images"], "x", ">= 20x",
+                  lambda v: v >= 20),)
 
 
 def run(*, encoder_name: str = "tiny", per_class: int = 30, epochs: int = 10, workers: int = 2,

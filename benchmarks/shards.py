@@ -33,7 +33,11 @@ from fastfc.data.shards import eval_transform, make_shard_loader
 from fastfc.models import CLIP_MEAN, CLIP_STD
 from fastfc.photos import make_imagenet_tree
 
-from .common import interleaved_times, parser, print_table, record
+from .common import Target, interleaved_times, parser, print_table, record
+
+MAKE_BENCH: list[str] | None = []  # `make bench` runs it with these arguments
+TARGETS = (Target("shards", "shard reads vs ImageFolder", lambda l: l["ratios"]["shards_vs_imagefolder"], "x", ">= 2x",
+                  lambda v: v >= 2),)
 
 
 def _drain(loader) -> int:

@@ -27,9 +27,27 @@ import torch
 
 from fastfc.distill import DistillTask, ObjectiveConfig
 from fastfc.models import build_student, build_teacher
-from fastfc.train import Runtime, TrainConfig, peak_flops, prepare, train_step
+from fastfc.runtime import Runtime, peak_flops
+from fastfc.train import TrainConfig, prepare, train_step
 
-from .common import print_table, record
+from .common import Target, print_table, record
+
+
+def _last_row(line: dict) -> dict:
+    return list(line["figures"]["rows"].values())[-1]
+
+
+def _is_gpu_rn50(line: dict) -> bool:
+    return line["figures"].get("device", "").startswith("cuda") and line["figures"].get("arch") == "RN50"
+
+
+MAKE_BENCH: list[str] | None = []  # `make bench` runs it with these arguments
+TARGETS = (  # GPU targets: judged only on a CUDA line of RN50 (benchmarks/gpu.sh)
+    Target("step", "RN50 step, all toggles vs eager fp32", lambda l: list(l["ratios"]["vs_eager_fp32"].values())[-1],
+           "x", ">= 3x (GPU)", lambda v: v >= 3, _is_gpu_rn50, "needs a GPU run (benchmarks/gpu.sh)"),
+    Target("step", "RN50 step on one GPU", lambda l: _last_row(l)["img_per_s"], " img/s", ">= 5000 img/s (H200)",
+           lambda v: v >= 5000, _is_gpu_rn50, "needs a GPU run (benchmarks/gpu.sh)"),
+)
 
 ROWS = [  # (name, channels_last, bf16, compile, fused)
     ("eager fp32 NCHW", False, False, False, False),
@@ -51,19 +69,19 @@ def measure_row(arch: str, batch: int, resolution: int | None, device: torch.dev
     teacher, student = build_teacher(arch), build_student(arch, seed=0)
     task = DistillTask(teacher, student, ObjectiveConfig()).to(device)
     size = resolution or teacher.input_size
-    cfg = TrainConfig(channels_last=channels_last, bf16=bf16, compile=compile, lr=1e-4)
-    raw, optimizer = prepare(task, cfg, Runtime(device=device), fused=fused)
+    cfg = TrainConfig(channels_last=channels_last, precision="bf16" if bf16 else "fp32", compile=compile, lr=1e-4)
+    model, optimizer = prepare(task, cfg, Runtime(device=device), fused=fused)
     if channels_last:
         teacher.visual.to(memory_format=torch.channels_last)
     images = torch.randn(batch, 3, size, size, device=device)
     for _ in range(warmup):  # includes compilation; excluded from the timing
-        train_step(task, raw, optimizer, images, lr=1e-4, cfg=cfg)
+        train_step(task, model, optimizer, images, lr=1e-4, cfg=cfg)
     _sync(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(steps):
-            loss = train_step(task, raw, optimizer, images, lr=1e-4, cfg=cfg)
+            loss, _ = train_step(task, model, optimizer, images, lr=1e-4, cfg=cfg)
         _sync(device)
         times.append(time.perf_counter() - t0)
     assert torch.isfinite(loss), "the benchmarked step diverged"

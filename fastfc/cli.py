@@ -67,6 +67,8 @@ def _encoder_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
                    help="feature cache: one folder per (encoder weights, data); reused when both match")
     p.add_argument("--batch-size", type=_positive, default=256, help="images per extraction batch, per process")
     p.add_argument("--workers", type=_positive, default=4, help="loader workers per process")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                   help="bf16: autocast on GPU and a float16 cache; fp32: the paper's arithmetic, a float32 cache")
 
 
 def _encoder(args):
@@ -76,13 +78,14 @@ def _encoder(args):
 
 def features(args) -> int:
     from fastfc.probe import extract
-    from fastfc.train import setup_runtime
+    from fastfc.runtime import setup_runtime
 
     rt, encoder = setup_runtime(), _encoder(args)
     for source in args.source:
-        f = extract(encoder, source, args.cache, rt, batch_size=args.batch_size, num_workers=args.workers)
+        f = extract(encoder, source, args.cache, rt, batch_size=args.batch_size, num_workers=args.workers,
+                    precision=args.precision)
         if rt.is_main:
-            print(f"{source}: {f.features.shape[0]} x {f.features.shape[1]} float16 → {f.path}")
+            print(f"{source}: {f.features.shape[0]} x {f.features.shape[1]} {f.features.dtype} → {f.path}")
     return 0
 
 
@@ -91,7 +94,7 @@ def probe(args) -> int:
 
     from fastfc import probe as probelib
     from fastfc.models import canonical_name
-    from fastfc.train import setup_runtime
+    from fastfc.runtime import setup_runtime
 
     if args.zero_shot and args.from_images:
         raise SystemExit("fastfc probe: --zero-shot initialises a head on cached features; drop --from-images")
@@ -123,7 +126,8 @@ def probe(args) -> int:
         weight, bias = probelib.train_from_images(encoder, args.train, len(classes), recipe, rt,
                                                   out_dir=args.out.parent / "from_images", num_workers=args.workers)
     else:
-        feats = probelib.extract(encoder, args.train, args.cache, rt, batch_size=args.batch_size, num_workers=args.workers)
+        feats = probelib.extract(encoder, args.train, args.cache, rt, batch_size=args.batch_size,
+                                 num_workers=args.workers, precision=args.precision)
         if not rt.is_main:
             return 0
         if args.wd_sweep:
@@ -147,7 +151,7 @@ def evaluate(args) -> int:
     from fastfc import evaluate as evallib
     from fastfc.probe import load_probe
     from fastfc.shifts import imagenet_wnids
-    from fastfc.train import setup_runtime
+    from fastfc.runtime import setup_runtime
 
     if args.compare:
         print(evallib.compare(args.compare, args.baseline or [], plot=args.plot))
@@ -174,7 +178,7 @@ def evaluate(args) -> int:
     weight, bias, info = load_probe(args.probe)
     classes = info.get("classes") or imagenet_wnids()  # the original probes are 1000-way
     results = evallib.evaluate(encoder, weight, bias, classes, sets, args.cache, rt,
-                               batch_size=args.batch_size, num_workers=args.workers)
+                               batch_size=args.batch_size, num_workers=args.workers, precision=args.precision)
     if rt.is_main:
         evallib.write_results(args.out, results)
         print((args.out / "results.md").read_text())
@@ -245,8 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--from-images", action="store_true", help="the original way: run the encoder over the images every epoch")
     pr.add_argument("--zero-shot", metavar="TAG", help="start from CLIP's zero-shot head: the text tower of --encoder's CLIP "
                                                        "model with this open_clip tag (e.g. openai; downloads once) or a "
-                                                       "whole-CLIP checkpoint file of open_clip's config of that name "
-                                                       "(not QuickGELU: use the tag for OpenAI's), prompted with open_clip's ImageNet class "
+                                                       "whole-CLIP checkpoint file (built with QuickGELU, as OpenAI's weights need), prompted with open_clip's ImageNet class "
                                                        "names and 80 templates; also for a distilled student of that CLIP")
     pr.set_defaults(func=probe)
 

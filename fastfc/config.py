@@ -52,7 +52,14 @@ def _check_type(key: str, hint, value) -> None:
 
 
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:
-    """Build dataclass ``cls`` from a nested dict. Raises :class:`ConfigError` on unknown keys."""
+    """Build dataclass ``cls`` from a nested dict. Raises :class:`ConfigError` on unknown keys.
+
+    A dataclass may rename keys of older configs with a static ``migrate_keys(data) -> data``."""
+    if hasattr(cls, "migrate_keys"):
+        try:
+            data = cls.migrate_keys(data)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)

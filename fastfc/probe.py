@@ -32,8 +32,10 @@ from tqdm import tqdm
 
 from fastfc import shifts
 from fastfc.atomic import atomic_path, publish, write_json
+from fastfc.checkpoint import read_file
 from fastfc.models import Encoder
-from fastfc.train import Runtime, lr_at
+from fastfc.runtime import Runtime, prepare_model
+from fastfc.train import lr_at
 
 WEIGHT_DECAY = {"clip": 0.1, "distilled": 1e-3}  # the paper's probe weight decays
 
@@ -48,6 +50,7 @@ class ProbeRecipe:
     warmup_steps: int = 500
     weight_decay: float = 0.1
     seed: int = 0
+    grad_clip: float = 1.0
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -74,7 +77,7 @@ def source_fingerprint(source: Path) -> str:
 
 @dataclass
 class Features:
-    """A cached extraction: ``features`` float16 ``[N, D]`` (memory-mapped), ``labels`` int64 ``[N]``."""
+    """A cached extraction: ``features`` float16 or float32 ``[N, D]`` (memory-mapped), ``labels`` int64 ``[N]``."""
 
     features: np.ndarray
     labels: np.ndarray
@@ -120,23 +123,37 @@ def _count(source: Path) -> int:
     return int(Reader(str(source)).num_samples)
 
 
+CACHE_DTYPES = {"bf16": np.float16, "fp32": np.float32}  # precision -> the cache's dtype
+
+
 def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Runtime | None = None, *,
-            batch_size: int = 256, num_workers: int = 4, compile: bool | None = None) -> Features:
+            batch_size: int = 256, num_workers: int = 4, compile: bool | None = None,
+            precision: str = "bf16") -> Features:
     """Embeddings of every image of ``source`` (a beton or a shard set folder), cached.
 
-    The cache folder is ``cache_dir/<encoder fp>-<source fp>/``; one that exists and matches both
-    fingerprints is reused, anything else is rebuilt. Eval transform, bf16 autocast,
-    channels_last, ``torch.compile`` on GPU by default.
+    The cache folder is ``cache_dir/<encoder fp>-<source fp>[-fp32]/``; one that exists and matches
+    both fingerprints and the precision is reused, anything else is rebuilt. Eval transform,
+    channels_last, ``torch.compile`` on GPU by default. ``precision="bf16"``: bf16 autocast on GPU
+    (fp32 on CPU) and a float16 cache; ``"fp32"``: no autocast anywhere and a float32 cache, the
+    paper's arithmetic (``docs/recipe.md`` gives the measured difference).
 
     Returns:
-        :class:`Features` with ``features`` float16 ``[N, D]`` and ``labels`` int64 ``[N]`` in set order.
+        :class:`Features` with ``features`` ``[N, D]`` (float16, or float32 for ``"fp32"``) and
+        ``labels`` int64 ``[N]`` in set order.
+
+    Raises:
+        ValueError: unknown ``precision``.
     """
+    if precision not in CACHE_DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(CACHE_DTYPES)}, got {precision!r}")
     rt = rt or Runtime()
     source = Path(source)
     enc_fp, src_fp = encoder_fingerprint(encoder), source_fingerprint(source)
-    folder = Path(cache_dir) / f"{enc_fp[:16]}-{src_fp[:16]}"
+    folder = Path(cache_dir) / (f"{enc_fp[:16]}-{src_fp[:16]}" + ("-fp32" if precision == "fp32" else ""))
     want = {"encoder": enc_fp, "source": src_fp, "source_path": str(source), "encoder_name": encoder.name,
-            "transform": {"resolution": encoder.input_size, "mean": list(encoder.mean), "std": list(encoder.std)}}
+            "transform": {"resolution": encoder.input_size, "mean": list(encoder.mean), "std": list(encoder.std)},
+            "precision": precision}
+    dtype = CACHE_DTYPES[precision]
     cached = _load(folder, want)
     if cached is not None:
         return cached
@@ -144,24 +161,21 @@ def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Run
     feats_tmp, labels_tmp = folder / ".features.npy.tmp", folder / ".labels.npy.tmp"
     if rt.is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        np.lib.format.open_memmap(feats_tmp, mode="w+", dtype=np.float16, shape=(n, dim)).flush()
+        np.lib.format.open_memmap(feats_tmp, mode="w+", dtype=dtype, shape=(n, dim)).flush()
         np.lib.format.open_memmap(labels_tmp, mode="w+", dtype=np.int64, shape=(n,)).flush()
     if rt.distributed:
         dist.barrier()
     feats = np.lib.format.open_memmap(feats_tmp, mode="r+")
     labels = np.lib.format.open_memmap(labels_tmp, mode="r+")
-    model = encoder.visual.to(rt.device).eval()
-    if rt.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    if compile if compile is not None else rt.device.type == "cuda":
-        model = torch.compile(model)
+    gpu = rt.device.type == "cuda"  # bf16 on GPU; fp32 on CPU, where bf16 ran 3-4x slower here (no AVX512-BF16)
+    model = prepare_model(encoder.visual, rt, training=False, precision=precision if gpu else "fp32",
+                          channels_last=gpu, compile=compile)
     seen = 0
-    # bf16 on GPU; fp32 on CPU, where bf16 autocast ran 3-4x slower here (no AVX512-BF16).
-    with torch.no_grad(), torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.device.type == "cuda"), \
+    with torch.no_grad(), model.autocast(), \
             tqdm(total=n, desc=f"features {source.name}", unit="img", disable=not rt.is_main) as bar:
         for rows, images, y in _batches(encoder, source, rt, batch_size=batch_size, num_workers=num_workers):
-            emb = model(images.to(rt.device, non_blocking=True).contiguous(memory_format=torch.channels_last))
-            feats[rows.numpy()] = emb.float().cpu().numpy().astype(np.float16)
+            emb = model.module(model.inputs(images))
+            feats[rows.numpy()] = emb.float().cpu().numpy().astype(dtype)
             labels[rows.numpy()] = y.cpu().numpy()
             seen += len(rows)
             bar.update(len(rows) * rt.world_size)
@@ -210,8 +224,10 @@ def train_heads(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
     """Train one linear head per weight decay, all in one pass over the same minibatches.
 
     AdamW with decoupled weight decay, as ``torch.optim.AdamW`` does it (decay ``p *= 1 - lr*wd``
-    after the backward, then the Adam update) but with a per-head ``wd``: so head k equals a
-    separate run with ``weight_decay=weight_decays[k]`` and the same seed. Per-step warmup then
+    after the backward, then the Adam update) but with a per-head ``wd``, and each head's gradient
+    norm clipped at ``recipe.grad_clip`` as ``nn.utils.clip_grad_norm_`` would clip it alone (the
+    paper's probe clips at 1.0): so head k equals a separate run with
+    ``weight_decay=weight_decays[k]`` and the same seed. Per-step warmup then
     cosine (:func:`fastfc.train.lr_at`); minibatches in a seeded random order; the last one may be small.
 
     Args:
@@ -255,6 +271,7 @@ def train_heads(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
                 loss = F.cross_entropy(logits.reshape(-1, num_classes), y.repeat(k), reduction="sum") / len(y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                clip_per_head(weight.grad, bias.grad, recipe.grad_clip)
                 optimizer.param_groups[0]["lr"] = lr
                 with torch.no_grad():  # decoupled weight decay, per head
                     weight.mul_((1 - lr * wd)[:, None, None])
@@ -263,6 +280,16 @@ def train_heads(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
                 step += 1
                 bar.update()
     return weight.detach().cpu(), bias.detach().cpu()
+
+
+def clip_per_head(weight_grad: torch.Tensor, bias_grad: torch.Tensor, max_norm: float) -> None:
+    """Clip, in place, each head's gradient ``(weight_grad [K, C, D], bias_grad [K, C])`` to the norm
+    ``max_norm``, exactly as ``torch.nn.utils.clip_grad_norm_`` clips one head's parameters
+    (scale ``min(1, max_norm / (norm + 1e-6))``)."""
+    norms = torch.sqrt(weight_grad.pow(2).sum((1, 2)) + bias_grad.pow(2).sum(1))
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    weight_grad.mul_(scale[:, None, None])
+    bias_grad.mul_(scale[:, None])
 
 
 def top1(features, labels, weight: torch.Tensor, bias: torch.Tensor, batch_size: int = 4096) -> float:
@@ -309,11 +336,13 @@ def load_probe(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     under ``state_dict`` or with ``module.``/``head.`` prefixes). Returns ``(weight, bias, info)``.
 
     Raises:
-        ValueError: no ``weight``/``bias`` pair in the file (named).
+        FileNotFoundError: no such file.
+        ValueError: the file is unreadable (a ``CheckpointError``) or holds no ``weight``/``bias``
+            pair; the message names it.
     """
     path = Path(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
+    state = read_file(path, what_to_do="train the probe again with `fastfc probe`")
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
     found = {key.rsplit(".", 1)[-1]: value for key, value in state.items() if key.rsplit(".", 1)[-1] in ("weight", "bias")}
     if set(found) != {"weight", "bias"} or found["weight"].ndim != 2:
         raise ValueError(f"{path}: not a linear probe file (expected keys weight [C, D] and bias [C])")
@@ -351,8 +380,9 @@ def train_from_images(encoder: Encoder, beton: Path, num_classes: int, recipe: P
     from fastfc.train import TrainConfig, train
 
     cfg = TrainConfig(epochs=recipe.epochs, lr=recipe.lr, weight_decay=recipe.weight_decay,
-                      warmup_steps=recipe.warmup_steps, global_batch_size=recipe.batch_size, grad_clip=float("inf"),
-                      seed=recipe.seed, compile=False, bf16=rt.device.type == "cuda", channels_last=False,
+                      warmup_steps=recipe.warmup_steps, global_batch_size=recipe.batch_size, grad_clip=recipe.grad_clip,
+                      seed=recipe.seed, compile=False, precision="bf16" if rt.device.type == "cuda" else "fp32",
+                      channels_last=False,
                       out_dir=str(out_dir), log_every=50)
     task = ProbeTask(encoder, num_classes, recipe.seed)
     encoder.visual.to(rt.device)

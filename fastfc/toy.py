@@ -58,9 +58,9 @@ class ToyConfig:
     non-linear core, ReLU, logistic loss, AdamW lr 1e-3 wd 1e-3, 20k full-batch steps, seed 2024.
 
     ``steps`` and ``record_every`` count optimiser updates; ``momentum`` is SGD's only.
-    ``freeze_output`` fixes the output layer at +1/hidden (first half of the units) and
-    -1/hidden (second half), bias 0, as in the paper's theory (the original leaves the frozen bias
-    at its random init; the theory has none). Raises ValueError naming the bad field."""
+    ``freeze_output`` fixes the output layer's weights at +1/hidden (first half of the units) and
+    -1/hidden (second half) and freezes its bias at its random init, as the paper's code does
+    (the theory has no bias; see ``docs/recipe.md``). Raises ValueError naming the bad field."""
 
     n: int = 1000
     core_dim: int = 32
@@ -163,8 +163,7 @@ def _freeze_output(layer: nn.Linear, hidden: int) -> None:
     with torch.no_grad():
         layer.weight[:, : hidden // 2] = 1.0 / hidden
         layer.weight[:, hidden // 2:] = -1.0 / hidden
-        layer.bias.zero_()
-    layer.requires_grad_(False)
+    layer.requires_grad_(False)  # the bias keeps its random init, frozen (the original code)
 
 
 def make_optimizer(cfg: ToyConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -1,4 +1,4 @@
-"""The one training loop of fastfc, shared by distillation (and later probing).
+"""The one training loop of fastfc, shared by distillation and probing from images.
 
 Launch (nanoGPT style, the process group comes from the torchrun environment)::
 
@@ -7,11 +7,18 @@ Launch (nanoGPT style, the process group comes from the torchrun environment)::
     torchrun --nnodes 4 --node-rank $R --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
         --nproc-per-node 8 -m fastfc distill --config ...                       # several nodes
 
-What the loop does, top to bottom: set up the device and DDP (nccl on GPU, gloo on CPU) →
-optionally resume → per step: fetch a batch (timed: data wait), bf16 autocast forward of the
-task's loss, backward, clip the gradient norm at 1.0, AdamW step with the per-step lr → log
-(JSONL on rank 0, TensorBoard if installed, tqdm on rank 0) → atomic checkpoints every N steps,
-at each epoch end, and on SIGTERM (then exit 0).
+What the loop does, top to bottom: place the model (:func:`fastfc.runtime.prepare_model`: device,
+channels_last, DDP, compile) → optionally resume (:class:`fastfc.checkpoint.Checkpointer`) → per
+step: fetch a batch (timed: data wait), forward of the task's loss under the run's precision (bf16
+autocast, or fp32 throughout), backward, clip the gradient norm at 1.0, AdamW step with the per-step
+lr → per log window (:class:`Meter`): loss, gradient norm, img/s, data wait, MFU; JSONL on rank 0,
+TensorBoard if installed, tqdm on rank 0 → atomic, verified checkpoints every N steps, at each
+epoch end, and on SIGTERM (then exit 0). A non-finite loss, gradient norm or weights stops the run
+(:class:`fastfc.checkpoint.Diverged`) before anything non-finite is written.
+
+The run is the same at any world size: steps per epoch come from the image count and the global
+batch only (:meth:`TrainConfig.steps_per_epoch`), so the schedule and a resume do not depend on
+the number of processes.
 
 The objective lives in a *task* (:mod:`fastfc.distill`, :mod:`fastfc.probe`): an object with
 ``.model`` (the trainable module), ``.loss(images, labels) -> scalar`` and ``.flops_per_image``
@@ -24,24 +31,19 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import random
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from fastfc.atomic import atomic_path
-
-# Dense bf16 peak FLOP/s per device (vendor datasheets), for MFU. Unknown devices report no MFU.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
+from fastfc.checkpoint import Checkpointer
+from fastfc.runtime import Prepared, Runtime, check_precision, peak_flops, prepare_model
 
 
 # ----------------------------------------------------------------------------- config
@@ -56,8 +58,10 @@ class TrainConfig:
 
     ``global_batch_size`` is kept whatever the number of ranks (the paper's 256); the per-rank batch
     is derived and an uneven split is refused. ``compile=None`` means on for GPU, off for CPU.
-    ``stop_after`` ends the run early at that step, as a preemption would (checkpoint saved),
-    without changing the schedule; ``max_steps`` shortens the schedule itself.
+    ``precision``: ``"bf16"`` (bf16 autocast, the default) or ``"fp32"`` (no autocast anywhere in
+    the step, teacher included: the paper's arithmetic); the older ``bf16 = true/false`` key still
+    loads, as ``"bf16"``/``"fp32"``. ``stop_after`` ends the run early at that step, as a preemption
+    would (checkpoint saved), without changing the schedule; ``max_steps`` shortens the schedule itself.
     """
 
     epochs: int = 50
@@ -76,7 +80,7 @@ class TrainConfig:
     stop_after: int | None = None
     seed: int = 0
     compile: bool | None = None
-    bf16: bool = True
+    precision: str = "bf16"
     channels_last: bool = True
     deterministic: bool = False
     out_dir: str = "runs/train"
@@ -100,6 +104,23 @@ class TrainConfig:
         for name in ("max_steps", "stop_after"):  # 0 would read as "not set" and run the whole schedule
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1 (or unset), got {getattr(self, name)}")
+        check_precision(self.precision)
+
+    @staticmethod
+    def migrate_keys(data: dict) -> dict:
+        """Older configs: ``bf16 = true|false`` becomes ``precision = "bf16"|"fp32"``.
+        Raises ``ValueError`` when both are given and disagree."""
+        if "bf16" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("bf16")
+        if not isinstance(old, bool):
+            raise ValueError(f"train.bf16 (now train.precision): expected true or false, got {old!r}")
+        new = "bf16" if old else "fp32"
+        if data.setdefault("precision", new) != new:
+            raise ValueError(f"train.bf16 = {str(old).lower()} and train.precision = {data['precision']!r} "
+                             "disagree; drop train.bf16 (replaced by train.precision)")
+        return data
 
     def per_rank_batch(self, world_size: int) -> int:
         """The per-rank batch. Raises ``ValueError`` when the global batch does not split evenly."""
@@ -109,13 +130,34 @@ class TrainConfig:
                              f"{world_size * max(1, round(self.global_batch_size / world_size))})")
         return self.global_batch_size // world_size
 
+    def steps_per_epoch(self, num_images: int) -> int:
+        """Optimiser steps per epoch: ``num_images // global_batch_size`` (the last partial global
+        batch is dropped), the same for any number of ranks. Raises ``ValueError`` when it is 0."""
+        steps = num_images // self.global_batch_size
+        if steps == 0:
+            raise ValueError(f"{num_images} training images make no full global batch of "
+                             f"{self.global_batch_size}; lower train.global_batch_size")
+        return steps
+
+    def total_steps(self, num_images: int) -> int:
+        """``max_steps`` if set, else ``epochs * steps_per_epoch(num_images)``."""
+        return self.max_steps or self.epochs * self.steps_per_epoch(num_images)
+
+    def plan(self, num_images: int, world_size: int) -> dict:
+        """The run's counts: ``train_images``, ``global_batch``, ``per_rank_batch``,
+        ``steps_per_epoch``, ``total_steps`` and ``world_size``. Only the last two depend on the
+        world size through ``per_rank_batch``; the steps never do. Raises ``ValueError`` (see above)."""
+        return {"train_images": num_images, "global_batch": self.global_batch_size,
+                "per_rank_batch": self.per_rank_batch(world_size), "steps_per_epoch": self.steps_per_epoch(num_images),
+                "total_steps": self.total_steps(num_images), "world_size": world_size}
+
 
 def lr_at(step: int, *, base: float, warmup: int, total: int) -> float:
     """The learning rate of optimiser step ``step`` (0-based).
 
     Linear warmup ``base * (step + 1) / warmup`` for ``step < warmup`` (so the first update is not a
     no-op), then cosine from ``base`` to 0 over the remaining ``total - warmup`` steps: the original
-    code's rule (open_clip's ``cosine_lr``; REFERENCE.md §1, §4).
+    code's rule (open_clip's ``cosine_lr``; docs/recipe.md).
     """
     if step < warmup:
         return base * (step + 1) / warmup
@@ -143,43 +185,6 @@ def build_optimizer(cfg: TrainConfig, params, *, fused: bool) -> torch.optim.Opt
                              fused=fused or None, foreach=None if fused else True)
 
 
-# ----------------------------------------------------------------------------- runtime
-
-@dataclass
-class Runtime:
-    """Process placement, read from the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_runtime() -> Runtime:
-    """Initialise the process group when launched by torchrun (nccl on GPU, gloo on CPU).
-
-    A plain ``python -m fastfc ...`` (no ``WORLD_SIZE``) runs as one process without a group.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(rank, world, local, device)
-
-
 class Task(Protocol):
     model: nn.Module
     flops_per_image: float | None
@@ -187,47 +192,18 @@ class Task(Protocol):
     def loss(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor: ...
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: Path, *, model: nn.Module, optimizer, step: int, epoch: int, config: dict) -> None:
-    """Atomically write ``{model, optimizer, step, epoch, rng, config}`` (model keys carry no prefixes)."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-             "epoch": epoch, "rng": rng_state(), "config": config}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`. Raises ``FileNotFoundError`` naming it."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint to resume from (drop --resume to start afresh)")
-    return torch.load(path, map_location="cpu", weights_only=False)  # our own file: holds RNG objects
-
-
 # ----------------------------------------------------------------------------- metrics
 
 class Metrics:
-    """JSONL (and TensorBoard when installed) on rank 0; keys are namespaced (``train/loss``)."""
+    """The run's record on rank 0: ``config.json`` (the resolved config), ``metrics.jsonl`` (and
+    TensorBoard when installed; keys are namespaced, ``train/loss``), ``summary.json``. Every
+    metrics line is strict JSON: a non-finite value is written as ``null``."""
 
-    def __init__(self, out_dir: Path, enabled: bool):
-        self.enabled, self.tb = enabled, None
+    def __init__(self, out_dir: Path, enabled: bool, config: dict):
+        self.out, self.enabled, self.tb = out_dir, enabled, None
         if enabled:
             out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
             self.file = (out_dir / "metrics.jsonl").open("a")
             with contextlib.suppress(ImportError):
                 from torch.utils.tensorboard import SummaryWriter
@@ -236,11 +212,17 @@ class Metrics:
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        values = {k: v if math.isfinite(v) else None for k, v in values.items()}
+        self.file.write(json.dumps({"step": step, **values}, allow_nan=False) + "\n")
         self.file.flush()
         if self.tb is not None:
             for k, v in values.items():
-                self.tb.add_scalar(k, v, step)
+                if v is not None:
+                    self.tb.add_scalar(k, v, step)
+
+    def write_summary(self, summary: dict) -> None:
+        if self.enabled:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     def close(self) -> None:
         if self.enabled:
@@ -249,14 +231,80 @@ class Metrics:
                 self.tb.close()
 
 
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
+class Meter:
+    """One log window: each step's loss and gradient norm stay on the device (no host sync per
+    step); images and data-wait time are counted on the host. :meth:`flush` reduces the window
+    over ranks in one transfer and finds the first non-finite step.
+
+    Values: ``train/loss`` (mean over the window and the ranks), ``train/grad_norm`` (mean,
+    before clipping), ``perf/img_per_s`` (all ranks), ``perf/data_wait`` (share of wall time
+    blocked on the loader), ``perf/peak_mem_gb`` (CUDA), ``perf/mfu`` (GPUs with a known peak).
+    """
+
+    def __init__(self, rt: Runtime, flops_per_image: float | None):
+        self.rt, self.flops, self.peak = rt, flops_per_image, peak_flops(rt.device)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.losses, self.norms, self.images, self.wait, self.start = [], [], 0, 0.0, time.perf_counter()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.losses)
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Time spent inside counts as data wait."""
+        t0 = time.perf_counter()
+        yield
+        self.wait += time.perf_counter() - t0
+
+    def record(self, loss: torch.Tensor, grad_norm: torch.Tensor, images: int) -> None:
+        """Add one step: its loss and gradient norm (0-d device tensors) and this rank's batch size."""
+        self.losses.append(loss)
+        self.norms.append(grad_norm)
+        self.images += images * self.rt.world_size
+
+    def _window(self) -> torch.Tensor:
+        """``[2, n]`` float64 on the host: each step's loss (mean over ranks) and gradient norm."""
+        both = torch.stack([torch.stack(self.losses).float(), torch.stack(self.norms).float()])
+        if self.rt.distributed:  # a non-finite value on any rank stays non-finite in the sum
+            dist.all_reduce(both)
+            both /= self.rt.world_size
+        return both.double().cpu()
+
+    def first_nonfinite(self, step: int) -> tuple[int, str] | None:
+        """``(step, what)`` of the first step in the window (ending at ``step``) whose loss or
+        gradient norm is not finite, or None. Collective; keeps the window."""
+        if not self.pending:
+            return None
+        return _first_bad(self._window(), step)
+
+    def flush(self, step: int) -> tuple[dict[str, float], tuple[int, str] | None]:
+        """The window's values (see the class docstring) and its first non-finite step; resets."""
+        both = self._window()
+        elapsed = time.perf_counter() - self.start
+        values = {"train/loss": float(both[0].mean()), "train/grad_norm": float(both[1].mean()),
+                  "perf/img_per_s": self.images / elapsed, "perf/data_wait": self.wait / elapsed}
+        if self.rt.device.type == "cuda":
+            values["perf/peak_mem_gb"] = torch.cuda.max_memory_allocated(self.rt.device) / 1e9
+        if self.peak and self.flops:
+            values["perf/mfu"] = values["perf/img_per_s"] / self.rt.world_size * self.flops / self.peak
+        self._reset()
+        return values, _first_bad(both, step)
+
+
+def _first_bad(window: torch.Tensor, step: int) -> tuple[int, str] | None:
+    bad = (~torch.isfinite(window)).any(0).nonzero()
+    if not len(bad):
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    i = int(bad[0])
+    loss, norm = window[:, i].tolist()
+    what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
+    return step - window.shape[1] + 1 + i, what
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- setup and step
 
 class _Preemption:
     """SIGTERM sets a flag; the loop checkpoints at the next step boundary and exits cleanly."""
@@ -280,154 +328,120 @@ def _all_agree(flag: bool, rt: Runtime) -> bool:
     return bool(t.item())
 
 
-def replica_checksum(model: nn.Module) -> float:
-    """A float64 sum over all parameters: equal on every rank when DDP kept the replicas in sync."""
-    return float(sum(p.detach().double().sum() for p in model.parameters()))
+def replica_checksums(model: nn.Module, rt: Runtime) -> list[float]:
+    """Per rank, a float64 sum over all parameters: all equal when DDP kept the replicas in sync."""
+    sums = [float(sum(p.detach().double().sum() for p in model.parameters()))]
+    if rt.distributed:
+        gathered = [None] * rt.world_size
+        dist.all_gather_object(gathered, sums[0])
+        sums = gathered
+    return sums
 
 
 def prepare(task: Task, cfg: TrainConfig, rt: Runtime, *, fused: bool | None = None):
-    """Place ``task.model`` for training and build its optimiser.
-
-    Moves it to the device (channels_last if set), wraps it in DDP when distributed, then
-    ``torch.compile`` (``cfg.compile``, default on for GPU). ``task.model`` becomes the wrapped
-    module; the raw module is returned for checkpoints (no ``module.``/``_orig_mod.`` prefixes).
-    The optimiser (:func:`build_optimizer`) is fused on CUDA (``fused=None``), multi-tensor elsewhere.
+    """Seed this rank (``cfg.seed + rank``; deterministic algorithms if ``cfg.deterministic``), place
+    ``task.model`` for training (:func:`fastfc.runtime.prepare_model` with ``cfg``'s precision,
+    channels_last and compile) and build its optimiser (:func:`build_optimizer`; fused on CUDA when
+    ``fused`` is None). ``task.model`` becomes the wrapped module.
 
     Returns:
-        ``(raw_model, optimizer)``.
+        ``(prepared, optimizer)``; ``prepared.raw`` is the module checkpoints save.
     """
-    model = task.model.to(rt.device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    raw_model = model
-    if rt.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
-    if cfg.compile if cfg.compile is not None else rt.device.type == "cuda":
-        model = torch.compile(model)
-    task.model = model
+    torch.manual_seed(cfg.seed + rt.rank)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    model = prepare_model(task.model, rt, training=True, precision=cfg.precision,
+                          channels_last=cfg.channels_last, compile=cfg.compile)
+    task.model = model.module
     fused = rt.device.type == "cuda" if fused is None else fused
-    return raw_model, build_optimizer(cfg, raw_model.parameters(), fused=fused)
+    return model, build_optimizer(cfg, model.raw.parameters(), fused=fused)
 
 
-def train_step(task: Task, raw_model: nn.Module, optimizer, images: torch.Tensor, *, lr: float,
-               cfg: TrainConfig, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """One optimiser step on ``images`` (``[B,3,H,W]`` on the device, ``labels`` ``[B]``): the hot path.
+def train_step(task: Task, model: Prepared, optimizer, images: torch.Tensor, *, lr: float,
+               cfg: TrainConfig, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on ``images`` (``[B,3,H,W]``, ``labels`` ``[B]``): the hot path.
 
-    bf16 autocast around the forward only (the backward follows the forward's dtypes), gradients
-    set to None rather than zeroed (no memset), the gradient norm clipped at ``cfg.grad_clip``
-    over the raw parameters (DDP has already averaged them). Returns the loss (a 0-d tensor; not
-    synchronised, so the GPU is never waited on here).
+    The whole loss (teacher included) runs under ``model.autocast()``: bf16 autocast, or nothing
+    under fp32; the backward follows the forward's dtypes. Gradients are set to None rather than
+    zeroed (no memset); the gradient norm is clipped at ``cfg.grad_clip`` over the raw parameters
+    (DDP has already averaged them).
+
+    Returns:
+        ``(loss, grad_norm)``: 0-d device tensors, the norm before clipping; not synchronised, so
+        the GPU is never waited on here (the :class:`Meter` checks both for non-finite values).
     """
-    if cfg.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    if not cfg.bf16:
-        images = images.float()
+    images = model.inputs(images)
+    if labels is not None:
+        labels = labels.to(model.device, non_blocking=True)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+    with model.autocast():
         loss = task.loss(images, labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+    grad_norm = nn.utils.clip_grad_norm_(model.raw.parameters(), cfg.grad_clip)
     optimizer.step()
-    return loss.detach()
+    return loss.detach(), grad_norm
 
+
+# ----------------------------------------------------------------------------- the loop
 
 def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: bool = False,
           run_config: dict | None = None) -> dict:
     """Train ``task.model`` on ``loader`` (yielding ``(images [B,3,H,W], labels)`` per rank).
 
-    ``loader`` must be an ffcv ``Loader`` (or anything with ``len()``, iteration and a writable
-    ``next_epoch``, which seeds its order). Resuming restores model, optimiser, step, epoch and RNG
-    state, then skips the batches of the current epoch already seen, so the lr at every later step
-    equals the uninterrupted run's; with deterministic data and algorithms so do the losses.
+    ``loader``: an ffcv ``Loader`` (``indices``, ``batch_size``, ``len()``, a writable ``next_epoch``
+    seeding its order). Each epoch is cut at :meth:`TrainConfig.steps_per_epoch` steps (ffcv pads
+    every rank to ``ceil(N / ranks)`` images). A resume restores model, optimiser, step and RNG
+    state and skips the batches of the epoch already seen: the lr at every later step equals the
+    uninterrupted run's, on any number of ranks (with the same ranks and deterministic data and
+    algorithms, so do the losses). Returns (and writes to summary.json) ``{"step", "epoch",
+    "total_steps", "stopped_early", "replica_checksums", "final_loss"}``.
 
-    Returns:
-        A summary: ``{"step", "epoch", "stopped_early", "replica_checksums", "final_loss"}``; also
-        written to ``out_dir/summary.json`` on rank 0.
+    Raises:
+        Diverged: a non-finite loss, gradient norm or weights (nothing non-finite is written).
+        CheckpointError, FileNotFoundError: ``resume`` without a usable checkpoint of this run.
     """
-    out = Path(cfg.out_dir)
-    torch.manual_seed(cfg.seed + rt.rank)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
-    original_model = task.model
-    raw_model, optimizer = prepare(task, cfg, rt)
-
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise ValueError("the loader yields no full batch: the dataset is smaller than the per-rank batch")
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    step = 0
-    if resume:
-        ckpt = load_checkpoint(out / "checkpoint.pt")
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
-        set_rng_state(ckpt["rng"])
+    out, original_model = Path(cfg.out_dir), task.model
+    model, optimizer = prepare(task, cfg, rt)
+    plan = _plan(cfg, loader, rt)
+    per_epoch, total = plan["steps_per_epoch"], plan["total_steps"]
     config = run_config or {"train": asdict(cfg)}
-    if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    metrics = Metrics(out, rt.is_main)
-    peak = peak_flops(rt.device)
-    preempt = _Preemption()
+    ckpt = Checkpointer(out, rt, plan=plan, config=config)
+    step = ckpt.resume(model.raw, optimizer) if resume else 0
+    metrics, meter, preempt = Metrics(out, rt.is_main, config), Meter(rt, task.flops_per_image), _Preemption()
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not rt.is_main, dynamic_ncols=True)
-    stopped_early, last_loss = False, float("nan")
-    lr = scheduled_lr(cfg, step, total=total, steps_per_epoch=steps_per_epoch)
-    window = {"images": 0, "wait": 0.0, "start": time.perf_counter(), "loss": 0.0, "n": 0}
+    stopped_early, last_loss, lr = False, float("nan"), cfg.lr
     try:
         while step < total and not stopped_early:
-            epoch, skip = divmod(step, steps_per_epoch)
-            loader.next_epoch = epoch
-            batches = iter(loader)
-            for _ in range(skip):  # resume mid-epoch: same order, skip what was seen
-                next(batches)
-            for i in range(skip, steps_per_epoch):
-                t0 = time.perf_counter()
-                images, labels = next(batches)[:2]
-                window["wait"] += time.perf_counter() - t0
-                lr = scheduled_lr(cfg, step, total=total, steps_per_epoch=steps_per_epoch)
-                loss = train_step(task, raw_model, optimizer, images.to(rt.device, non_blocking=True), lr=lr,
-                                  cfg=cfg, labels=labels.to(rt.device, non_blocking=True))
+            batches = _epoch(loader, *divmod(step, per_epoch))
+            for _ in range(step % per_epoch, per_epoch):
+                with meter.waiting():
+                    images, labels = next(batches)[:2]
+                lr = scheduled_lr(cfg, step, total=total, steps_per_epoch=per_epoch)
+                loss, grad_norm = train_step(task, model, optimizer, images, lr=lr, cfg=cfg, labels=labels)
                 step += 1
-                window["images"] += images.shape[0] * rt.world_size
-                window["loss"] += loss.float()
-                window["n"] += 1
+                meter.record(loss, grad_norm, images.shape[0])
                 bar.update()
                 if step % cfg.log_every == 0 or step == total:
-                    last_loss = _log(metrics, bar, window, step, lr, rt, peak, task.flops_per_image)
-                if step % cfg.checkpoint_every == 0 and rt.is_main:
-                    save_checkpoint(out / "checkpoint.pt", model=raw_model, optimizer=optimizer,
-                                    step=step, epoch=epoch, config=config)
+                    last_loss = _log(meter, metrics, bar, ckpt, step, lr)
+                if step % cfg.checkpoint_every == 0:
+                    _save(ckpt, meter, model.raw, optimizer, step, per_epoch)
                 stop = preempt.requested or (cfg.stop_after is not None and step >= cfg.stop_after)
                 if _all_agree(stop, rt) or step >= total:
                     stopped_early = step < total
                     break
             getattr(batches, "close", lambda: None)()  # stop ffcv's prefetch threads of a cut epoch
-            if rt.is_main:  # end of epoch (or stop): always leave a resumable checkpoint
-                save_checkpoint(out / "checkpoint.pt", model=raw_model, optimizer=optimizer,
-                                step=step, epoch=step // steps_per_epoch, config=config)
-                done_epochs = step // steps_per_epoch
-                if step % steps_per_epoch == 0 and done_epochs % cfg.keep_weights_every_epochs == 0:
-                    with atomic_path(out / f"weights_epoch{done_epochs:03d}.pt") as tmp:
-                        torch.save(raw_model.state_dict(), tmp)
-            if step % steps_per_epoch == 0 and hasattr(task, "end_epoch"):
-                metrics.log(step, task.end_epoch(step // steps_per_epoch - 1))
-        if window["n"]:
-            last_loss = _log(metrics, bar, window, step, lr, rt, peak, task.flops_per_image)
-        sums = [replica_checksum(raw_model)]
-        if rt.distributed:
-            gathered = [None] * rt.world_size
-            dist.all_gather_object(gathered, sums[0])
-            sums = gathered
-        if rt.is_main and not stopped_early:
-            with atomic_path(out / "weights.pt") as tmp:
-                torch.save(raw_model.state_dict(), tmp)
-        summary = {"step": step, "epoch": step / steps_per_epoch, "total_steps": total,
-                   "stopped_early": stopped_early, "replica_checksums": sums, "final_loss": last_loss}
-        if rt.is_main:
-            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            _save(ckpt, meter, model.raw, optimizer, step, per_epoch, keep_every=cfg.keep_weights_every_epochs)
+            if step % per_epoch == 0 and hasattr(task, "end_epoch"):  # e.g. the CIFAR test accuracies
+                metrics.log(step, task.end_epoch(step // per_epoch - 1))
+        if meter.pending:
+            last_loss = _log(meter, metrics, bar, ckpt, step, lr)
+        summary = {"step": step, "epoch": step / per_epoch, "total_steps": total, "stopped_early": stopped_early,
+                   "replica_checksums": replica_checksums(model.raw, rt), "final_loss": last_loss}
+        if not stopped_early:
+            ckpt.write_weights(model.raw, "weights.pt", step=step)
+        metrics.write_summary(summary)
         return summary
     finally:
         bar.close()
@@ -436,20 +450,44 @@ def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: boo
         task.model = original_model
 
 
-def _log(metrics: Metrics, bar, window: dict, step: int, lr: float, rt: Runtime, peak, flops) -> float:
-    """Reduce the window's loss over ranks, log it with img/s, data wait, memory and MFU; reset."""
-    loss = torch.as_tensor(window["loss"] / window["n"], device=rt.device, dtype=torch.float32)
-    if rt.distributed:
-        dist.all_reduce(loss)
-        loss /= rt.world_size
-    elapsed = time.perf_counter() - window["start"]
-    values = {"train/loss": float(loss), "train/lr": lr, "perf/img_per_s": window["images"] / elapsed,
-              "perf/data_wait": window["wait"] / elapsed}
-    if rt.device.type == "cuda":
-        values["perf/peak_mem_gb"] = torch.cuda.max_memory_allocated(rt.device) / 1e9
-    if peak and flops:
-        values["perf/mfu"] = values["perf/img_per_s"] / rt.world_size * flops / peak
-    metrics.log(step, values)
-    bar.set_postfix(loss=f"{values['train/loss']:.4g}", lr=f"{lr:.2e}", img_s=f"{values['perf/img_per_s']:.0f}")
-    window.update(images=0, wait=0.0, start=time.perf_counter(), loss=0.0, n=0)
-    return values["train/loss"]
+def _plan(cfg: TrainConfig, loader: Any, rt: Runtime) -> dict:
+    """:meth:`TrainConfig.plan` for the loader's images; refuses a loader too short for it."""
+    plan = cfg.plan(len(loader.indices), rt.world_size)
+    if plan["per_rank_batch"] != loader.batch_size or len(loader) < plan["steps_per_epoch"]:
+        raise ValueError(f"the loader yields {len(loader)} batches of {loader.batch_size} per rank; the plan needs "
+                         f"{plan['steps_per_epoch']} of {plan['per_rank_batch']} (train.global_batch_size / ranks)")
+    return plan
+
+
+def _epoch(loader: Any, epoch: int, skip: int) -> Iterator:
+    """An iterator over ``epoch`` (its order seeded by ``epoch``) past its first ``skip`` batches
+    (a resume mid-epoch: the same order, without what was seen)."""
+    loader.next_epoch = epoch
+    batches = iter(loader)
+    for _ in range(skip):
+        next(batches)
+    return batches
+
+
+def _save(ckpt: Checkpointer, meter: Meter, model: nn.Module, optimizer, step: int, per_epoch: int, *,
+          keep_every: int | None = None) -> None:
+    """Checkpoint ``step``, unless a step since the last log went non-finite (then raise ``Diverged``);
+    at the end of every ``keep_every``-th epoch also keep the weights (``weights_epochNNN.pt``)."""
+    bad = meter.first_nonfinite(step)
+    if bad is not None:
+        raise ckpt.diverged(*bad)
+    ckpt.save(model, optimizer, step=step, epoch=step // per_epoch)
+    epochs, partial = divmod(step, per_epoch)
+    if keep_every and not partial and epochs % keep_every == 0:
+        ckpt.write_weights(model, f"weights_epoch{epochs:03d}.pt", step=step)
+
+
+def _log(meter: Meter, metrics: Metrics, bar, ckpt: Checkpointer, step: int, lr: float) -> float:
+    """Log the meter's window (or raise ``Diverged`` at its first non-finite step). Returns the loss."""
+    values, bad = meter.flush(step)
+    if bad is not None:
+        raise ckpt.diverged(*bad)
+    loss = values.pop("train/loss")
+    metrics.log(step, {"train/loss": loss, "train/lr": lr, **values})
+    bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}", img_s=f"{values['perf/img_per_s']:.0f}")
+    return loss

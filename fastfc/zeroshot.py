@@ -49,8 +49,8 @@ def build_clip(name: str, pretrained: str) -> tuple[nn.Module, Callable]:
     Args:
         name: a CLIP encoder name or alias of :mod:`fastfc.models` (``RN50``, ``CLIP_ViT-B/16``, ...).
         pretrained: an open_clip tag (``openai``; downloaded once, needs network) or a local file
-            holding a whole CLIP model's state_dict for open_clip's ``name`` config. A file cannot say
-            that its weights need QuickGELU (OpenAI's do): for those, use the tag.
+            holding a whole CLIP model's state_dict; a file is built with QuickGELU, as OpenAI's
+            weights need (:func:`fastfc.models.open_clip_model_name`).
 
     Raises:
         ValueError: ``name`` is not a CLIP encoder (it has no text tower).

@@ -8,7 +8,7 @@ import torch.distributed as dist
 
 from fastfc.models import build_student
 from fastfc.probe import extract
-from fastfc.train import setup_runtime
+from fastfc.runtime import setup_runtime
 
 if __name__ == "__main__":
     cache, report, *sources = sys.argv[1:]

@@ -129,8 +129,22 @@ def test_gpu_script_is_valid_bash_and_never_needs_ffcv():
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     # The device has no ffcv: the modules the script runs must import without it.
     code = ("import sys; sys.modules['ffcv'] = None\n"
-            "import benchmarks.step, benchmarks.probe")
+            "import benchmarks.step, benchmarks.probe\n"
+            "from benchmarks.common import discover; from benchmarks.summary import targets\n"
+            "found = discover(); assert isinstance(found['loader'], str) and 'ffcv' in found['loader']\n"
+            "assert {t.benchmark for t in targets()} >= {'step', 'probe'}")
     assert subprocess.run([sys.executable, "-c", code], cwd=script.parents[1]).returncode == 0
+
+
+def test_benchmarks_are_discovered_from_their_own_files():
+    """Each benchmark declares its targets and its make-bench entry in its own file."""
+    from benchmarks.common import discover
+    from benchmarks.summary import targets
+
+    found = discover()
+    assert set(found) == {"convert", "e2e", "loader", "probe", "shards", "step"}
+    assert {name: m.MAKE_BENCH for name, m in found.items()}["probe"] == ["--encoder", "mobilenet_v2"]
+    assert sorted({t.benchmark for t in targets()}) == ["convert", "e2e", "loader", "probe", "shards", "step"]
 
 
 def test_e2e_benchmark_smoke():

@@ -14,6 +14,7 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from fastfc.data.shards import eval_transform
 from fastfc.models import (CLIP_MEAN, CLIP_STD, ENCODERS, IMAGENET_MEAN, IMAGENET_STD, CheckpointError,
                            build_encoder, build_student, build_teacher, canonical_name, load_weights,
                            mobilenet_v2_weights_path, open_clip_model_name, strip_prefixes)
@@ -59,7 +60,10 @@ def test_openai_weights_get_quickgelu_config():
     """OpenAI CLIP weights were trained with QuickGELU (REFERENCE.md §4); read from open_clip's tables."""
     assert open_clip_model_name("ViT-B-16", "openai") == "ViT-B-16-quickgelu"
     assert open_clip_model_name("ViT-B-16", "laion2b_s34b_b88k") == "ViT-B-16"
-    assert open_clip_model_name("RN50", None) == "RN50"
+    # no tag (a random-init student, or weights from a file): the paper's OpenAI family, QuickGELU
+    assert open_clip_model_name("ViT-B-16", None) == "ViT-B-16-quickgelu"
+    assert open_clip_model_name("RN50", None) == "RN50-quickgelu"
+    assert open_clip_model_name("ViT-B-16", None, quick_gelu=False) == "ViT-B-16"
 
 
 def test_rn50_student_builds_at_native_resolution():
@@ -169,16 +173,10 @@ def test_packaged_mobilenet_v2_classifies_espresso():
     enc = build_teacher("mobilenet_v2", weights="package")
     assert not any(p.requires_grad for m in (enc.visual, enc.head) for p in m.parameters())
     coffee = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data" / "coffee.png"
-    x = enc.eval_transform()(Image.open(coffee))
+    x = eval_transform(enc.input_size, enc.mean, enc.std)(Image.open(coffee).convert("RGB"))
     assert x.shape == (3, 224, 224) and x.dtype == torch.float32
     with torch.no_grad():
         emb = enc.visual(x[None])
         probs = enc.head(emb).softmax(-1)[0]
     assert emb.shape == (1, 1280)
     assert IMAGENET_CLASSNAMES[int(probs.argmax())] == "espresso" and probs[ESPRESSO] > 0.5
-
-
-def test_train_transform_shape():
-    enc = build_student("tiny")
-    img = Image.new("L", (50, 40), 128)  # grayscale input is converted to RGB
-    assert enc.train_transform()(img).shape == (3, 32, 32)

@@ -44,6 +44,7 @@ def reference_probe(x, y, num_classes, wd, recipe):
             loss = F.cross_entropy(head(x[idx].float()), y[idx])
             opt.zero_grad()
             loss.backward()
+            nn.utils.clip_grad_norm_(head.parameters(), recipe.grad_clip)
             opt.step()
             step += 1
     return head.weight.detach(), head.bias.detach()

@@ -15,7 +15,9 @@ import torch
 
 from fastfc import config as configlib
 from fastfc.distill import DistillConfig, plan, run
-from fastfc.train import Runtime, TrainConfig, load_checkpoint, lr_at
+from fastfc.checkpoint import load_checkpoint
+from fastfc.runtime import Runtime
+from fastfc.train import TrainConfig, lr_at
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +28,7 @@ def tiny_config(beton: Path, out: Path, **train) -> DistillConfig:
     cfg.data.train_beton, cfg.data.num_workers, cfg.data.augment = str(beton), 1, False
     cfg.train = TrainConfig(**{"epochs": 1, "lr": 1e-3, "warmup_steps": 2, "global_batch_size": 8,
                                "out_dir": str(out), "log_every": 1, "checkpoint_every": 1000,
-                               "compile": False, "bf16": False, "deterministic": True, **train})
+                               "compile": False, "precision": "fp32", "deterministic": True, **train})
     return cfg
 
 
@@ -121,7 +123,7 @@ def test_sigterm_leaves_a_loadable_checkpoint_and_exits_zero(small_beton, tmp_pa
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_loss_decreases_and_replicas_agree(small_beton, tmp_path):
-    cfg = tiny_config(small_beton, tmp_path / "run", max_steps=30, warmup_steps=3, lr=3e-3, bf16=True,
+    cfg = tiny_config(small_beton, tmp_path / "run", max_steps=30, warmup_steps=3, lr=3e-3, precision="bf16",
                       deterministic=False, log_every=5)
     cfg.data.augment = True
     toml = write_toml(cfg, tmp_path / "cfg.toml")
@@ -142,7 +144,7 @@ def test_torchrun_two_ranks_loss_decreases_and_replicas_agree(small_beton, tmp_p
 def test_compiled_cpu_step_matches_eager(small_beton, tmp_path):
     from torch._dynamo.utils import counters
 
-    kw = dict(max_steps=3, bf16=True, deterministic=False)
+    kw = dict(max_steps=3, precision="bf16", deterministic=False)
     eager = run(tiny_config(small_beton, tmp_path / "eager", compile=False, **kw), rt=one_process())
     graphs_before = counters["stats"]["unique_graphs"]
     compiled = run(tiny_config(small_beton, tmp_path / "compiled", compile=True, **kw), rt=one_process())
@@ -173,3 +175,174 @@ def test_config_overrides_and_unknown_keys(tmp_path):
         configlib.load(DistillConfig, toml, ["train.lrr=1"])
     with pytest.raises(configlib.ConfigError, match="global_batch_size"):
         configlib.load(DistillConfig, toml, ["train.global_batch_size=0"])
+
+
+# ------------------------------------------------------------------ world size (63 images, global batch 8)
+
+def issue_config(beton: Path, out: Path, **train) -> DistillConfig:
+    """63 images, global batch 8, 2 epochs, warmup 2: 7 steps per epoch, 14 in all, at any world size."""
+    return tiny_config(beton, out, **{"epochs": 2, "warmup_steps": 2, **train})
+
+
+def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                           str(nproc), "-m", "fastfc", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_steps_per_epoch_come_from_images_and_global_batch_only(beton63, tmp_path):
+    cfg = issue_config(beton63, tmp_path)
+    for world in (1, 2, 8):
+        p = plan(cfg, world_size=world)
+        assert (p["steps_per_epoch"], p["total_steps"], p["per_rank_batch"]) == (7, 14, 8 // world)
+    with pytest.raises(ValueError, match="63 training images make no full global batch of 64"):
+        cfg.train.global_batch_size = 64
+        plan(cfg, world_size=1)
+
+
+def test_two_rank_run_does_the_steps_the_dry_run_plans(beton63, tmp_path, monkeypatch, capsys):
+    from fastfc.cli import main
+
+    toml = write_toml(issue_config(beton63, tmp_path / "run"), tmp_path / "cfg.toml")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["distill", "--config", str(toml), "--dry-run"]) == 0
+    planned = json.loads(capsys.readouterr().out)["plan"]
+    assert (planned["steps_per_epoch"], planned["total_steps"]) == (7, 14)
+    done = torchrun(["distill", "--config", str(toml)])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.count("done: 14 steps") == 1, done.stdout  # ffcv's padded order would give 16
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["total_steps"] == summary["step"] == 14 and summary["epoch"] == 2.0
+    lrs = {m["step"]: m["train/lr"] for m in metrics(tmp_path / "run")}
+    assert sorted(lrs) == list(range(1, 15))
+    assert all(abs(lrs[s] - lr_at(s - 1, base=1e-3, warmup=2, total=14)) <= 1e-12 for s in lrs)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == 14 and state["epoch"] == 2 and state["plan"]["world_size"] == 2
+    assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+
+
+def test_resume_on_another_world_size_continues_the_same_schedule(beton63, tmp_path):
+    whole = run(issue_config(beton63, tmp_path / "whole"), rt=one_process())
+    assert whole["step"] == whole["total_steps"] == 14
+    first = run(issue_config(beton63, tmp_path / "parts", stop_after=3), rt=one_process())
+    assert first["stopped_early"] and first["step"] == 3
+    toml = write_toml(issue_config(beton63, tmp_path / "parts"), tmp_path / "cfg.toml")
+    done = torchrun(["distill", "--config", str(toml), "--resume"])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.count("done: 14 steps") == 1, done.stdout
+    assert "written by 1 processes, this run has 2" in done.stdout and "data order" in done.stdout
+    a = {m["step"]: m["train/lr"] for m in metrics(tmp_path / "whole")}
+    b = {m["step"]: m["train/lr"] for m in metrics(tmp_path / "parts")}
+    assert sorted(a) == sorted(b) == list(range(1, 15))
+    assert b[4] == pytest.approx(9.8296e-04, abs=1e-8)  # 9.8746e-04 when the schedule followed the world size
+    assert all(abs(a[s] - b[s]) <= 1e-12 for s in a)
+
+
+def test_resume_refuses_a_different_plan_or_another_run_in_one_line(beton63, tmp_path):
+    run(issue_config(beton63, tmp_path, stop_after=3), rt=one_process())
+    for change, expected in [({"global_batch_size": 16}, "resuming would change the schedule"),
+                             ({"max_steps": 20}, "resuming would change the schedule")]:
+        with pytest.raises(ValueError, match=expected) as e:
+            run(issue_config(beton63, tmp_path, **change), rt=one_process(), resume=True)
+        assert "checkpoint.pt" in str(e.value) and "\n" not in str(e.value)
+    other = issue_config(beton63, tmp_path)
+    other.model.student_seed = 1
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: comes from another run \(model: .*drop --resume") as e:
+        run(other, rt=one_process(), resume=True)
+    assert "\n" not in str(e.value)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3  # nothing was overwritten
+
+
+# ------------------------------------------------------------------ divergence
+
+def strict_json_lines(path: Path) -> list[dict]:
+    def refuse(token):
+        raise ValueError(f"non-strict JSON token {token}")
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_diverged_run_exits_nonzero_in_one_line_and_keeps_the_last_good_checkpoint(beton63, tmp_path):
+    cfg = issue_config(beton63, tmp_path / "run", lr=1e30, warmup_steps=1, max_steps=10, checkpoint_every=1)
+    toml = write_toml(cfg, tmp_path / "cfg.toml")
+    done = subprocess.run([sys.executable, "-m", "fastfc", "distill", "--config", str(toml)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    errors = [l for l in done.stderr.splitlines() if "error:" in l]
+    assert len(errors) == 1, done.stderr
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    assert f"step 2: the loss is nan" in errors[0] and f"last good checkpoint: {ckpt} (step 1)" in errors[0]
+    assert "done:" not in done.stdout and not (tmp_path / "run" / "weights.pt").exists()
+    state = torch.load(ckpt, weights_only=True)
+    assert state["step"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values()
+                                      if v.is_floating_point())
+    logged = strict_json_lines(tmp_path / "run" / "metrics.jsonl")
+    assert [m["step"] for m in logged] == [1]
+
+
+def test_divergence_between_log_lines_names_its_step(beton63, tmp_path):
+    from fastfc.checkpoint import Diverged
+
+    cfg = issue_config(beton63, tmp_path, lr=1e30, warmup_steps=1, max_steps=10, log_every=4)
+    with pytest.raises(Diverged, match=r"^step 2: the loss is nan; .*no checkpoint was saved before it"):
+        run(cfg, rt=one_process())  # noticed at the log of step 4, without a host sync per step
+    assert not (tmp_path / "weights.pt").exists() and not (tmp_path / "checkpoint.pt").exists()
+    assert strict_json_lines(tmp_path / "metrics.jsonl") == []
+
+
+def test_metrics_lines_are_strict_json(tmp_path):
+    from fastfc.train import Metrics
+
+    m = Metrics(tmp_path, True, {"train": {}})
+    m.log(3, {"train/loss": float("nan"), "train/grad_norm": float("inf"), "train/lr": 1e-3})
+    m.close()
+    assert strict_json_lines(tmp_path / "metrics.jsonl") == [
+        {"step": 3, "train/loss": None, "train/grad_norm": None, "train/lr": 1e-3}]
+
+
+@pytest.mark.slow
+def test_two_ranks_stop_together_on_divergence(beton63, tmp_path):
+    cfg = issue_config(beton63, tmp_path / "run", lr=1e30, warmup_steps=1, max_steps=10, log_every=3)
+    done = torchrun(["distill", "--config", str(write_toml(cfg, tmp_path / "cfg.toml"))])
+    assert done.returncode != 0
+    assert done.stderr.count("error: step 2: the loss is nan") == 2, done.stderr[-3000:]  # each rank, same step
+    assert not (tmp_path / "run" / "weights.pt").exists()
+
+
+# ------------------------------------------------------------------ precision
+
+def test_fp32_has_no_autocast_anywhere_and_bf16_autocasts_teacher_and_student():
+    from fastfc.distill import DistillTask, ObjectiveConfig
+    from fastfc.models import build_student, build_teacher
+    from fastfc.train import prepare, train_step
+
+    images = torch.randn(4, 3, 32, 32)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        task = DistillTask(build_teacher("tiny"), build_student("tiny", seed=0), ObjectiveConfig())
+        with torch.no_grad():
+            expected = 0.9 * torch.nn.functional.mse_loss(task.model(images), task.teacher.visual(images))
+        dtypes = []
+        for module in (task.teacher.visual, task.model):
+            module.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+        cfg = TrainConfig(precision=precision, compile=False, channels_last=False)
+        model, optimizer = prepare(task, cfg, one_process())
+        loss, grad_norm = train_step(task, model, optimizer, images, lr=1e-3, cfg=cfg)
+        losses[precision] = (float(loss), float(expected))
+        want = torch.float32 if precision == "fp32" else torch.bfloat16
+        assert dtypes == [want, want] and torch.isfinite(grad_norm)
+    assert losses["fp32"][0] == pytest.approx(losses["fp32"][1], rel=1e-6)  # the paper's arithmetic
+    assert abs(losses["bf16"][0] - losses["bf16"][1]) > 1e-4 * losses["bf16"][1]  # bf16 really differs
+
+
+def test_older_bf16_key_maps_to_precision(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text("[train]\nbf16 = false\n")
+    assert configlib.load(DistillConfig, toml).train.precision == "fp32"
+    assert configlib.load(DistillConfig, None, ["train.bf16=true"]).train.precision == "bf16"
+    assert DistillConfig().train.precision == "bf16"
+    with pytest.raises(configlib.ConfigError, match="train.bf16 = false and train.precision = 'bf16' disagree"):
+        configlib.load(DistillConfig, toml, ["train.precision=bf16"])
+    with pytest.raises(configlib.ConfigError, match="precision 'fp16': use one of 'bf16', 'fp32'"):
+        configlib.load(DistillConfig, None, ["train.precision=fp16"])

@@ -96,7 +96,8 @@ def build_dataset(source: str, *, train: bool, transform, root: str | Path = "da
 
 
 class EpochLoader:
-    """A ``DataLoader`` shaped for :func:`fastfc.train.train`: ``len()`` batches per epoch, iteration
+    """A ``DataLoader`` shaped for :func:`fastfc.train.train`: ``len()`` batches per epoch, ``indices``
+    (the whole set) and the per-rank ``batch_size`` the trainer's plan checks, iteration
     yielding ``(images [B, 3, 32, 32] float32, labels [B] int64)``, and a writable ``next_epoch`` that
     seeds the order (``DistributedSampler.set_epoch``: each rank its own disjoint share, the last
     incomplete batch dropped) and is passed to every callback in ``on_epoch`` (the ε ramp)."""
@@ -109,6 +110,7 @@ class EpochLoader:
                                  pin_memory=pin_memory, persistent_workers=num_workers > 0)
         self.on_epoch = list(on_epoch)
         self._epoch = 0
+        self.indices, self.batch_size = range(len(dataset)), batch_size  # what the trainer plans with
 
     @property
     def next_epoch(self) -> int:

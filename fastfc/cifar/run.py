@@ -43,7 +43,7 @@ PAPER = {"train": {"epochs": 250, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9
 SMOKE = {"cpu_threads": 1,
          "data": {"source": "photos", "train_per_class": 16, "test_per_class": 3, "num_workers": 0},
          "attack": {"ramp_epochs": 2},
-         "train": {"epochs": 2, "global_batch_size": 32, "lr_step_epochs": 1, "bf16": False, "compile": False,
+         "train": {"epochs": 2, "global_batch_size": 32, "lr_step_epochs": 1, "precision": "fp32", "compile": False,
                    "log_every": 1}}
 PRESETS = {"paper": {}, "smoke": SMOKE}
 
@@ -163,7 +163,8 @@ def train_run(cfg: CifarConfig, *, resume: bool = False, rt=None) -> dict:
     from fastfc.cifar.attack import SmoothedPGDTask
     from fastfc.cifar.data import EpochLoader, rank_share
     from fastfc.cifar.model import resnet32
-    from fastfc.train import setup_runtime, train
+    from fastfc.runtime import setup_runtime
+    from fastfc.train import train
 
     rt = rt or setup_runtime()
     if rt.device.type == "cpu" and cfg.cpu_threads:
