@@ -71,7 +71,8 @@ def _reason(error: Exception) -> str:
         return "cut short or damaged (its zip index is missing)"
     found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if found:
-        return f"it holds Python objects ({found.group(1)}) that a safe weights-only load refuses"
+        return (f"it holds Python objects ({found.group(1)}) that a safe weights-only load refuses (save only "
+                "tensors and plain values, e.g. torch.save(model.state_dict(), path))")
     if "Weights only load failed" in text:
         return "not a file written by torch.save"
     return text.strip().splitlines()[0][:200]
@@ -205,10 +206,11 @@ class Checkpointer:
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{used}: does not fit this run's model or optimiser "
-                                  f"({str(e).strip().splitlines()[0][:160]}): it comes from another run; point "
-                                  "train.out_dir elsewhere or drop --resume to start afresh") from None
+        except (RuntimeError, ValueError, KeyError) as e:  # load_state_dict: a header line, then the details
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+            detail = lines[min(1, len(lines) - 1)][:160]
+            raise CheckpointError(f"{used}: does not fit this run's model or optimiser ({detail}): it comes "
+                                  "from another run; point train.out_dir elsewhere or drop --resume") from None
         step = int(state["step"])
         self._restore_rng(state.get("rng"), step)
         self.last_good, self._saved_step, self._rotate = (used, step), step, used == self.path

@@ -105,8 +105,16 @@ def test_unusable_checkpoints_are_refused_in_one_line(stopped_run, beton63, tmp_
     out = copy_run(stopped_run, tmp_path / "b")  # a bare state_dict under the checkpoint's name
     torch.save(build_task(issue_config(beton63, out)).model.state_dict(), out / "checkpoint.pt")
     (out / "checkpoint.prev.pt").unlink()
-    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: not a fastfc training checkpoint \(no model, optimizer, step"):
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: not a fastfc training checkpoint \(no model, optim"):
         run(issue_config(beton63, out), rt=Runtime(), resume=True)
+
+    out = copy_run(stopped_run, tmp_path / "c")  # readable, but its tensors do not fit the student
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state["model"]["conv1.weight"] = state["model"]["conv1.weight"][:1]
+    torch.save(state, out / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: does not fit .* \(size mismatch for conv1\.weight") as e:
+        run(issue_config(beton63, out), rt=Runtime(), resume=True)
+    assert "\n" not in str(e.value)
 
     cut = tmp_path / "cut.pt"
     cut.write_bytes((stopped_run / "checkpoint.pt").read_bytes()[:4000])
