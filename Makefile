@@ -55,6 +55,7 @@ bench: setup
 	$(PY) -m benchmarks.step
 	$(PY) -m benchmarks.probe --encoder mobilenet_v2
 	$(PY) -m benchmarks.e2e
+	$(PY) -m benchmarks.cli
 	$(PY) -m benchmarks.summary
 
 clean:

@@ -57,6 +57,8 @@ TARGETS = (
     Target("probe", "cached probe vs image path", lambda l: l["ratios"]["cached_vs_images"], "x", ">= 20x",
            lambda v: v >= 20),
     Target("e2e", "data wait", lambda l: 100 * l["figures"]["data_wait"], "%", "< 5%", lambda v: v < 5),
+    Target("cli", "slowest --help / argument error", lambda l: l["figures"]["slowest_s"], " s", "< 1.5 s",
+           lambda v: v < 1.5),
 )
 
 

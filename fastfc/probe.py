@@ -121,7 +121,7 @@ def _count(source: Path) -> int:
 
 
 def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Runtime | None = None, *,
-            batch_size: int = 256, num_workers: int = 4, compile: bool | None = None) -> Features:
+            batch_size: int = 256, num_workers: int | None = None, compile: bool | None = None) -> Features:
     """Embeddings of every image of ``source`` (a beton or a shard set folder), cached.
 
     The cache folder is ``cache_dir/<encoder fp>-<source fp>/``; one that exists and matches both
@@ -344,7 +344,7 @@ class ProbeTask:
 
 
 def train_from_images(encoder: Encoder, beton: Path, num_classes: int, recipe: ProbeRecipe, rt: Runtime, *,
-                      out_dir: Path, num_workers: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+                      out_dir: Path, num_workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The original probe: :class:`ProbeTask` on :func:`fastfc.train.train` over the train beton
     (no augmentation, shuffled, last partial batch dropped). Returns ``(weight [C, D], bias [C])``."""
     from fastfc.data.ffcv import make_loader

@@ -140,3 +140,12 @@ def test_e2e_benchmark_smoke():
     f = line["figures"]
     assert _finite_positive(f["loader_img_per_s"]) and _finite_positive(f["synthetic_img_per_s"])
     assert 0 <= f["data_wait"] <= 1
+
+
+def test_cli_benchmark_smoke():
+    from benchmarks import cli
+
+    line = cli.run(repeats=1, baseline=False, history=False)
+    seconds = line["figures"]["seconds"]
+    assert set(seconds) == set(cli.COMMANDS) and all(_finite_positive(t) for t in seconds.values())
+    assert line["figures"]["slowest_s"] == max(seconds.values())
