@@ -12,7 +12,8 @@ indices per class, projection, count, shards with count and sha256, every file s
 converted with its reason, and the dropped folders). Folders are listed by
 :mod:`fastfc.data.images`'s policy, which also decodes the images when they are read back.
 Each sample keeps the original image bytes (``.jpg``/``.png``/…, named by the *content's*
-format; other formats, e.g. TIFF, as a lossless PNG of the decoded image), ``.cls`` (int in the set's label space) and ``.json`` (source path, ImageNet indices).
+format; other formats, e.g. TIFF, as a lossless PNG of the decoded image), ``.cls`` (int in the
+set's label space) and ``.json`` (source path, ImageNet indices).
 Keys are the sample index, ``%08d``: unique and dot-free (webdataset splits keys at the first
 dot; ImageNet-A file names contain dots). Order is sorted and tars are written with fixed
 metadata, so a conversion is reproducible byte for byte. Label rules: :mod:`fastfc.shifts`.
@@ -117,6 +118,8 @@ def _list_objectnet(src: Path, imagenet_classes: list[str]) -> SetListing:
             listing.labels += [classes.index(mapped[folder])] * len(files)
         else:
             listing.dropped[folder] = len(files)
+            listing.skipped.append(images.skip(f"images/{folder}/", f"ObjectNet class not mapped to ImageNet-1k: "
+                                                                    f"its {len(files)} images are dropped"))
     return listing
 
 
@@ -297,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{meta['set']}: {meta['count']} images in {present} of {len(meta['classes'])} classes, "
           f"{len(meta['shards'])} shard(s) → {args.out / meta['set']}"
           + (f"; dropped {meta['dropped']['images']} images of unmapped classes" if meta["dropped"]["images"] else "")
-          + (f"; skipped {len(meta['skipped'])} files, named in meta.json" if meta["skipped"] else ""))
+          + (f"; {len(meta['skipped'])} skipped, named in meta.json" if meta["skipped"] else ""))
     return 0
 
 

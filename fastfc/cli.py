@@ -9,11 +9,7 @@
   demo      the whole pipeline on the embedded real-photo data, on CPU, offline
 
 Each command has --help with examples. Bad input gives one error line; FASTFC_TRACEBACK=1 shows
-the traceback. ``.venv/bin/fastfc`` is this module's console script (``python -m fastfc`` works too).
-
-Answering fast: this module imports only the standard library at the top. ``--help``, argument
-errors and the input checks of each command run before torch, ffcv or open_clip are imported
-(that takes 5-15 s); each command imports them when its work starts.
+the traceback. Installed as .venv/bin/fastfc; python -m fastfc is the same.
 """
 
 from __future__ import annotations
@@ -22,6 +18,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+# Answering fast: only the standard library is imported up here. --help, argument errors and each
+# command's input checks run before torch, ffcv or open_clip are imported (5-15 s on a busy
+# machine); a command imports them where its work starts (_start_work).
 
 
 def _start_work() -> None:
@@ -248,7 +248,7 @@ def evaluate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastfc", description=__doc__.split("\n\nAnswering fast")[0],
+    p = argparse.ArgumentParser(prog="fastfc", description=__doc__,
                                 formatter_class=_Help)
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the pipeline on the embedded real-photo data", formatter_class=_Help,

@@ -249,3 +249,5 @@ def test_objectnet_mapping_files_with_bom_and_crlf_give_the_same_label_space(tmp
     windows = write_set(list_set("objectnet", src, IMAGENET), src, tmp_path / "out_b", workers=1)
     assert windows["classes"] == plain["classes"] == ["Alarm clock", "Banana"]
     assert windows["imagenet_indices"] == plain["imagenet_indices"] == [[409, 530], [954]]
+    assert windows["skipped"] == [{"file": "images/air_freshener/",  # an unmapped class: named, with its count
+                                   "reason": "ObjectNet class not mapped to ImageNet-1k: its 1 images are dropped"}]
