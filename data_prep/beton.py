@@ -11,87 +11,23 @@ on the first error, reports which file caused it, and the caller writes to a tem
 from __future__ import annotations
 
 import ctypes
-import math
 import multiprocessing as mp
 import queue
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from ffcv.fields import IntField, RGBImageField
 from ffcv.memory_allocator import MemoryAllocator
-from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter, worker_job_indexed_dataset
+from ffcv.writer import DatasetWriter, worker_job_indexed_dataset
 from tqdm import tqdm
 
-from .images import BadImageError, load_rgb
+from fastfc.data.images import BadImageError, load_rgb
 
-WRITE_MODES = ("proportion", "jpg", "raw")
+from .scan import ConversionError
+from .settings import WRITE_MODES, WriterSettings, short_side_for
 
-
-def short_side_for(resolution: int, min_scale: float = 0.9) -> int:
-    """Smallest stored shorter side (px) from which a RandomResizedCrop keeping at least
-    ``min_scale`` of the area reaches ``resolution`` px without upsampling: ``ceil(r / s)``
-    (224 px, the paper's 0.9: 249). See :attr:`WriterSettings.short_side`."""
-    return math.ceil(resolution / min_scale)
-
-
-@dataclass(frozen=True)
-class WriterSettings:
-    """How images are stored. Defaults are ffcv-imagenet's ImageNet recipe (REFERENCE.md §3).
-
-    Attributes:
-        max_resolution: longer side in px after resize; 0 keeps full size.
-        write_mode: ``proportion`` (a random ``compress_probability`` share as JPEG, the rest raw),
-            ``jpg`` or ``raw``.
-        compress_probability: share of JPEG-stored images in ``proportion`` mode, in [0, 1].
-        jpeg_quality: libjpeg quality 1..100 of the stored JPEGs.
-        short_side: shorter side in px after resize; 0 = no bound. Decode time scales with the
-            stored pixels, so store at the smallest size that still feeds the training crop
-            without upsampling, :func:`short_side_for` (224 px: 249, so 256; 288 px: 320;
-            384 px: 427). REFERENCE.md §5; ``benchmarks/loader.py`` measures the gain.
-    """
-
-    max_resolution: int = 500
-    write_mode: str = "proportion"
-    compress_probability: float = 0.5
-    jpeg_quality: int = 90
-    short_side: int = 0
-
-    def __post_init__(self):
-        if self.write_mode not in WRITE_MODES:
-            raise ValueError(f"write_mode (--write-mode) must be one of {WRITE_MODES}, got {self.write_mode!r}")
-        if not 0.0 <= self.compress_probability <= 1.0:
-            raise ValueError(f"compress_probability (--compress-probability) must be in [0, 1], got {self.compress_probability}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality (--jpeg-quality) must be in 1..100, got {self.jpeg_quality}")
-        if self.max_resolution < 0:
-            raise ValueError(f"max_resolution (--max-resolution) must be >= 0 (0 = keep full size), got {self.max_resolution}")
-        if self.short_side < 0:
-            raise ValueError(f"short_side (--short-side) must be >= 0 (0 = no bound), got {self.short_side}")
-
-    def fields(self) -> dict:
-        """The ffcv fields of a fastfc beton: ``image`` (RGBImageField) and ``label`` (IntField)."""
-        return {
-            "image": RGBImageField(write_mode=self.write_mode,
-                                   max_resolution=self.max_resolution or None,
-                                   compress_probability=self.compress_probability,
-                                   jpeg_quality=self.jpeg_quality),
-            "label": IntField(),
-        }
-
-    def page_size(self, max_pixels: int) -> int:
-        """ffcv page size in bytes: a power of two that holds the largest raw sample (``max_pixels`` px)."""
-        side = self.max_resolution
-        need = 3 * (side * side if side else max_pixels)
-        size = 4 * MIN_PAGE_SIZE  # ffcv's default, 8 MiB
-        while size < 2 * need:
-            size *= 2
-        return size
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["BetonWriter", "ConversionError", "ImageFiles", "WRITE_MODES", "WriterSettings", "short_side_for"]
 
 
 class ImageFiles:
@@ -128,10 +64,6 @@ class ImageFiles:
         except Exception as e:  # anything else must still name the file
             self.errors.put(f"{self.paths[i]}: {type(e).__name__}: {e}")
             raise
-
-
-class ConversionError(RuntimeError):
-    """A conversion that cannot finish; the message names the offending file and what to do."""
 
 
 class BetonWriter(DatasetWriter):

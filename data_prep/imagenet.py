@@ -9,15 +9,16 @@ Usage::
 
 Input: ``ROOT/train/<wnid>/*`` and ``ROOT/val/<wnid>/*`` (or the official flat
 ``ROOT/val/ILSVRC2012_val_*.JPEG`` with ``--val-labels``). Label = index of the WNID in the
-sorted list of train class folders (REFERENCE.md §2). Files are decoded by content
-(:mod:`data_prep.images`), checked in a parallel scan before anything is written, then written
-by ffcv with the ffcv-imagenet recipe (``proportion``, 500 px, p=0.5, q90).
+sorted list of train class folders (docs/recipe.md). Folders are listed and files decoded by
+:mod:`fastfc.data.images` (by content, any mode, EXIF-upright), every file checked in a parallel
+scan before anything is written, then written by ffcv with the ffcv-imagenet recipe
+(``proportion``, 500 px, p=0.5, q90).
 
 Outputs (written under temporary names and renamed together at the end):
 
 * ``DIR/<split>.beton``: fields ``image`` (RGBImageField) and ``label`` (IntField), source order;
-* ``DIR/meta.json``: classes, counts per split and class, writer settings, skipped files with
-  reasons, listing options, fastfc version.
+* ``DIR/meta.json``: classes, counts per split and class, writer settings, every file seen but
+  not converted with its reason (``skipped``), listing options, fastfc version.
 """
 
 from __future__ import annotations
@@ -28,17 +29,20 @@ import json
 import os
 import sys
 from collections import Counter
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 import fastfc
+from fastfc import shifts
 from fastfc.atomic import atomic_path, exit_cleanly_on_sigterm
+from fastfc.cpus import fit_workers
+from fastfc.data import images
 
-from .beton import BetonWriter, ConversionError, ImageFiles, WriterSettings
-from .images import BadImageError, imap_progress, load_rgb, probe_image
+from .scan import ConversionError, check_files
+from .settings import WriterSettings
 
 SPLITS = ("train", "val")
 
@@ -47,12 +51,12 @@ SPLITS = ("train", "val")
 
 @dataclass
 class Listing:
-    """The files of one split in beton order. ``files`` are relative to the source root."""
+    """The files of one split in beton order. ``files`` are relative to the source root;
+    ``skipped`` names every file seen but not converted, with the reason (:mod:`fastfc.data.images`)."""
 
     split: str
     files: list[str]
     labels: list[int]
-    ignored: Counter = field(default_factory=Counter)  # hidden files, subfolders, other non-files
     labels_without_file: int = 0
     skipped: list[dict] = field(default_factory=list)
 
@@ -61,18 +65,13 @@ class Listing:
         return {wnid: counts.get(i, 0) for i, wnid in enumerate(classes)}
 
 
-def _scandir(folder: Path) -> list[os.DirEntry]:
+@contextmanager
+def _as_conversion_error():
+    """The listing policy's errors, raised as this converter's :class:`ConversionError`."""
     try:
-        with os.scandir(folder) as it:
-            return list(it)
-    except OSError as e:
-        raise ConversionError(f"{folder}: cannot be listed ({e.strerror or e}); check its permissions") from None
-
-
-def _visible(entries) -> tuple[list[os.DirEntry], int]:
-    entries = list(entries)
-    visible = [e for e in entries if not e.name.startswith(".")]
-    return visible, len(entries) - len(visible)
+        yield
+    except images.ListingError as e:
+        raise ConversionError(str(e)) from None
 
 
 def list_classes(src: Path) -> list[str]:
@@ -86,7 +85,8 @@ def list_classes(src: Path) -> list[str]:
                 if src.name in SPLITS and (src.parent / "train").is_dir() else "")
         raise ConversionError(f"{train}: no train folder. The class list (label = index of the WNID "
                               f"in the sorted train folder names) is defined by ROOT/train/<wnid>/.{hint}")
-    classes = sorted(e.name for e in _visible(_scandir(train))[0] if e.is_dir())
+    with _as_conversion_error():
+        classes = images.list_class_folders(train).folders
     if not classes:
         raise ConversionError(f"{train}: no class folders; expected ROOT/train/<wnid>/<images>.")
     return classes
@@ -96,7 +96,7 @@ def _subset(files: list[str], per_class: int | None) -> list[str]:
     """A deterministic subset of ``per_class`` files: smallest sha1 of the path, then name order."""
     if per_class is None or len(files) <= per_class:
         return files
-    chosen = sorted(files, key=lambda f: hashlib.sha1(f.encode()).hexdigest())[:per_class]
+    chosen = sorted(files, key=lambda f: hashlib.sha1(os.fsencode(f)).hexdigest())[:per_class]
     return sorted(chosen)
 
 
@@ -104,20 +104,19 @@ def read_val_labels(path: Path) -> dict[str, str]:
     """Parse a flat-val ground-truth file into ``{file stem: wnid}``.
 
     Accepted: Kaggle's ``LOC_val_solution.csv`` (``ImageId,PredictionString`` whose first token
-    is the WNID) and text lines ``<file name> <wnid>``. The devkit's
-    ``ILSVRC2012_validation_ground_truth.txt`` holds bare ILSVRC2012_IDs in devkit order, not
-    sorted-WNID order, and is refused with an explanation.
+    is the WNID) and text lines ``<file name> <wnid>``, in any of the forms label files come in
+    (byte-order mark, CRLF, trailing blanks, blank lines: :func:`fastfc.data.images.label_lines`).
+    The devkit's ``ILSVRC2012_validation_ground_truth.txt`` holds bare ILSVRC2012_IDs in devkit
+    order, not sorted-WNID order, and is refused with an explanation.
     """
     if not path.is_file():
         raise ConversionError(f"{path}: --val-labels must be a file ({'a folder' if path.exists() else 'not found'})")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConversionError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    with _as_conversion_error():
+        lines = images.label_lines(path)
     labels: dict[str, str] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in lines:
         tokens = line.replace(",", " ").split()
-        if not tokens or tokens[0] == "ImageId":
+        if tokens[0] == "ImageId":
             continue
         if len(tokens) < 2 and tokens[0].isdigit():
             raise ConversionError(
@@ -125,7 +124,7 @@ def read_val_labels(path: Path) -> dict[str, str]:
                 "ILSVRC2012_validation_ground_truth.txt, whose IDs follow the devkit's meta.mat order, "
                 "not the sorted-WNID order. Pass LOC_val_solution.csv (Kaggle) or a file of "
                 "'<file name> <wnid>' lines instead.")
-        if len(tokens) < 2 or not tokens[1].startswith("n") or not tokens[1][1:].isdigit():
+        if len(tokens) < 2 or not shifts.WNID.match(tokens[1]):
             raise ConversionError(f"{path}:{lineno}: expected '<file name> <wnid>' or "
                                   f"'ImageId,PredictionString', got {line!r}")
         labels[Path(tokens[0]).name.split(".")[0]] = tokens[1]
@@ -134,9 +133,30 @@ def read_val_labels(path: Path) -> dict[str, str]:
     return labels
 
 
+def _flat_val(root: Path, split: str, names: list[str], val_labels: Path | None, index: dict) -> tuple[dict, int]:
+    """``{wnid: [files]}`` of a flat val folder, and the number of labels without a file."""
+    if val_labels is None:
+        raise ConversionError(
+            f"{root}: a flat folder of {len(names)} files (e.g. {names[0]}), like the official "
+            "ILSVRC2012 val release. Pass --val-labels FILE (Kaggle's LOC_val_solution.csv, or "
+            "lines '<file name> <wnid>') so each image gets its class.")
+    truth = read_val_labels(val_labels)
+    by_class: dict[str, list[str]] = {}
+    for name in names:
+        wnid = truth.get(name.split(".")[0])
+        if wnid is None:
+            raise ConversionError(f"{root / name}: no label for this file in {val_labels}")
+        if wnid not in index:
+            raise ConversionError(f"{val_labels}: {name} is labelled {wnid}, which is not a train class")
+        by_class.setdefault(wnid, []).append(f"{split}/{name}")
+    return by_class, len(truth) - len(names)
+
+
 def list_split(src: Path, split: str, classes: list[str], *, per_class: int | None = None,
                val_labels: Path | None = None) -> Listing:
-    """List ``src/<split>`` in beton order: classes in label order, files by name.
+    """List ``src/<split>`` in beton order: classes in label order, files by name. What is listed
+    and what is skipped (and named in ``listing.skipped``) is :mod:`fastfc.data.images`'s policy;
+    files beside class folders are skipped, a folder of files only is a flat val folder.
 
     Raises:
         ConversionError: missing folder, empty class folder, a class absent from train, a flat
@@ -145,45 +165,21 @@ def list_split(src: Path, split: str, classes: list[str], *, per_class: int | No
     root = src / split
     if not root.is_dir():
         raise ConversionError(f"{root}: split folder not found (use --splits to choose splits)")
-    entries, hidden = _visible(_scandir(root))
-    dirs = sorted(e.name for e in entries if e.is_dir())
-    flat = sorted(e.name for e in entries if e.is_file())
     index = {wnid: i for i, wnid in enumerate(classes)}
     listing = Listing(split, [], [])
-    listing.ignored.update(hidden_files=hidden, not_a_file_or_folder=len(entries) - len(dirs) - len(flat))
-
-    if flat and dirs:
-        raise ConversionError(f"{root}: holds both class folders and loose files (e.g. {flat[0]}); "
-                              "expected one layout: <split>/<wnid>/<images> or a flat val folder.")
-    if flat:
-        if val_labels is None:
-            raise ConversionError(
-                f"{root}: a flat folder of {len(flat)} files (e.g. {flat[0]}), like the official "
-                "ILSVRC2012 val release. Pass --val-labels FILE (Kaggle's LOC_val_solution.csv, or "
-                "lines '<file name> <wnid>') so each image gets its class.")
-        truth = read_val_labels(val_labels)
-        by_class: dict[str, list[str]] = {}
-        for name in flat:
-            wnid = truth.get(name.split(".")[0])
-            if wnid is None:
-                raise ConversionError(f"{root / name}: no label for this file in {val_labels}")
-            if wnid not in index:
-                raise ConversionError(f"{val_labels}: {name} is labelled {wnid}, which is not a train class")
-            by_class.setdefault(wnid, []).append(f"{split}/{name}")
-        listing.labels_without_file = len(truth) - len(flat)
-    else:
-        by_class = {}
-        for wnid in dirs:
-            files, n_hidden = _visible(_scandir(root / wnid))
-            names = sorted(e.name for e in files if e.is_file())
-            subfolders = sum(e.is_dir() for e in files)
-            listing.ignored.update(hidden_files=n_hidden, subfolders=subfolders,
-                                   not_a_file_or_folder=len(files) - len(names) - subfolders)  # e.g. broken links
-            if not names:
-                raise ConversionError(f"{root / wnid}: empty class folder. Every class needs at least "
-                                      "one image; restore its files or remove the folder everywhere.")
-            by_class[wnid] = [f"{split}/{wnid}/{n}" for n in names]
-
+    with _as_conversion_error():
+        top = images.list_entries(root, f"{split}/")
+        if top.files and not top.folders:
+            by_class, listing.labels_without_file = _flat_val(root, split, top.files, val_labels, index)
+            listing.skipped += top.skipped
+        else:
+            top = images.class_folders(top, f"{split}/")
+            listing.skipped += top.skipped
+            by_class = {}
+            for wnid in top.folders:
+                entries = images.list_class_files(root / wnid, f"{split}/{wnid}/")
+                listing.skipped += entries.skipped
+                by_class[wnid] = [f"{split}/{wnid}/{n}" for n in entries.files]
     for wnid in sorted(by_class):
         if wnid not in index:
             raise ConversionError(f"{root / wnid}: class {wnid} is in {split} but not in train; "
@@ -198,16 +194,16 @@ def list_split(src: Path, split: str, classes: list[str], *, per_class: int | No
 
 def _probe(path: str):
     try:
-        h, w = probe_image(path)
+        h, w, _ = images.probe_image(path)
         return h * w, None
-    except BadImageError as e:
+    except images.BadImageError as e:
         return 0, e.reason
 
 
 def scan(listing: Listing, src: Path, *, workers: int, skip_bad: bool) -> int:
     """Check every file decodes (in parallel) before anything is written; drop bad ones if asked.
 
-    Bad files are removed from ``listing`` and recorded in ``listing.skipped`` when ``skip_bad``.
+    Bad files are removed from ``listing`` and named in ``listing.skipped`` when ``skip_bad``.
 
     Returns:
         The largest image's pixel count.
@@ -215,20 +211,15 @@ def scan(listing: Listing, src: Path, *, workers: int, skip_bad: bool) -> int:
     Raises:
         ConversionError: the first bad file, when not ``skip_bad``.
     """
-    paths = [str(src / f) for f in listing.files]
-    results = []
-    for pixels, reason in imap_progress(_probe, paths, workers=workers, desc=f"scan {listing.split}"):
-        if reason is not None and not skip_bad:
-            raise ConversionError(f"{paths[len(results)]}: {reason}")
-        results.append((pixels, reason))
-    keep = [i for i, (_, reason) in enumerate(results) if reason is None]
-    listing.skipped = [{"file": listing.files[i], "reason": results[i][1]}
-                       for i in range(len(results)) if results[i][1] is not None]
+    pixels, bad = check_files(_probe, src, listing.files, workers=workers, skip_bad=skip_bad,
+                              desc=f"scan {listing.split}")
+    keep = [i for i, p in enumerate(pixels) if p is not None]
+    listing.skipped += bad
     listing.files = [listing.files[i] for i in keep]
     listing.labels = [listing.labels[i] for i in keep]
     if not listing.files:
         raise ConversionError(f"{src / listing.split}: no readable image left")
-    return max(pixels for pixels, _ in results)
+    return max(pixels[i] for i in keep)
 
 
 # ----------------------------------------------------------------------------- convert
@@ -252,8 +243,8 @@ def convert(src: str | Path, out: str | Path, *, splits=SPLITS, settings: Writer
     if per_class is not None and per_class < 1:
         raise ConversionError(f"--per-class {per_class}: must be >= 1 (omit it to convert everything)")
     if workers is not None and workers < 1:
-        raise ConversionError(f"--workers {workers}: must be >= 1 (omit it to use all cores)")
-    workers = workers or len(os.sched_getaffinity(0))
+        raise ConversionError(f"--workers {workers}: must be >= 1 (omit it to use every usable CPU)")
+    workers = fit_workers(workers, "--workers", cap=None)
     val_labels = Path(val_labels).resolve() if val_labels else None
     existing = [p for p in [out / f"{s}.beton" for s in splits] + [out / "meta.json"] if p.exists()]
     if existing and not overwrite:
@@ -271,6 +262,8 @@ def convert(src: str | Path, out: str | Path, *, splits=SPLITS, settings: Writer
     previous = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else {}
     kept = {s: info for s, info in previous.get("splits", {}).items()  # splits not rewritten stay listed
             if s not in splits and previous.get("classes") == classes and (out / f"{s}.beton").is_file()}
+    from .beton import BetonWriter, ImageFiles  # ffcv: imported only to write
+
     with ExitStack() as stack:  # every output under a temporary name until all are complete
         written = {}
         for l in listings:
@@ -278,7 +271,7 @@ def convert(src: str | Path, out: str | Path, *, splits=SPLITS, settings: Writer
             writer = BetonWriter(tmp, settings, workers, max_pixels[l.split], desc=f"write {l.split}")
             writer.write(ImageFiles([str(src / f) for f in l.files], l.labels, settings))
             written[l.split] = {"count": len(l.files), "per_class": l.per_class(classes),
-                                "page_size": writer.page_size, "ignored": dict(l.ignored),
+                                "page_size": writer.page_size,
                                 "labels_without_file": l.labels_without_file, "skipped": l.skipped}
         meta = {
             "fastfc_version": fastfc.__version__,
@@ -397,7 +390,7 @@ def verify(out: str | Path, src: str | Path, *, samples: int = 32, min_psnr: flo
         modes = fields["image"]["mode"]
         worst = float("inf")
         for i, got in zip(idx, read_images(beton, idx, fields["image"])):
-            want = load_rgb(src / files[i], meta["writer"]["max_resolution"], meta["writer"].get("short_side"))
+            want = images.load_rgb(src / files[i], meta["writer"]["max_resolution"], meta["writer"].get("short_side"))
             if got.shape != want.shape:
                 problems.append(f"{beton}[{i}] ({files[i]}): shape {got.shape}, source gives {want.shape}")
                 continue
@@ -440,7 +433,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compress-probability", type=float, default=d.compress_probability,
                    help="JPEG share in proportion mode (default: %(default)s)")
     p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="default: %(default)s")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes (default: every CPU this process may use; more are lowered to that)")
     p.add_argument("--per-class", type=int, default=None, metavar="N",
                    help="a deterministic subset of N images per class, for quick runs")
     p.add_argument("--val-labels", type=Path, default=None, metavar="FILE",

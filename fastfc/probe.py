@@ -127,7 +127,7 @@ CACHE_DTYPES = {"bf16": np.float16, "fp32": np.float32}  # precision -> the cach
 
 
 def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Runtime | None = None, *,
-            batch_size: int = 256, num_workers: int = 4, compile: bool | None = None,
+            batch_size: int = 256, num_workers: int | None = None, compile: bool | None = None,
             precision: str = "bf16") -> Features:
     """Embeddings of every image of ``source`` (a beton or a shard set folder), cached.
 
@@ -373,7 +373,7 @@ class ProbeTask:
 
 
 def train_from_images(encoder: Encoder, beton: Path, num_classes: int, recipe: ProbeRecipe, rt: Runtime, *,
-                      out_dir: Path, num_workers: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+                      out_dir: Path, num_workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The original probe: :class:`ProbeTask` on :func:`fastfc.train.train` over the train beton
     (no augmentation, shuffled, last partial batch dropped). Returns ``(weight [C, D], bias [C])``."""
     from fastfc.data.ffcv import make_loader

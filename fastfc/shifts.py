@@ -1,6 +1,6 @@
 """The shift sets: their folder layouts, label rules, label spaces and logit projections.
 
-Every set is scored in its *own* label space (REFERENCE.md §2). A model emits 1000 ImageNet
+Every set is scored in its *own* label space (docs/recipe.md). A model emits 1000 ImageNet
 logits; :func:`project` maps them to the set's K classes by taking, for each class, the max over
 the ImageNet indices it maps to:
 
@@ -16,13 +16,17 @@ stores the resulting ``classes`` and ``imagenet_indices`` in each set's ``meta.j
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+from fastfc.data.images import ListingError, read_label_text
+
+if TYPE_CHECKING:
+    import torch
 
 PROJECTIONS = ("none", "mask", "objectnet-max")
 WNID = re.compile(r"^n\d{8}$")
@@ -73,10 +77,19 @@ def get(name: str) -> ShiftSet:
 
 def imagenet_wnids() -> list[str]:
     """The 1000 ImageNet-1k WNIDs, sorted (index = class label), from the list timm ships
-    (``timm.data.ImageNetInfo``; timm comes with open_clip)."""
-    from timm.data import ImageNetInfo
+    (``timm/data/_info/imagenet_synsets.txt``, which ``timm.data.ImageNetInfo`` reads; timm comes
+    with open_clip). The file is located, not imported: importing timm would import torch.
 
-    return list(ImageNetInfo().label_names())
+    Raises:
+        FileNotFoundError: timm is not installed.
+    """
+    spec = importlib.util.find_spec("timm")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "data" / "_info" / "imagenet_synsets.txt"
+        if path.is_file():
+            return read_label_text(path).split()
+    raise FileNotFoundError("timm's ImageNet class list (timm/data/_info/imagenet_synsets.txt) is not installed; "
+                            "pip install timm (open_clip_torch brings it)")
 
 
 # ----------------------------------------------------------------------------- label rules
@@ -111,10 +124,8 @@ def objectnet_classes(mappings: Path, imagenet_classes: Sequence[str]
     if missing:
         raise LabelSpaceError(f"{mappings}: missing ObjectNet mapping file(s) {', '.join(missing)}; "
                               "they ship in objectnet-1.0/mappings/ of the official download")
-    folder_to_label = json.loads((mappings / "folder_to_objectnet_label.json").read_text())
-    label_to_names = json.loads((mappings / "objectnet_to_imagenet_1k.json").read_text())
-    pytorch_to_2012 = json.loads((mappings / "pytorch_to_imagenet_2012_id.json").read_text())
-    names_2012 = [l.strip() for l in (mappings / "imagenet_to_label_2012_v2").read_text().splitlines()]
+    folder_to_label, label_to_names, pytorch_to_2012 = (_read_json(mappings / f) for f in OBJECTNET_MAPPING_FILES[:3])
+    names_2012 = [line.strip() for line in _read_text(mappings / "imagenet_to_label_2012_v2").rstrip().split("\n")]
     name_to_2012 = {name: i for i, name in enumerate(names_2012)}
     ambiguous = {n for n in names_2012 if names_2012.count(n) > 1} if len(name_to_2012) < len(names_2012) else set()
     id2012_to_pytorch = {int(v): int(k) for k, v in pytorch_to_2012.items()}
@@ -139,6 +150,21 @@ def objectnet_classes(mappings: Path, imagenet_classes: Sequence[str]
     return mapped, classes, [indices[c] for c in classes]
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return read_label_text(path)  # BOM, CRLF: the forms these files come in
+    except ListingError as e:
+        raise LabelSpaceError(str(e)) from None
+
+
+def _read_json(path: Path):
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise LabelSpaceError(f"{path}: not valid JSON ({e}); restore it from the ObjectNet download") from None
+
+
 # ----------------------------------------------------------------------------- scoring
 
 def project(logits: torch.Tensor, imagenet_indices: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -152,6 +178,8 @@ def project(logits: torch.Tensor, imagenet_indices: Sequence[Sequence[int]]) -> 
         ``[B, K]`` tensor: for class k, the max of ``logits[:, i]`` over its indices ``i``. With one
         index per class this is the R/A mask (or the identity for 1000-way sets).
     """
+    import torch
+
     width = max(len(ix) for ix in imagenet_indices)
     table = torch.full((len(imagenet_indices), width), -1, dtype=torch.long)
     for k, ix in enumerate(imagenet_indices):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's probe + evaluation runs for one architecture: a linear probe on the CLIP teacher
 # (weight decay 0.1) and on its distilled student (1e-3), both scored on ImageNet val and the five
-# shift sets, then the comparison table and the ID-vs-OOD plot (REFERENCE.md §1).
+# shift sets, then the comparison table and the ID-vs-OOD plot (docs/recipe.md).
 #   launch/probe_and_eval.sh RN50                 # after launch/single_node.sh launch/configs/distill_rn50.toml
 #   DRY=1 launch/probe_and_eval.sh ViT-B-16       # print the commands only
 # Data: BETONS (train.beton, val.beton) and SHARDS (one folder per shift set); NGPU ranks extract features.
@@ -10,7 +10,8 @@ ARCH=${1:?usage: launch/probe_and_eval.sh ARCH   (RN50 RN101 RN50x4 RN50x16 ViT-
 KEY=$(echo "$ARCH" | tr 'A-Z' 'a-z' | sed 's/vit-b-16/vit_b16/')
 BETONS=${BETONS:-data/betons}; SHARDS=${SHARDS:-data/shards}; RUNS=${RUNS:-runs}
 STUDENT=${STUDENT:-$RUNS/distill_$KEY/weights.pt}
-NGPU=${NGPU:-$(nvidia-smi -L 2>/dev/null | wc -l)}; NGPU=$(( NGPU > 0 ? NGPU : 1 ))
+source "$(dirname "$0")/gpus.sh"
+NGPU=${NGPU:-$(gpu_count)}; NGPU=$(( NGPU > 0 ? NGPU : 1 ))
 PY=${PY:-.venv/bin/python}
 TORCHRUN=("$PY" -m torch.distributed.run --standalone --nproc-per-node "$NGPU" -m fastfc)
 run() { echo "+ $*"; [ -n "${DRY:-}" ] || "$@"; }

@@ -142,9 +142,9 @@ def test_benchmarks_are_discovered_from_their_own_files():
     from benchmarks.summary import targets
 
     found = discover()
-    assert set(found) == {"convert", "e2e", "loader", "probe", "shards", "step"}
+    assert set(found) == {"cli", "convert", "e2e", "loader", "probe", "shards", "step"}
     assert {name: m.MAKE_BENCH for name, m in found.items()}["probe"] == ["--encoder", "mobilenet_v2"]
-    assert sorted({t.benchmark for t in targets()}) == ["convert", "e2e", "loader", "probe", "shards", "step"]
+    assert sorted({t.benchmark for t in targets()}) == ["cli", "convert", "e2e", "loader", "probe", "shards", "step"]
 
 
 def test_e2e_benchmark_smoke():
@@ -154,3 +154,12 @@ def test_e2e_benchmark_smoke():
     f = line["figures"]
     assert _finite_positive(f["loader_img_per_s"]) and _finite_positive(f["synthetic_img_per_s"])
     assert 0 <= f["data_wait"] <= 1
+
+
+def test_cli_benchmark_smoke():
+    from benchmarks import cli
+
+    line = cli.run(repeats=1, baseline=False, history=False)
+    seconds = line["figures"]["seconds"]
+    assert set(seconds) == set(cli.COMMANDS) and all(_finite_positive(t) for t in seconds.values())
+    assert line["figures"]["slowest_s"] == max(seconds.values())

@@ -357,9 +357,12 @@ def test_overwriting_one_split_keeps_the_other_listed_and_stale_temporaries_go(s
     assert verify(out, small_tree.root, samples=2)["train"]["count"] == sum(small_tree.counts["train"].values())
 
 
-def test_subfolders_and_broken_links_are_counted_not_silently_dropped(small_tree, tmp_path):
+def test_subfolders_and_broken_links_are_named_not_silently_dropped(small_tree, tmp_path):
     cls = small_tree.root / "train" / small_tree.classes[0]
     (cls / "extra").mkdir()
     (cls / "dangling.JPEG").symlink_to(tmp_path / "missing.JPEG")
     meta = convert(small_tree.root, tmp_path / "out", workers=1, splits=("train",))
-    assert meta["splits"]["train"]["ignored"] == {"hidden_files": 0, "subfolders": 1, "not_a_file_or_folder": 1}
+    prefix = f"train/{small_tree.classes[0]}/"
+    assert meta["splits"]["train"]["skipped"] == [
+        {"file": prefix + "dangling.JPEG", "reason": "broken symbolic link"},
+        {"file": prefix + "extra/", "reason": "a folder inside a class folder (not descended into)"}]

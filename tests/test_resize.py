@@ -16,9 +16,9 @@ from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 
 from data_prep.beton import WriterSettings
-from data_prep.images import load_rgb
 from data_prep.imagenet import convert, list_classes, list_split
 from fastfc.data.ffcv import decode_ops, label_pipeline
+from fastfc.data.images import load_rgb
 from fastfc.data.resize import AVAILABLE, LinearRandomResizedCropRGBImageDecoder, resize_crop
 from fastfc.photos import make_imagenet_tree, source_photos
 

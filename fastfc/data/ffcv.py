@@ -18,6 +18,8 @@ from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
+from fastfc.cpus import fit_workers
+
 from .resize import random_resized_crop_decoder
 
 
@@ -91,7 +93,7 @@ def label_pipeline(device: str | torch.device = "cpu") -> list:
 
 
 def make_loader(beton: str | Path, *, train: bool, batch_size: int, resolution: int,
-                mean: Sequence[float], std: Sequence[float], augment: bool | None = None, num_workers: int = 2,
+                mean: Sequence[float], std: Sequence[float], augment: bool | None = None, num_workers: int | None = None,
                 device: str | torch.device = "cpu", dtype=np.float32, distributed: bool = False,
                 seed: int = 0, indices: Sequence[int] | None = None, linear_resize: bool = True) -> Loader:
     """An ffcv ``Loader`` over a fastfc beton.
@@ -102,7 +104,9 @@ def make_loader(beton: str | Path, *, train: bool, batch_size: int, resolution: 
     up to ``batch_size - 1`` images). ``augment`` defaults to ``train``; ``train=True,
     augment=False`` shuffles but centre-crops, which makes a run reproducible bit for bit (ffcv
     1.0.2 does not seed its random crops and flips per sample). ``linear_resize=False`` gives ffcv's
-    stock training decoder (see :func:`decode_ops`).
+    stock training decoder (see :func:`decode_ops`). ``num_workers`` (ffcv's decode threads): ``None``
+    or 0 takes the default, and a number above the CPUs this process may use is lowered to them
+    (:func:`fastfc.cpus.fit_workers`; numba refuses more threads than that).
 
     Raises:
         FileNotFoundError: ``beton`` does not exist.
@@ -111,7 +115,7 @@ def make_loader(beton: str | Path, *, train: bool, batch_size: int, resolution: 
     if not beton.is_file():
         raise FileNotFoundError(f"{beton}: no such beton; create it with `python -m data_prep.imagenet`")
     return Loader(
-        str(beton), batch_size=batch_size, num_workers=num_workers,
+        str(beton), batch_size=batch_size, num_workers=fit_workers(num_workers or None, "num_workers"),
         order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
         drop_last=train, distributed=distributed, seed=seed,
         indices=None if indices is None else list(indices),

@@ -21,7 +21,6 @@ them. Every sample is read exactly once overall: no padding, no duplicates (unli
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from dataclasses import dataclass
@@ -34,6 +33,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision import transforms
 from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from fastfc.cpus import fit_workers
+from fastfc.data.images import BadImageError, decode_rgb
 
 #: image extension -> formats PIL may report for it (camera JPEGs open as "MPO").
 IMAGE_FORMATS = {"jpg": ("JPEG", "MPO"), "jpeg": ("JPEG", "MPO"), "png": ("PNG",),
@@ -275,17 +277,17 @@ def iter_samples(set_dir: str | Path, *, rank: int = 0, world_size: int = 1, wor
 
 
 def decode_image(sample: RawSample) -> Image.Image:
-    """Decode the image bytes to an RGB PIL image (no EXIF transpose, as torchvision/CLIP eval).
+    """Decode the image bytes to an upright RGB PIL image by :mod:`fastfc.data.images`'s policy, the
+    one the ImageNet converter applies too (EXIF orientation; 16-bit grey scaled, not clipped; CMYK,
+    palette, alpha: see there).
 
     Raises:
         ShardFormatError: undecodable bytes, or a format that differs from the extension.
     """
     try:
-        with Image.open(io.BytesIO(sample.image)) as im:
-            fmt = im.format
-            rgb = im.convert("RGB")
-    except Exception as exn:  # PIL raises many types for corrupt data
-        raise ShardFormatError(f"{sample.shard}: cannot decode {sample.key}.{sample.ext}: {exn}") from exn
+        rgb, fmt = decode_rgb(sample.image, f"{sample.key}.{sample.ext}")
+    except BadImageError as exn:
+        raise ShardFormatError(f"{sample.shard}: cannot decode {exn.path}: {exn.reason}") from None
     if fmt not in IMAGE_FORMATS[sample.ext]:
         raise ShardFormatError(f"{sample.shard}: {sample.key}.{sample.ext} holds a {fmt} image")
     return rgb
@@ -335,7 +337,7 @@ def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64), list(keys)
 
 
-def make_shard_loader(set_dir: str | Path, *, transform, batch_size: int, num_workers: int,
+def make_shard_loader(set_dir: str | Path, *, transform, batch_size: int, num_workers: int | None = None,
                       rank: int | None = None, world_size: int | None = None,
                       pin_memory: bool = False) -> DataLoader:
     """DataLoader over this rank's exact share of a set (no padding, ``drop_last=False``).
@@ -343,7 +345,8 @@ def make_shard_loader(set_dir: str | Path, *, transform, batch_size: int, num_wo
     Args:
         transform: PIL RGB image -> float32 tensor ``(3, H, W)``, e.g. :func:`eval_transform`.
         batch_size: samples per batch (the last batch of each worker may be smaller).
-        num_workers: DataLoader workers per rank (0 = read in this process); same on every rank.
+        num_workers: DataLoader workers per rank (0 = read in this process; default and upper bound:
+            :func:`fastfc.cpus.fit_workers`); same on every rank.
         rank, world_size: default to the initialised process group, else 0 / 1.
 
     Returns:
@@ -351,7 +354,7 @@ def make_shard_loader(set_dir: str | Path, *, transform, batch_size: int, num_wo
         Sum the per-rank sample counts (all_reduce) and pass the total to :func:`check_count`.
     """
     ds = ShardReader(set_dir, transform=transform, rank=rank, world_size=world_size)
-    return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, drop_last=False,
+    return DataLoader(ds, batch_size=batch_size, num_workers=fit_workers(num_workers, "num_workers"), drop_last=False,
                       collate_fn=collate, pin_memory=pin_memory)
 
 

@@ -1,0 +1,94 @@
+"""The command lines answer fast and plainly: ``--help`` and argument, config and input errors come
+before torch (and ffcv, open_clip, numba) is imported; ``.venv/bin/fastfc`` is installed; errors are
+one actionable line; the toy experiment records about 50 points whatever ``--steps``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "torchvision", "ffcv", "open_clip", "numba", "webdataset", "timm", "cv2")
+FASTFC = [sys.executable, "-m", "fastfc"]
+IMAGENET = [sys.executable, "-m", "data_prep.imagenet"]
+SHIFTS = [sys.executable, "-m", "data_prep.shifts"]
+
+
+def run_with_importtime(argv: list[str], cwd: Path) -> tuple[int, set[str], list[str]]:
+    """Run ``argv`` under ``python -X importtime``: exit code, top-level packages imported, and the
+    stderr lines that are not import timings."""
+    proc = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+    imported, other = set(), []
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:"):
+            imported.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+        elif line.strip():
+            other.append(line)
+    return proc.returncode, imported, other
+
+
+HELP = [FASTFC + ["--help"]] + [FASTFC + [c, "--help"] for c in ("distill", "features", "probe", "eval", "demo", "toy")] \
+    + [IMAGENET + ["--help"], SHIFTS + ["--help"]]
+
+
+@pytest.mark.parametrize("argv", HELP, ids=lambda a: " ".join(a[2:]))
+def test_help_imports_no_heavy_library(argv, tmp_path):
+    code, imported, _ = run_with_importtime(argv, tmp_path)
+    assert code == 0 and not imported & set(HEAVY), sorted(imported & set(HEAVY))
+
+
+ERRORS = [  # argv, exit code, text of the one error line
+    (FASTFC + ["distill", "--config", "nope.toml"], 1, "nope.toml: no such config file"),
+    (FASTFC + ["distill", "--set", "lr"], 1, "expected section.key=value"),
+    (FASTFC + ["probe", "--encoder", "tiny"], 2, "the following arguments are required: --train, --out"),
+    (FASTFC + ["probe", "--encoder", "tiny", "--train", "nope.beton", "--out", "p.pt"], 1, "--train nope.beton"),
+    (FASTFC + ["features", "--encoder", "tiny", "nope.beton"], 1, "nope.beton: no such file or folder"),
+    (FASTFC + ["features", "--encoder", "tiny", "--workers", "-1", "x"], 2, "must be >= 0"),
+    (FASTFC + ["eval", "--compare", "runs/nope"], 1,
+     "fastfc eval: error: --compare runs/nope: no such folder; give run folders written by `fastfc eval --out RUN`"),
+    (FASTFC + ["eval", "--encoder", "tiny", "--probe", "p.pt"], 1, "nothing to evaluate"),
+    (FASTFC + ["toy", "--set", "loss=l1"], 2, "loss='l1'; choose one of logistic"),
+    (FASTFC + ["toy", "--steps", "0"], 2, "steps=0; expected a positive integer"),
+    (IMAGENET, 2, "the following arguments are required: --src"),
+    (IMAGENET + ["--src", "nope", "--out", "out"], 1, "nope: does not exist"),
+    (SHIFTS + ["--set", "imagenet-r", "--out", "out"], 2, "the following arguments are required: --src"),
+    (SHIFTS + ["--set", "imagenet-r", "--src", "nope", "--out", "out"], 1, "nope: folder not found"),
+]
+
+
+@pytest.mark.parametrize("argv, code, message", ERRORS, ids=lambda a: " ".join(a[2:]) if isinstance(a, list) else "")
+def test_argument_and_input_errors_come_before_heavy_imports(argv, code, message, tmp_path):
+    got, imported, lines = run_with_importtime(argv, tmp_path)
+    assert got == code and not imported & set(HEAVY), (got, sorted(imported & set(HEAVY)), lines)
+    errors = [line for line in lines if "error" in line or "nothing to evaluate" in line]
+    assert len(errors) == 1 and message in errors[0], lines
+    assert not any("Traceback" in line for line in lines)
+
+
+def test_console_script_is_installed_next_to_the_interpreter():
+    script = Path(sys.executable).parent / "fastfc"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("usage: fastfc ")
+
+
+def test_readme_runs_fastfc_through_the_venv_never_a_bare_python():
+    text = (REPO / "README.md").read_text()
+    blocks = text.split("```bash\n")[1:]
+    commands = [line for block in blocks for line in block.split("```")[0].splitlines() if line and line[0] not in "# "]
+    assert ".venv/bin/fastfc toy --steps 1000" in "\n".join(commands)
+    bare = [c for c in commands if c.startswith(("python", "torchrun", "fastfc", "pip"))]
+    assert bare == [] and "python -m fastfc" not in text
+
+
+def test_toy_records_about_50_points_when_record_every_is_not_given(tmp_path, capsys):
+    from fastfc.cli import main
+
+    assert main(["toy", "--steps", "1000", "--out", str(tmp_path)]) == 0  # the README's quick check
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(0, 1001, 20))  # 51 records: init + every 20 steps; used to be [0, 1000]
+    assert json.loads((tmp_path / "config.json").read_text())["record_every"] == 20
