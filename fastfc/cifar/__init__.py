@@ -3,5 +3,5 @@ background, and the feature visualisation that shows the background was learned.
 
 ``data`` (datasets, the two train transforms, the loader), ``model`` (ResNet-32), ``attack`` (PGD on a
 noise-smoothed classifier: the training task), ``visualize`` (feature visualisation, the measures,
-the figure), ``run`` (configs, presets and the ``python -m fastfc cifar`` command line).
+the figure), ``run`` (configs, presets and the ``fastfc cifar`` command line).
 """

@@ -1,10 +1,10 @@
-"""``python -m fastfc cifar train | visualize``: the paper's CIFAR-10 experiment as commands.
+"""``fastfc cifar train | visualize``: the paper's CIFAR-10 experiment as commands.
 
-    python -m fastfc cifar train --variant background --out runs/cifar_background         # the paper's run
-    python -m fastfc cifar train --variant raw --out runs/cifar_raw
+    fastfc cifar train --variant background --out runs/cifar_background         # the paper's run
+    fastfc cifar train --variant raw --out runs/cifar_raw
     torchrun --standalone --nproc-per-node 1 -m fastfc cifar train --config launch/configs/cifar_background.toml
-    python -m fastfc cifar visualize runs/cifar_raw runs/cifar_background --out runs/cifar_features
-    python -m fastfc cifar train --variant raw --out runs/smoke/raw --preset smoke        # CPU, offline
+    fastfc cifar visualize runs/cifar_raw runs/cifar_background --out runs/cifar_features
+    fastfc cifar train --variant raw --out runs/smoke/raw --preset smoke        # CPU, offline
 
 A train run is :func:`fastfc.train.train` on :class:`~fastfc.cifar.attack.SmoothedPGDTask`; its folder
 holds ``config.json``, ``metrics.jsonl`` (``train/loss``, and per epoch ``eval/clean/top1``,
@@ -210,7 +210,7 @@ def load_run(run: Path, variant: str):
     weights, config = run / "weights.pt", run / "config.json"
     if not weights.is_file():
         hint = " (a stopped run: resume it with --resume)" if (run / "checkpoint.pt").is_file() else ""
-        raise FileNotFoundError(f"{weights}: no trained weights{hint}; train it with `python -m fastfc cifar "
+        raise FileNotFoundError(f"{weights}: no trained weights{hint}; train it with `fastfc cifar "
                                 f"train --variant {variant} --out {run}`")
     trained = json.loads(config.read_text()).get("data", {}).get("variant") if config.is_file() else None
     if trained not in (None, variant):
@@ -265,20 +265,20 @@ noise-smoothed classifier, on raw CIFAR-10 or with a brick-red (150,50,50) backg
 feature visualisation of both models and two measures of the background colour in their features.
 
 examples:
-  python -m fastfc cifar train --variant background --out runs/cifar_background   # the paper's run (GPU)
-  python -m fastfc cifar train --variant raw --out runs/cifar_raw
+  fastfc cifar train --variant background --out runs/cifar_background   # the paper's run (GPU)
+  fastfc cifar train --variant raw --out runs/cifar_raw
   torchrun --standalone --nproc-per-node 1 -m fastfc cifar train --config launch/configs/cifar_raw.toml
-  python -m fastfc cifar visualize runs/cifar_raw runs/cifar_background --out runs/cifar_features
-  python -m fastfc cifar train --variant raw --out runs/smoke/raw --preset smoke  # CPU, offline
+  fastfc cifar visualize runs/cifar_raw runs/cifar_background --out runs/cifar_features
+  fastfc cifar train --variant raw --out runs/smoke/raw --preset smoke  # CPU, offline
 
 A train run folder holds config.json, metrics.jsonl (train/loss; per epoch eval/clean/top1 and
 eval/pgd/top1), checkpoint.pt and, once finished, weights.pt (the last epoch's weights)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m fastfc cifar`` command line."""
+    """The ``fastfc cifar`` command line."""
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(prog="python -m fastfc cifar", description=DESCRIPTION, formatter_class=fmt)
+    p = argparse.ArgumentParser(prog="fastfc cifar", description=DESCRIPTION, formatter_class=fmt)
     sub = p.add_subparsers(dest="action", required=True)
     t = sub.add_parser("train", help="adversarially train one ResNet-32 (raw or with the brick-red background)",
                        formatter_class=fmt, description=
@@ -341,7 +341,7 @@ def _visualize(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fastfc cifar ...`` with ``argv`` (without the ``cifar`` word). Bad input: one error
+    """``fastfc cifar ...`` with ``argv`` (without the ``cifar`` word). Bad input: one error
     line on stderr and exit status 1 (2 for a bad command line); FASTFC_TRACEBACK=1 shows the traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
