@@ -82,10 +82,12 @@ class Encoder:
                           T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def eval_transform(self) -> T.Compose:
-        """PIL image -> ``[3, S, S]`` float32 tensor: RGB, Resize(S, bicubic) of the shorter side,
-        CenterCrop(S), ToTensor (0..1), Normalize(mean, std). CLIP's / the paper's eval recipe."""
-        return T.Compose([T.Lambda(_to_rgb), T.Resize(self.input_size, interpolation=T.InterpolationMode.BICUBIC),
-                          T.CenterCrop(self.input_size), T.ToTensor(), T.Normalize(self.mean, self.std)])
+        """PIL image -> ``[3, S, S]`` float32 tensor: RGB, then fastfc's one evaluation transform,
+        :func:`fastfc.data.shards.eval_transform` (Resize(S, bicubic) of the shorter side, CenterCrop(S),
+        Normalize(mean, std) on the 0..1 scale): CLIP's / the paper's eval recipe, for ID and OOD alike."""
+        from fastfc.data.shards import eval_transform
+
+        return T.Compose([T.Lambda(_to_rgb), eval_transform(self.input_size, self.mean, self.std)])
 
 
 class TinyCNN(nn.Module):
