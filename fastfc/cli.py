@@ -155,6 +155,13 @@ def _id_source(args) -> Path | None:
                              "--set imagenet-val) or the val folder (<wnid>/*.JPEG). A val beton: --val-beton")
         if not args.val.is_dir():
             raise FileNotFoundError(f"--val {args.val}: no such folder")
+        from fastfc.data import folder
+        from fastfc.data.shards import read_meta
+
+        kind = read_meta(args.val)["set"] if (args.val / "meta.json").is_file() else folder.read_folder(args.val).meta["set"]
+        if kind != folder.SET_NAME:  # checked before any model is built
+            raise ValueError(f"--val {args.val}: shards of {kind}, not {folder.SET_NAME}; give the imagenet-val shards "
+                             "or the val folder (<wnid>/*.JPEG)")
         return args.val
     return None
 
@@ -211,8 +218,8 @@ def evaluate(args) -> int:
         evallib.write_results(args.out, results)
         print((args.out / "results.md").read_text())
         if evallib.ID_SET not in sets:
-            print(f"note: no ID set; add imagenet-val shards to --shards (python -m data_prep.shifts --set "
-                  f"imagenet-val) or give --val, so that --compare can compute the gaps")
+            print("note: no ID set; add imagenet-val shards to --shards (python -m data_prep.shifts --set "
+                  "imagenet-val) or give --val, so that --compare can compute the gaps")
     return 0
 
 
@@ -254,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("features", help="extract embeddings of betons / shard sets to the cache")
     _encoder_args(f)
-    f.add_argument("source", nargs="+", type=Path, help="a .beton or a shard set folder (holding meta.json)")
+    f.add_argument("source", nargs="+", type=Path, help="a .beton, a shard set folder (holding meta.json) or an ImageNet "
+                                                        "val folder (<wnid>/*.JPEG)")
     f.set_defaults(func=features)
 
     pr = sub.add_parser(

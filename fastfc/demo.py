@@ -1,16 +1,22 @@
 """``make demo``: the whole pipeline on real photographs that ship inside packages, on CPU.
 
-1. data: an ImageNet-style tree (:func:`fastfc.photos.make_imagenet_tree`) and five shift-like
-   sets in the real datasets' on-disk layouts (:func:`make_shift_sets`), so the real converters
-   run on them unchanged;
-2. conversion: ``data_prep.imagenet`` → betons, ``data_prep.shifts`` → shards;
-3. distillation: ``torchrun --nproc-per-node 2 -m fastfc distill`` (gloo), teacher = the
-   package-shipped ImageNet MobileNetV2 (real weights), student = a random-init MobileNetV2;
-4. features + linear probes for the teacher and the distilled student;
-5. evaluation on val and the five sets, the comparison table, ``runs/demo/results.md`` and the
-   ID-vs-OOD plot.
+A small-scale demonstration on stand-in sets, not the paper's experiment (that is ``launch/``):
 
-A second run reuses the prepared data (and a finished distillation).
+1. data: an ImageNet-style tree (:func:`fastfc.photos.make_imagenet_tree`) and five shift-like
+   stand-in sets in the real datasets' on-disk layouts (:func:`make_shift_sets`), so the real
+   converters run on them unchanged;
+2. conversion: ``data_prep.imagenet`` → betons (train), ``data_prep.shifts`` → shards (val, read
+   like the shift sets as the paper does, and the five stand-ins);
+3. distillation: ``torchrun --nproc-per-node 2 -m fastfc distill`` (gloo), teacher = the
+   package-shipped ImageNet MobileNetV2 (real weights), student = a random-init MobileNetV2, for
+   :class:`DemoRecipe`'s schedule;
+4. features + linear probes for the teacher and the distilled student;
+5. evaluation on ID and the five stand-ins, the student's fit to the teacher per set, and
+   ``runs/demo/results.{md,json}`` with the check of the paper's finding (:func:`report`), plus
+   the ID-vs-OOD and fit-vs-top-1 plots.
+
+A second run reuses the prepared data, the feature caches and a finished distillation of the
+same recipe.
 """
 
 from __future__ import annotations

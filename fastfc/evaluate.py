@@ -387,13 +387,17 @@ def plot_fit(summary: dict, path: Path, labels: dict[str, str] | None = None, ru
     points = [(label, e, t) for label, e, t in points if e and "fit" in e]
     plt = _figure()
     fig, ax = plt.subplots(figsize=(5.5, 4))
+    span = max([e["fit"]["rel_sq_error"] for _, e, _ in points] + [1e-9])
+    placed: list[float] = []
     for label, e, t in points:
         x = e["fit"]["rel_sq_error"]
+        stack = sum(abs(x - p) < 0.04 * span for p in placed)  # labels of nearby points go below each other
+        placed.append(x)
         ax.scatter(x, e["top1"] * 100, color="C1", label=r["name"] if label == points[0][0] else None)
         if t is not None:
             ax.scatter(x, t["top1"] * 100, color="C0", marker="s", label=teacher["name"] if label == points[0][0] else None)
             ax.plot([x, x], [e["top1"] * 100, t["top1"] * 100], color="0.7", lw=0.8, zorder=0)
-        ax.annotate(label, (x, e["top1"] * 100), textcoords="offset points", xytext=(4, -10), fontsize=8)
+        ax.annotate(label, (x, e["top1"] * 100), textcoords="offset points", xytext=(6, -10 - 9 * stack), fontsize=8)
     ax.set_xlabel(f"{r['name']} fit to {teacher['name']}: relative squared error Σ‖s−t‖²/Σ‖t‖²")
     ax.set_ylabel("top-1 (%)")
     ax.legend(loc="lower left", fontsize=8)

@@ -86,6 +86,12 @@ def test_cli_eval_reads_id_like_the_shift_sets_and_the_beton_only_on_request(val
     Image.new("RGB", (40, 40)).save(flat / "ILSVRC2012_val_00000001.JPEG")
     assert main([*common, "--val", str(flat), "--out", str(tmp_path / "y")]) == 1
     assert "no <wnid>/ class folders" in capsys.readouterr().err
+    other = tmp_path / "shards" / "imagenet-sketch"
+    other.mkdir(parents=True)
+    (other / "meta.json").write_text(json.dumps({"set": "imagenet-sketch"}))
+    assert main([*common, "--val", str(other), "--out", str(tmp_path / "z")]) == 1
+    assert "shards of imagenet-sketch, not imagenet-val" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
 
 
 def test_a_beton_stored_below_the_encoders_input_is_refused_before_any_work(small_beton, tmp_path):
