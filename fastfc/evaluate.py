@@ -297,15 +297,15 @@ def check_finding(summary: dict, run: int = 1) -> dict:
 
 def comparison_table(summary: dict, labels: dict[str, str] | None = None) -> str:
     """Markdown: per run ID and each OOD top-1 with Wilson 95% intervals, the OOD average, the gaps
-    to the teacher, the OOD drop ÷ ID drop (and effective robustness with baselines); then rows of
-    n and chance level per set."""
+    to the teacher, the OOD drop ÷ ID drop (∞: an OOD drop without an ID drop; and effective
+    robustness with baselines); then rows of n and chance level per set."""
     names = [ID_SET] + summary["ood_sets"]
     with_eff = any(r["eff_robustness"] is not None for r in summary["runs"])
     header = (["run"] + [set_label(n, labels) for n in names]
               + ["OOD avg", "ΔID", "ΔOOD", "ΔOOD ÷ ΔID"] + (["eff. robustness"] if with_eff else []))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in summary["runs"]:
-        ratio = "—" if r["drop_ratio"] is None else f"{r['drop_ratio']:.2f}"
+        ratio = f"{r['drop_ratio']:.2f}" if r["drop_ratio"] is not None else "∞" if r["id_gap"] <= 0 < r["ood_gap"] else "—"
         cells = [r["name"]] + [_cell(r["sets"].get(n)) for n in names]
         cells += [_pct(r["ood_avg"]), _delta(r["id_gap"]), _delta(r["ood_gap"]), ratio]
         if with_eff:

@@ -182,6 +182,10 @@ def test_summary_gaps_drop_ratio_and_the_check(tmp_path):
     assert table[0].startswith("| run | ID | r-like | a-like | OOD avg | ΔID | ΔOOD | ΔOOD ÷ ΔID |")
     assert "| 98.0 (93.0–99.4) |" in table[2] and "+0.0" in table[2] and "| -8.0 | -22.5 | 2.81 |" in table[3]
     assert table[4].startswith("| n | 100 | 100 | 80 |") and table[5].startswith("| chance | 10.0 |")
+    better_id = _results(tmp_path / "better", {"imagenet-val": (99, 100), "imagenet-r": (60, 100), "imagenet-a": (40, 80)})
+    summary = evallib.summarize([teacher, better_id])
+    assert summary["runs"][1]["drop_ratio"] is None and evallib.check_finding(summary)["holds"]
+    assert "| +1.0 | -22.5 | ∞ |" in evallib.comparison_table(summary)
     weak = _results(tmp_path / "weak", {"imagenet-val": (85, 100), "imagenet-r": (50, 100), "imagenet-a": (30, 80)})
     failed = evallib.check_finding(evallib.summarize([teacher, weak]))
     assert not failed["holds"] and not failed["id_gap_ok"]  # 13 points behind on ID
