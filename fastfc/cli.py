@@ -26,6 +26,9 @@ from pathlib import Path
 # machine); a command imports them where its work starts (_start_work).
 
 
+ID_SET = "imagenet-val"  # fastfc.evaluate.ID_SET, named here without importing torch
+
+
 def _start_work() -> None:
     """Called once a command's inputs are checked: from here on, heavy imports are due anyway."""
     from fastfc.data.ffcv import quiet_numba_finalizer_noise
@@ -34,12 +37,14 @@ def _start_work() -> None:
 
 def demo(args: argparse.Namespace) -> int:
     _start_work()
-    from fastfc.demo import run
+    from dataclasses import replace
 
-    table = run(args.out, distill_steps=args.steps)
-    print("\n[demo] MobileNetV2 teacher (real ImageNet weights) vs its distilled student, top-1 (%):\n")
-    print(table)
-    print(f"\n[demo] {args.out / 'results.md'}, {args.out / 'id_vs_ood.png'}, per-run results.json in "
+    from fastfc.demo import DemoRecipe, run
+
+    recipe = replace(DemoRecipe(), **{k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None})
+    print(run(args.out, recipe=recipe))
+    print(f"[demo] {args.out / 'results.md'}, {args.out / 'results.json'} (every figure and the check), "
+          f"{args.out / 'id_vs_ood.png'}, {args.out / 'fit_vs_top1.png'}; per-run results in "
           f"{args.out / 'teacher'} and {args.out / 'student'}")
     return 0
 
@@ -208,6 +213,59 @@ def _check_runs(runs: list[Path], flag: str) -> None:
                 "give run folders written by `fastfc eval --out RUN`")
 
 
+def _id_source(args) -> Path | None:
+    """ID from ``--val`` (imagenet-val shards or a ``<wnid>/*`` val folder) or ``--val-beton`` (opt-in)."""
+    if args.val_beton:
+        if not args.val_beton.is_file():
+            raise FileNotFoundError(f"--val-beton {args.val_beton}: no such beton")
+        return args.val_beton
+    if args.val:
+        if args.val.is_file():
+            raise ValueError(f"--val {args.val}: a file; --val takes imagenet-val shards (python -m data_prep.shifts "
+                             "--set imagenet-val) or the val folder (<wnid>/*.JPEG). A val beton: --val-beton")
+        if not args.val.is_dir():
+            raise FileNotFoundError(f"--val {args.val}: no such folder")
+        from fastfc.data import folder
+        from fastfc.data.shards import read_meta
+
+        kind = read_meta(args.val)["set"] if (args.val / "meta.json").is_file() else folder.read_folder(args.val).meta["set"]
+        if kind != folder.SET_NAME:  # checked before any model is built
+            raise ValueError(f"--val {args.val}: shards of {kind}, not {folder.SET_NAME}; give the imagenet-val shards "
+                             "or the val folder (<wnid>/*.JPEG)")
+        return args.val
+    return None
+
+
+def _eval_sets(args) -> dict:
+    """The sets ``fastfc eval`` scores, by name; every path checked first."""
+    sets = {}
+    if args.shards:
+        found = {m.parent.name: m.parent for m in sorted(args.shards.glob("*/meta.json"))}
+        if not found:
+            raise FileNotFoundError(f"--shards {args.shards}: no shift-set folders (<set>/meta.json) in it; "
+                                    "write them with `python -m data_prep.shifts`")
+        missing = sorted(set(args.sets or ()) - set(found))
+        if missing:
+            raise FileNotFoundError(f"--sets {','.join(missing)}: not in {args.shards} (it has {', '.join(found)})")
+        sets.update((name, path) for name, path in found.items() if not args.sets or name in args.sets)
+    id_source = _id_source(args)
+    if id_source is not None:  # an explicit ID source wins over imagenet-val shards under --shards
+        sets = {ID_SET: id_source, **{k: v for k, v in sets.items() if k != ID_SET}}
+    if not sets:
+        raise SystemExit("fastfc eval: nothing to evaluate; give --shards FOLDER and/or --val (or --val-beton)")
+    if args.train is not None and not args.train.is_file():
+        raise FileNotFoundError(f"--train {args.train}: no such beton")
+    return sets
+
+
+def _teacher(args):
+    if not (args.teacher_encoder or args.teacher_pretrained or args.teacher_weights):
+        return None
+    from fastfc.models import build_teacher
+    return build_teacher(args.teacher_encoder or args.encoder, pretrained=args.teacher_pretrained,
+                         weights=args.teacher_weights)
+
+
 def evaluate(args) -> int:
     if args.compare:
         _check_runs(args.compare, "--compare")
@@ -218,38 +276,28 @@ def evaluate(args) -> int:
         return 0
     if not args.probe or not args.encoder:
         raise SystemExit("fastfc eval: --encoder and --probe are required (or --compare RUN ...)")
-    if args.val and not args.val.is_file():
-        raise FileNotFoundError(f"--val {args.val}: no such beton")
-    shard_sets = {}
-    if args.shards:
-        found = {m.parent.name: m.parent for m in sorted(args.shards.glob("*/meta.json"))}
-        if not found:
-            raise FileNotFoundError(f"--shards {args.shards}: no shift-set folders (<set>/meta.json) in it; "
-                                    "write them with `python -m data_prep.shifts`")
-        missing = sorted(set(args.sets or ()) - set(found))
-        if missing:
-            raise FileNotFoundError(f"--sets {','.join(missing)}: not in {args.shards} (it has {', '.join(found)})")
-        shard_sets = {name: path for name, path in found.items() if not args.sets or name in args.sets}
-    if not args.val and not shard_sets:
-        raise SystemExit("fastfc eval: nothing to evaluate; give --val BETON and/or --shards FOLDER")
+    sets = _eval_sets(args)
     if not args.probe.is_file():
         raise FileNotFoundError(f"--probe {args.probe}: no such file; give a probe written by `fastfc probe --out`")
     _check_encoder_args(args)
     _start_work()
     from fastfc import evaluate as evallib
     from fastfc.probe import load_probe
-    from fastfc.shifts import imagenet_wnids
     from fastfc.runtime import setup_runtime
+    from fastfc.shifts import imagenet_wnids
 
-    sets = {**({evallib.ID_SET: args.val} if args.val else {}), **shard_sets}
-    rt, encoder = setup_runtime(), _encoder(args)
     weight, bias, info = load_probe(args.probe)
+    rt, encoder, teacher = setup_runtime(), _encoder(args), _teacher(args)
     classes = info.get("classes") or imagenet_wnids()  # the original probes are 1000-way
-    results = evallib.evaluate(encoder, weight, bias, classes, sets, args.cache, rt,
-                               batch_size=args.batch_size, num_workers=args.workers, precision=args.precision)
+    results = evallib.evaluate(encoder, weight, bias, classes, sets, args.cache, rt, teacher=teacher,
+                               train=args.train, batch_size=args.batch_size, num_workers=args.workers,
+                               precision=args.precision)
     if rt.is_main:
         evallib.write_results(args.out, results)
         print((args.out / "results.md").read_text())
+        if evallib.ID_SET not in sets:
+            print("note: no ID set; add imagenet-val shards to --shards (python -m data_prep.shifts --set "
+                  "imagenet-val) or give --val, so that --compare can compute the gaps")
     return 0
 
 
@@ -260,10 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the pipeline on the embedded real-photo data", formatter_class=_Help,
                        description="Every stage on real photographs, CPU, offline: build ImageNet-style and\n"
                                    "shift-like trees, convert them, distil MobileNetV2 under torchrun, probe and\n"
-                                   "evaluate teacher and student, print the comparison. A second run reuses the\n"
-                                   "prepared data and a finished distillation (delete --out to start over).")
+                                   "evaluate teacher and student, print the comparison and the student-teacher\n"
+                                   "fit. A small-scale demonstration on stand-in sets; a second run reuses the\n"
+                                   "prepared data and a finished distillation of the same recipe.")
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder")
-    d.add_argument("--steps", type=_positive, default=60, help="distillation steps")
+    d.add_argument("--steps", type=_positive, default=None,
+                   help="distillation steps (default: the demo's recipe, fastfc.demo.DemoRecipe: 600)")
+    d.add_argument("--seed", type=int, default=None, help="student init, data order and probe seed (default 0)")
     d.set_defaults(func=demo)
 
     t = sub.add_parser(
@@ -290,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("features", help="extract embeddings of betons / shard sets to the cache")
     _encoder_args(f)
-    f.add_argument("source", nargs="+", type=Path, help="a .beton or a shard set folder (holding meta.json)")
+    f.add_argument("source", nargs="+", type=Path, help="a .beton, a shard set folder (holding meta.json) or an ImageNet "
+                                                        "val folder (<wnid>/*.JPEG)")
     f.set_defaults(func=features)
 
     pr = sub.add_parser(
@@ -324,16 +376,32 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="top-1 on ImageNet val and the shift sets; --compare runs",
                         description="Score an encoder + probe on ImageNet val and the shift sets, each in its own\n"
                                     "label space (R and A: 200-class masks; ObjectNet: max over its ImageNet\n"
-                                    "classes), or compare finished runs (ID, each OOD set, OOD average, gap).",
+                                    "classes), or compare finished runs (ID, each OOD set, OOD average, gaps).\n"
+                                    "ID is read like the shift sets, from the original JPEGs (the paper's path).\n"
+                                    "With a teacher, each set also gets the student-teacher fit of the embeddings.",
                         epilog="examples:\n  fastfc eval --encoder RN50 --pretrained openai --probe runs/clip/probe.pt "
-                               "--val data/betons/val.beton --shards data/shards --out runs/clip\n"
+                               "--shards data/shards --train data/betons/train.beton --out runs/clip\n"
+                               "  fastfc eval --encoder RN50 --weights runs/distill_rn50/weights.pt "
+                               "--probe runs/student/probe.pt --shards data/shards --train data/betons/train.beton "
+                               "--teacher-pretrained openai --out runs/student\n"
                                "  fastfc eval --compare runs/clip runs/distilled --plot runs/id_vs_ood.png",
                         formatter_class=_Help)
     _encoder_args(ev, required=False)
     ev.add_argument("--probe", type=Path, help="a probe file (fastfc's or the original code's)")
-    ev.add_argument("--val", type=Path, help="ImageNet val beton")
-    ev.add_argument("--shards", type=Path, help="folder of shift-set folders (each with meta.json)")
+    ev.add_argument("--shards", type=Path, help="folder of shift-set folders (each with meta.json); its imagenet-val "
+                                                "folder, if any, is the ID set")
     ev.add_argument("--sets", type=lambda t: t.split(","), default=None, help="only these sets (comma-separated)")
+    val = ev.add_mutually_exclusive_group()
+    val.add_argument("--val", type=Path, help="ID set read like the shift sets (original JPEG, bicubic resize, centre "
+                                              "crop): imagenet-val shards or the ImageNet val folder (<wnid>/*.JPEG)")
+    val.add_argument("--val-beton", type=Path, help="opt-in: ID from a val beton instead (its stored, resized pixels "
+                                                    "and ffcv's resize; not the paper's evaluation path)")
+    ev.add_argument("--train", type=Path, help="the train beton: top-1 and fit on the train split, the reference level")
+    ev.add_argument("--teacher-encoder", help="report the student-teacher fit per set (mean cosine, relative squared "
+                                              "error) against this encoder (default: --encoder)")
+    tg = ev.add_mutually_exclusive_group()
+    tg.add_argument("--teacher-pretrained", help="the teacher's open_clip pretrained tag, e.g. openai")
+    tg.add_argument("--teacher-weights", help="the teacher's weights file, or 'package' (the shipped MobileNetV2)")
     ev.add_argument("--out", type=Path, default=Path("runs/eval"), help="where results.json / results.md go")
     ev.add_argument("--compare", type=Path, nargs="+", metavar="RUN", help="run folders with results.json; the first is the teacher")
     ev.add_argument("--baseline", type=Path, action="append", help="runs for the effective-robustness fit (>= 2)")

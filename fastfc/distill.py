@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastfc import config as configlib
-from fastfc.models import INITS, Encoder, build_student, build_teacher
+from fastfc.models import ENCODERS, INITS, Encoder, build_student, build_teacher, canonical_name
 from fastfc.runtime import Runtime, setup_runtime
 from fastfc.train import TrainConfig, lr_at, train
 
@@ -258,11 +258,12 @@ def plan(cfg: DistillConfig, world_size: int) -> dict:
 
 def run(cfg: DistillConfig, *, resume: bool = False, rt: Runtime | None = None) -> dict:
     """Distil on the beton under torchrun (or one process). Returns :func:`fastfc.train.train`'s summary."""
-    from fastfc.data.ffcv import make_loader
+    from fastfc.data.ffcv import check_stored_size, make_loader
 
     if not Path(cfg.data.train_beton).is_file():  # before the teacher is built (and maybe downloaded)
         raise FileNotFoundError(f"data.train_beton = {cfg.data.train_beton}: no such beton; create it with "
                                 "`python -m data_prep.imagenet` or point --set data.train_beton=... at it")
+    check_stored_size(cfg.data.train_beton, ENCODERS[canonical_name(cfg.model.arch)].input_size)
     rt = rt or setup_runtime()
     per_rank = cfg.train.per_rank_batch(rt.world_size)
     task = build_task(cfg).to(rt.device)

@@ -1,15 +1,25 @@
-"""Top-1 of an encoder + linear probe on ImageNet val and the shift sets, and the paper's comparison.
+"""Top-1 of an encoder + linear probe on ImageNet val and the shift sets, the student-teacher fit,
+and the paper's comparison.
 
 Each set is scored in its own label space (:mod:`fastfc.shifts`). The probe's classes are WNIDs
 (the 1000 ImageNet classes, or a subset such as the demo's); each set class is mapped to the
 probe columns of its ImageNet indices, so a subset probe is scored like a mask. Embeddings come
 from the feature cache (:func:`fastfc.probe.extract`), which counts every image exactly once,
-also under torchrun.
+also under torchrun. ID (ImageNet val) is read like every shift set, from the original JPEGs
+(``imagenet-val`` shards or the val folder); a val beton is an explicit opt-in (docs/recipe.md).
 
-Outputs: ``results.json`` (per set: top-1, n, projection; the encoder, probe and data
-fingerprints) and ``results.md``. :func:`compare` prints the ID/OOD table with the OOD average,
-the gap to the first run (the teacher) and, given baseline runs, effective robustness: the OOD
-average above a linear fit of OOD on ID over the baselines, in logit space (Taori et al. 2020).
+Given a teacher, every set (and the train split, the reference level) also gets the
+*representation fit* of the student to the teacher on the same images: the mean cosine
+similarity of the two embeddings and the relative squared error ``Σ‖s−t‖² / Σ‖t‖²`` (the
+distillation loss as a share of the teacher embedding's energy; 0 = a perfect fit). The teacher's
+embeddings are cached like any encoder's.
+
+Outputs: ``results.json`` (per set: top-1, correct, n, Wilson 95% interval, chance level,
+projection, source, fit; the encoder, teacher, probe and data fingerprints) and ``results.md``.
+:func:`summarize` gathers runs (the first is the teacher) into every figure of the comparison:
+ID, each OOD set, the OOD average, the teacher−student gaps, the OOD drop relative to the ID drop
+(the finding as one number) and, given baseline runs, effective robustness in Taori et al.'s
+sense (2020): the OOD average above a logit-linear fit of OOD on ID over the baselines.
 """
 
 from __future__ import annotations
@@ -29,14 +39,84 @@ from fastfc.probe import encoder_fingerprint, extract, source_fingerprint
 from fastfc.runtime import Runtime
 
 ID_SET = "imagenet-val"
+ID_LABEL = "ID"  # the ID set's name in every table
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+MAX_ID_GAP = 0.10  # the finding, as the demo checks it: the student within 10 points of the teacher on ID,
+MIN_DROP_RATIO = 2.0  # ... and an OOD-average gap at least twice the ID gap
+_CHUNK = 65_536  # rows per scoring / fit chunk: bounded memory on ImageNet train
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``correct / n`` (fractions in [0, 1]; 95% by default).
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible at 0% and 100%, which
+    matter on sets of ~100 images. ``n == 0`` gives ``(nan, nan)``.
+    """
+    if n == 0:
+        return float("nan"), float("nan")
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (0.0 if correct == 0 else max(0.0, centre - half)), (1.0 if correct == n else min(1.0, centre + half))
+
+
+def chance_level(columns: list[list[int]]) -> float:
+    """Top-1 of a uniform random guess among the set classes the probe can predict (those with a
+    probe column): 1/10 for the demo's 10-class probe on any set, 1/200 for a 1000-way probe on R/A."""
+    scorable = sum(1 for c in columns if c)
+    return 1 / scorable if scorable else float("nan")
+
+
+def fit(student: np.ndarray, teacher: np.ndarray, chunk: int = _CHUNK) -> dict:
+    """Representation fit of ``student`` to ``teacher`` embeddings of the same images.
+
+    Args:
+        student, teacher: ``[N, D]`` (float16 caches are fine; sums run in float64, in chunks).
+
+    Returns:
+        ``{"cosine": mean over images of cos(s_i, t_i), "rel_sq_error": Σ‖s_i − t_i‖² / Σ‖t_i‖²,
+        "n": N}``; an all-zero embedding counts as cosine 0. Identical inputs give 1 and 0.
+
+    Raises:
+        ValueError: the shapes differ (not the same images, or encoders of other widths).
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"student embeddings {tuple(student.shape)} and teacher embeddings "
+                         f"{tuple(teacher.shape)} differ: fit needs the same images and embedding width")
+    cos_sum = err = energy = 0.0
+    for i in range(0, len(student), chunk):
+        s = np.asarray(student[i:i + chunk], dtype=np.float64)
+        t = np.asarray(teacher[i:i + chunk], dtype=np.float64)
+        norms = np.linalg.norm(s, axis=1) * np.linalg.norm(t, axis=1)
+        cos_sum += float(np.where(norms > 0, (s * t).sum(1) / np.where(norms > 0, norms, 1), 0).sum())
+        err += float(((s - t) ** 2).sum())
+        energy += float((t ** 2).sum())
+    n = len(student)
+    return {"cosine": cos_sum / n if n else float("nan"),
+            "rel_sq_error": err / energy if energy else float("nan"), "n": n}
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def source_meta(source: Path) -> dict | None:
+    """The set meta of a shard folder (its ``meta.json``) or an image folder; ``None`` for a beton."""
+    from fastfc.data import folder
+
+    if folder.is_image_folder(source):
+        return folder.read_folder(source).meta
+    if source.is_dir():
+        return json.loads((source / "meta.json").read_text())
+    return None
 
 
 def set_columns(source: Path, probe_classes: list[str]) -> tuple[list[list[int]], str]:
-    """For each class of ``source`` (a beton with its ``meta.json`` beside it, or a shard set), the
-    probe columns it is scored on, and the projection kind."""
+    """For each class of ``source`` (a beton with its ``meta.json`` beside it, a shard set or an
+    image folder), the probe columns it is scored on, and the projection kind."""
     col = {w: i for i, w in enumerate(probe_classes)}
-    if source.is_dir():
-        meta = json.loads((source / "meta.json").read_text())
+    meta = source_meta(source)
+    if meta is not None:
         wnids = shifts.imagenet_wnids()
         return ([[col[wnids[i]] for i in ix if wnids[i] in col] for ix in meta["imagenet_indices"]],
                 meta["projection"])
@@ -50,43 +130,106 @@ def score(logits: torch.Tensor, labels: torch.Tensor, columns: list[list[int]]) 
     return shifts.top1_correct(logits, labels, columns) if any(columns) else 0
 
 
+def count_correct(features: np.ndarray, labels: np.ndarray, weight: torch.Tensor, bias: torch.Tensor,
+                  columns: list[list[int]], device: torch.device | str = "cpu", chunk: int = _CHUNK) -> int:
+    """:func:`score` of ``features [N, D] @ weight [C, D].T + bias [C]`` in chunks of rows (float32 on
+    ``device``), so ImageNet train fits in memory."""
+    weight, bias, correct = weight.to(device), bias.to(device), 0
+    for i in range(0, len(labels), chunk):
+        x = torch.from_numpy(np.asarray(features[i:i + chunk], dtype=np.float32)).to(device)
+        correct += score(x @ weight.T + bias, torch.from_numpy(np.asarray(labels[i:i + chunk])).to(device), columns)
+    return correct
+
+
+def _entry(correct: int, n: int, columns: list[list[int]], projection: str, source: Path) -> dict:
+    lo, hi = wilson(correct, n)
+    return {"top1": correct / n if n else float("nan"), "correct": correct, "n": n, "ci95": [lo, hi],
+            "chance": chance_level(columns), "projection": projection, "source": str(source)}
+
+
 def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_classes: list[str],
-             sets: dict[str, Path], cache_dir: Path, rt: Runtime | None = None, *, batch_size: int = 256,
-             num_workers: int | None = None, precision: str = "bf16") -> dict:
-    """Top-1 on every set in ``sets`` (name → beton or shard folder); ``precision`` as in
-    :func:`fastfc.probe.extract`.
+             sets: dict[str, Path], cache_dir: Path, rt: Runtime | None = None, *, teacher: Encoder | None = None,
+             train: Path | None = None, batch_size: int = 256, num_workers: int | None = None,
+             precision: str = "bf16") -> dict:
+    """Top-1 on every set in ``sets`` (name → beton, shard folder or image folder), and with a
+    ``teacher`` the student-teacher fit per set (:func:`fit`). ``train`` (a beton) adds the same
+    figures on the train split, the reference level. ``precision`` as in :func:`fastfc.probe.extract`. Collective under torchrun: every rank calls it.
 
     Returns:
-        ``{"sets": {name: {"top1", "correct", "n", "projection"}}, "fingerprints": {...}}``;
-        ``top1`` is a fraction in [0, 1].
+        ``{"sets": {name: entry}, "train": entry or None, "encoder", "teacher", "fingerprints"}``;
+        an entry is ``{"top1", "correct", "n", "ci95": [lo, hi], "chance", "projection", "source"}``
+        (fractions in [0, 1]) plus ``"fit": {"cosine", "rel_sq_error", "n"}`` with a teacher.
+
+    Raises:
+        ValueError: teacher and student embeddings differ in width.
     """
     rt = rt or Runtime()
-    results, data_fp = {}, {}
-    for name, source in sets.items():
-        source = Path(source)
-        feats = extract(encoder, source, cache_dir, rt, batch_size=batch_size, num_workers=num_workers,
-                        precision=precision)
+    if teacher is not None and teacher.embed_dim != encoder.embed_dim:
+        raise ValueError(f"teacher {teacher.name} embeds in {teacher.embed_dim} dims, the student {encoder.name} "
+                         f"in {encoder.embed_dim}: fit compares embeddings of the same width")
+    kw = {"batch_size": batch_size, "num_workers": num_workers, "precision": precision}
+    sources = {**({"train": Path(train)} if train is not None else {}), **{k: Path(v) for k, v in sets.items()}}
+    entries, data_fp = {}, {}
+    for name, source in sources.items():
+        feats = extract(encoder, source, cache_dir, rt, **kw)
         columns, projection = set_columns(source, probe_classes)
-        x = torch.from_numpy(np.asarray(feats.features, dtype=np.float32))
-        logits = x @ weight.T + bias
-        correct = score(logits, torch.from_numpy(feats.labels), columns)
-        n = len(feats.labels)
-        results[name] = {"top1": correct / n if n else float("nan"), "correct": correct, "n": n,
-                         "projection": projection}
+        correct = count_correct(feats.features, feats.labels, weight, bias, columns, rt.device)
+        entries[name] = _entry(correct, len(feats.labels), columns, projection, source)
+        if teacher is not None:
+            entries[name]["fit"] = fit(feats.features, extract(teacher, source, cache_dir, rt, **kw).features)
         data_fp[name] = source_fingerprint(source)
-    probe_fp = hashlib.sha256(weight.numpy().tobytes() + bias.numpy().tobytes()).hexdigest()
-    return {"sets": results, "fingerprints": {"encoder": encoder_fingerprint(encoder), "probe": probe_fp,
-                                              "data": data_fp}, "encoder": encoder.name}
+    fingerprints = {"encoder": encoder_fingerprint(encoder), "data": data_fp,
+                    "probe": hashlib.sha256(weight.numpy().tobytes() + bias.numpy().tobytes()).hexdigest()}
+    if teacher is not None:
+        fingerprints["teacher"] = encoder_fingerprint(teacher)
+    train_entry = entries.pop("train") if train is not None else None
+    return {"sets": entries, "train": train_entry, "encoder": encoder.name,
+            "teacher": teacher.name if teacher is not None else None, "fingerprints": fingerprints}
 
 
-def write_results(out_dir: Path, results: dict) -> None:
-    """``results.json`` and a ``results.md`` table in ``out_dir`` (atomic writes)."""
+# ----------------------------------------------------------------------------- tables
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 100:.{digits}f}"
+
+
+def _delta(gap: float) -> str:
+    """A teacher − run gap shown as run − teacher in points (``+0.0`` for the teacher itself)."""
+    return f"{0.0 - gap * 100 + 0.0:+.1f}"
+
+
+def _cell(entry: dict | None) -> str:
+    """``top-1 (lo–hi)`` in %, the Wilson 95% interval in brackets."""
+    if entry is None:
+        return "—"
+    lo, hi = entry.get("ci95") or wilson(entry["correct"], entry["n"])
+    return f"{_pct(entry['top1'])} ({_pct(lo)}–{_pct(hi)})"
+
+
+def set_label(name: str, labels: dict[str, str] | None = None) -> str:
+    """A set's name in tables: :data:`ID_LABEL` for ImageNet val, else ``labels[name]`` or ``name``."""
+    return ID_LABEL if name == ID_SET else (labels or {}).get(name, name)
+
+
+def write_results(out_dir: Path, results: dict, labels: dict[str, str] | None = None) -> None:
+    """``results.json`` and a ``results.md`` table in ``out_dir`` (atomic writes). ``labels``: table
+    names of the sets (e.g. the demo's stand-ins); ImageNet val is always "ID"."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results.json", results)
-    rows = ["| set | top-1 (%) | n | projection |", "|---|---|---|---|"]
-    rows += [f"| {name} | {r['top1'] * 100:.2f} | {r['n']} | {r['projection']} |" for name, r in results["sets"].items()]
+    rows = [("ID-train", results["train"])] if results.get("train") else []
+    rows += [(set_label(name, labels), r) for name, r in results["sets"].items()]
+    has_fit = any("fit" in r for _, r in rows)
+    head = "| set | top-1 % (95% CI) | n | chance % | projection |" + (" cosine | rel. sq. error |" if has_fit else "")
+    lines = [head, "|" + "---|" * head.count(" |")]
+    for label, r in rows:
+        line = f"| {label} | {_cell(r)} | {r['n']} | {_pct(r.get('chance'), 2)} | {r['projection']} |"
+        if has_fit:
+            f = r.get("fit") or {}
+            line += f" {f.get('cosine', float('nan')):.4f} | {f.get('rel_sq_error', float('nan')):.4f} |"
+        lines.append(line)
+    title = results.get("encoder", "") + (f" (fit to teacher {results['teacher']})" if results.get("teacher") else "")
     with atomic_path(out_dir / "results.md") as tmp:
-        tmp.write_text(f"# {results.get('encoder', '')}\n\n" + "\n".join(rows) + "\n")
+        tmp.write_text(f"# {title}\n\n" + "\n".join(lines) + "\n")
 
 
 def _logit(p: float) -> float:
@@ -94,57 +237,169 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def compare(runs: list[Path], baselines: list[Path] = (), plot: Path | None = None) -> str:
-    """The paper's comparison of runs (folders holding ``results.json``), the first being the teacher.
+def _id_ood(sets: dict, ood_names: list[str]) -> tuple[float, float]:
+    ood = [sets[n]["top1"] for n in ood_names if n in sets]
+    return sets[ID_SET]["top1"], (sum(ood) / len(ood) if ood else float("nan"))
 
-    Returns a markdown table: ID top-1, each OOD top-1, the OOD average, the gap of ID and OOD
-    average to the first run, and effective robustness when ``baselines`` (≥ 2) are given. Draws
-    OOD average against ID top-1 to ``plot`` (PNG) when given.
+
+def summarize(runs: list[Path], baselines: list[Path] = ()) -> dict:
+    """Every figure of the comparison of ``runs`` (folders holding ``results.json``; the first is the
+    teacher), machine-readable. Fractions in [0, 1]; gaps are teacher minus run (positive = a drop).
+
+    Returns:
+        ``{"id_set", "ood_sets", "teacher", "runs": [{"name", "sets", "train", "id_top1", "ood_avg",
+        "id_gap", "ood_gap", "drop_ratio", "eff_robustness"}]}``. ``drop_ratio`` = ``ood_gap / id_gap``
+        (``None`` unless ``id_gap > 0``); ``eff_robustness`` needs ≥ 2 ``baselines`` (else ``None``).
+
+    Raises:
+        FileNotFoundError / ValueError: a run without ``results.json`` or without an ID result (named).
     """
-    loaded = [(Path(r).name, json.loads((Path(r) / "results.json").read_text())["sets"]) for r in runs]
-    ood_names = [n for n in loaded[0][1] if n != ID_SET]
-
-    def summary(sets):
-        ood = [sets[n]["top1"] for n in ood_names if n in sets]
-        return sets[ID_SET]["top1"], (sum(ood) / len(ood) if ood else float("nan"))
-
-    fit = None
+    loaded = []
+    for r in runs:
+        path = Path(r) / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no results; run `fastfc eval ... --out {r}` first")
+        results = json.loads(path.read_text())
+        if ID_SET not in results["sets"]:
+            raise ValueError(f"{path}: no {ID_SET} (ID) result; evaluate with imagenet-val shards or --val")
+        loaded.append((Path(r).name, results))
+    ood_names = [n for n in loaded[0][1]["sets"] if n != ID_SET]
+    trend = None
     if len(baselines) >= 2:
-        pts = [summary(json.loads((Path(b) / "results.json").read_text())["sets"]) for b in baselines]
-        fit = np.polyfit([_logit(i) for i, _ in pts], [_logit(o) for _, o in pts], 1)
-    header = ["run", "ID"] + ood_names + ["OOD avg", "ΔID vs teacher", "ΔOOD vs teacher"] + (["eff. robustness"] if fit is not None else [])
+        pts = [_id_ood(json.loads((Path(b) / "results.json").read_text())["sets"], ood_names) for b in baselines]
+        trend = np.polyfit([_logit(i) for i, _ in pts], [_logit(o) for _, o in pts], 1)
+    teacher_id, teacher_ood = _id_ood(loaded[0][1]["sets"], ood_names)
+    out = []
+    for name, results in loaded:
+        id_acc, ood_avg = _id_ood(results["sets"], ood_names)
+        id_gap, ood_gap = teacher_id - id_acc, teacher_ood - ood_avg
+        eff = None if trend is None else ood_avg - 1 / (1 + math.exp(-np.polyval(trend, _logit(id_acc))))
+        out.append({"name": name, "sets": results["sets"], "train": results.get("train"), "id_top1": id_acc,
+                    "ood_avg": ood_avg, "id_gap": id_gap, "ood_gap": ood_gap,
+                    "drop_ratio": ood_gap / id_gap if id_gap > 0 else None, "eff_robustness": eff})
+    return {"id_set": ID_SET, "ood_sets": ood_names, "teacher": loaded[0][0], "runs": out}
+
+
+def check_finding(summary: dict, run: int = 1) -> dict:
+    """The paper's pattern for ``summary["runs"][run]`` (the student) against the teacher: ID gap at
+    most :data:`MAX_ID_GAP` and OOD-average gap positive and at least :data:`MIN_DROP_RATIO` × the ID gap.
+
+    Returns:
+        ``{"run", "id_gap", "ood_gap", "drop_ratio", "criterion", "id_gap_ok", "ood_gap_ok", "holds"}``.
+    """
+    r = summary["runs"][run]
+    id_ok = r["id_gap"] <= MAX_ID_GAP
+    ood_ok = r["ood_gap"] > 0 and r["ood_gap"] >= MIN_DROP_RATIO * r["id_gap"]
+    return {"run": r["name"], "id_gap": r["id_gap"], "ood_gap": r["ood_gap"], "drop_ratio": r["drop_ratio"],
+            "criterion": f"teacher − student: ID gap ≤ {MAX_ID_GAP * 100:g} points and OOD-average gap > 0 "
+                         f"and ≥ {MIN_DROP_RATIO:g} × the ID gap",
+            "id_gap_ok": id_ok, "ood_gap_ok": ood_ok, "holds": id_ok and ood_ok}
+
+
+def comparison_table(summary: dict, labels: dict[str, str] | None = None) -> str:
+    """Markdown: per run ID and each OOD top-1 with Wilson 95% intervals, the OOD average, the gaps
+    to the teacher, the OOD drop ÷ ID drop (∞: an OOD drop without an ID drop; and effective
+    robustness with baselines); then rows of n and chance level per set."""
+    names = [ID_SET] + summary["ood_sets"]
+    with_eff = any(r["eff_robustness"] is not None for r in summary["runs"])
+    header = (["run"] + [set_label(n, labels) for n in names]
+              + ["OOD avg", "ΔID", "ΔOOD", "ΔOOD ÷ ΔID"] + (["eff. robustness"] if with_eff else []))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    teacher_id, teacher_ood = summary(loaded[0][1])
-    points = []
-    for name, sets in loaded:
-        id_acc, ood_avg = summary(sets)
-        points.append((name, id_acc, ood_avg))
-        cells = [name, f"{id_acc * 100:.2f}"] + [f"{sets[n]['top1'] * 100:.2f}" if n in sets else "—" for n in ood_names]
-        cells += [f"{ood_avg * 100:.2f}", f"{(id_acc - teacher_id) * 100:+.2f}", f"{(ood_avg - teacher_ood) * 100:+.2f}"]
-        if fit is not None:
-            expected = 1 / (1 + math.exp(-np.polyval(fit, _logit(id_acc))))
-            cells.append(f"{(ood_avg - expected) * 100:+.2f}")
+    for r in summary["runs"]:
+        ratio = f"{r['drop_ratio']:.2f}" if r["drop_ratio"] is not None else "∞" if r["id_gap"] <= 0 < r["ood_gap"] else "—"
+        cells = [r["name"]] + [_cell(r["sets"].get(n)) for n in names]
+        cells += [_pct(r["ood_avg"]), _delta(r["id_gap"]), _delta(r["ood_gap"]), ratio]
+        if with_eff:
+            cells.append("—" if r["eff_robustness"] is None else f"{r['eff_robustness'] * 100:+.1f}")
         lines.append("| " + " | ".join(cells) + " |")
-    if plot is not None:
-        _plot(points, plot)
+    first = summary["runs"][0]["sets"]
+    pad = [""] * (len(header) - len(names) - 1)
+    lines.append("| n | " + " | ".join([str(first[n]["n"]) if n in first else "—" for n in names] + pad) + " |")
+    lines.append("| chance | " + " | ".join([_pct(first[n].get("chance")) if n in first else "—" for n in names]
+                                             + pad) + " |")
     return "\n".join(lines)
 
 
-def _plot(points: list[tuple[str, float, float]], path: Path) -> None:
+def fit_table(summary: dict, labels: dict[str, str] | None = None, run: int = 1) -> str:
+    """Markdown: the fit of ``summary["runs"][run]`` (evaluated with a teacher) on the train split and
+    every set, beside its top-1 and the teacher's."""
+    r, teacher = summary["runs"][run], summary["runs"][0]
+    rows = [("ID-train", r.get("train"), summary["runs"][0].get("train"))]
+    rows += [(set_label(n, labels), r["sets"].get(n), teacher["sets"].get(n)) for n in [ID_SET] + summary["ood_sets"]]
+    lines = [f"| data | cosine | rel. sq. error | {r['name']} top-1 % | {teacher['name']} top-1 % |",
+             "|---|---|---|---|---|"]
+    for label, entry, t in rows:
+        f = (entry or {}).get("fit")
+        if f is not None:
+            lines.append(f"| {label} | {f['cosine']:.3f} | {f['rel_sq_error']:.3f} | {_pct(entry['top1'])} | "
+                         f"{_pct(t['top1']) if t else '—'} |")
+    return "\n".join(lines)
+
+
+def compare(runs: list[Path], baselines: list[Path] = (), plot: Path | None = None,
+            labels: dict[str, str] | None = None) -> str:
+    """:func:`comparison_table` of :func:`summarize` (the CLI's ``--compare``); draws OOD average
+    against ID top-1 to ``plot`` (PNG) when given."""
+    summary = summarize(runs, baselines)
+    if plot is not None:
+        plot_id_vs_ood(summary, plot)
+    return comparison_table(summary, labels)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _figure():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    for name, id_acc, ood in points:
-        ax.scatter(id_acc * 100, ood * 100)
-        ax.annotate(name, (id_acc * 100, ood * 100), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.plot([0, 100], [0, 100], "k--", lw=0.8, label="y = x")
-    ax.set_xlabel("ID top-1 (%)")
-    ax.set_ylabel("OOD top-1, average (%)")
-    ax.legend(loc="upper left", fontsize=8)
+    return plt
+
+
+def _save(fig, plt, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def plot_id_vs_ood(summary: dict, path: Path) -> None:
+    """OOD average against ID top-1, one point per run, with the y = x line (PNG, atomic)."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for r in summary["runs"]:
+        ax.scatter(r["id_top1"] * 100, r["ood_avg"] * 100)
+        ax.annotate(r["name"], (r["id_top1"] * 100, r["ood_avg"] * 100), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    ax.plot([0, 100], [0, 100], "k--", lw=0.8, label="y = x")
+    ax.set_xlabel("ID top-1 (%)")
+    ax.set_ylabel("OOD top-1, average (%)")
+    ax.legend(loc="upper left", fontsize=8)
+    _save(fig, plt, path)
+
+
+def plot_fit(summary: dict, path: Path, labels: dict[str, str] | None = None, run: int = 1) -> None:
+    """Per set (and the train split): the run's relative squared error to the teacher (x) against its
+    top-1 and the teacher's top-1 (y), PNG, atomic. Sets without a fit are left out."""
+    r, teacher = summary["runs"][run], summary["runs"][0]
+    points = [("ID-train", r.get("train"), teacher.get("train"))]
+    points += [(set_label(n, labels), r["sets"].get(n), teacher["sets"].get(n)) for n in [ID_SET] + summary["ood_sets"]]
+    points = [(label, e, t) for label, e, t in points if e and "fit" in e]
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    span = max([e["fit"]["rel_sq_error"] for _, e, _ in points] + [1e-9])
+    placed: list[float] = []
+    for label, e, t in points:
+        x = e["fit"]["rel_sq_error"]
+        stack = sum(abs(x - p) < 0.04 * span for p in placed)  # labels of nearby points go below each other
+        placed.append(x)
+        ax.scatter(x, e["top1"] * 100, color="C1", label=r["name"] if label == points[0][0] else None)
+        if t is not None:
+            ax.scatter(x, t["top1"] * 100, color="C0", marker="s", label=teacher["name"] if label == points[0][0] else None)
+            ax.plot([x, x], [e["top1"] * 100, t["top1"] * 100], color="0.7", lw=0.8, zorder=0)
+        ax.annotate(label, (x, e["top1"] * 100), textcoords="offset points", xytext=(6, -10 - 9 * stack), fontsize=8)
+    ax.set_xlabel(f"{r['name']} fit to {teacher['name']}: relative squared error Σ‖s−t‖²/Σ‖t‖²")
+    ax.set_ylabel("top-1 (%)")
+    ax.legend(loc="lower left", fontsize=8)
+    _save(fig, plt, path)

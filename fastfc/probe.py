@@ -65,8 +65,13 @@ def encoder_fingerprint(encoder: Encoder) -> str:
 
 
 def source_fingerprint(source: Path) -> str:
-    """A beton by path, size and mtime; a shard set by its ``meta.json`` (which holds shard sha256s)."""
+    """A beton by path, size and mtime; a shard set by its ``meta.json`` (which holds shard sha256s);
+    an image folder by every file's path, size and mtime (:func:`fastfc.data.folder.fingerprint`)."""
+    from fastfc.data import folder
+
     source = Path(source)
+    if folder.is_image_folder(source):
+        return folder.fingerprint(folder.read_folder(source))
     if source.is_dir():
         return hashlib.sha256((source / "meta.json").read_bytes()).hexdigest()
     st = source.stat()
@@ -87,6 +92,15 @@ class Features:
 
 def _batches(encoder: Encoder, source: Path, rt: Runtime, *, batch_size: int, num_workers: int):
     """This rank's ``(rows [B] int64, images [B,3,S,S], labels [B])``; rows index the whole set."""
+    from fastfc.data import folder
+
+    if folder.is_image_folder(source):  # ImageNet val straight from its folder, through the shard path's transform
+        from fastfc.data.shards import eval_transform
+
+        transform = eval_transform(encoder.input_size, encoder.mean, encoder.std)
+        yield from folder.folder_batches(folder.read_folder(source), transform, rank=rt.rank,
+                                         world_size=rt.world_size, batch_size=batch_size, num_workers=num_workers)
+        return
     if source.is_dir():  # a shift-set shard folder: keys are the row numbers
         from fastfc.data.shards import eval_transform, make_shard_loader, read_meta
 
@@ -117,6 +131,10 @@ def _batches(encoder: Encoder, source: Path, rt: Runtime, *, batch_size: int, nu
 
 
 def _count(source: Path) -> int:
+    from fastfc.data import folder
+
+    if folder.is_image_folder(source):
+        return len(folder.read_folder(source).files)
     if source.is_dir():
         return int(json.loads((source / "meta.json").read_text())["count"])
     from ffcv.reader import Reader
@@ -129,7 +147,9 @@ CACHE_DTYPES = {"bf16": np.float16, "fp32": np.float32}  # precision -> the cach
 def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Runtime | None = None, *,
             batch_size: int = 256, num_workers: int | None = None, compile: bool | None = None,
             precision: str = "bf16") -> Features:
-    """Embeddings of every image of ``source`` (a beton or a shard set folder), cached.
+    """Embeddings of every image of ``source``, cached. ``source``: a beton (ffcv's centre-crop
+    decoder), a shard set folder, or an ImageNet-layout image folder (``<wnid>/*``; both read through
+    :func:`fastfc.data.shards.eval_transform`, the paper's evaluation transform).
 
     The cache folder is ``cache_dir/<encoder fp>-<source fp>[-fp32]/``; one that exists and matches
     both fingerprints and the precision is reused, anything else is rebuilt. Eval transform,
@@ -142,12 +162,16 @@ def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Run
         ``labels`` int64 ``[N]`` in set order.
 
     Raises:
-        ValueError: unknown ``precision``.
+        ValueError: unknown ``precision``, a beton stored below the encoder's input size
+            (:func:`fastfc.data.ffcv.check_stored_size`), or an image folder not in ``<wnid>/*`` layout.
     """
     if precision not in CACHE_DTYPES:
         raise ValueError(f"precision must be one of {', '.join(CACHE_DTYPES)}, got {precision!r}")
     rt = rt or Runtime()
     source = Path(source)
+    if source.is_file():  # refused before any work, not from inside the loader
+        from fastfc.data.ffcv import check_stored_size
+        check_stored_size(source, encoder.input_size)
     enc_fp, src_fp = encoder_fingerprint(encoder), source_fingerprint(source)
     folder = Path(cache_dir) / (f"{enc_fp[:16]}-{src_fp[:16]}" + ("-fp32" if precision == "fp32" else ""))
     want = {"encoder": enc_fp, "source": src_fp, "source_path": str(source), "encoder_name": encoder.name,

@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
 # The paper's probe + evaluation runs for one architecture: a linear probe on the CLIP teacher
 # (weight decay 0.1) and on its distilled student (1e-3), both scored on ImageNet val and the five
-# shift sets, then the comparison table and the ID-vs-OOD plot (docs/recipe.md).
+# shift sets, the student's fit to the teacher per set, then the comparison table and the ID-vs-OOD
+# plot (docs/recipe.md).
 #   launch/probe_and_eval.sh RN50                 # after launch/single_node.sh launch/configs/distill_rn50.toml
 #   DRY=1 launch/probe_and_eval.sh ViT-B-16       # print the commands only
-# Data: BETONS (train.beton, val.beton) and SHARDS (one folder per shift set); NGPU ranks extract features.
+# Data:
+#   BETONS  train.beton stored for this architecture's input (the probes train on it): data/betons
+#           (--short-side 256) for the 224-px models, data/betons_320 for RN50x4 (288 px),
+#           data/betons_427 for RN50x16 (384 px); fastfc refuses a beton stored below the input.
+#   SHARDS  one folder per shift set plus imagenet-val (ID is read like the shift sets, from the
+#           original JPEGs: python -m data_prep.shifts --set imagenet-val --src /data/imagenet/val ...).
+# NGPU ranks extract features.
 set -euo pipefail
 ARCH=${1:?usage: launch/probe_and_eval.sh ARCH   (RN50 RN101 RN50x4 RN50x16 ViT-B-16)}
 KEY=$(echo "$ARCH" | tr 'A-Z' 'a-z' | sed 's/vit-b-16/vit_b16/')
-BETONS=${BETONS:-data/betons}; SHARDS=${SHARDS:-data/shards}; RUNS=${RUNS:-runs}
+case "$ARCH" in
+    RN50x4) DEFAULT_BETONS=data/betons_320 ;;
+    RN50x16) DEFAULT_BETONS=data/betons_427 ;;
+    *) DEFAULT_BETONS=data/betons ;;
+esac
+BETONS=${BETONS:-$DEFAULT_BETONS}; SHARDS=${SHARDS:-data/shards}; RUNS=${RUNS:-runs}
 STUDENT=${STUDENT:-$RUNS/distill_$KEY/weights.pt}
 source "$(dirname "$0")/gpus.sh"
 NGPU=${NGPU:-$(gpu_count)}; NGPU=$(( NGPU > 0 ? NGPU : 1 ))
@@ -21,7 +33,7 @@ run "${TORCHRUN[@]}" probe --encoder "$ARCH" --pretrained openai --kind clip \
 run "${TORCHRUN[@]}" probe --encoder "$ARCH" --weights "$STUDENT" --kind distilled \
     --train "$BETONS/train.beton" --out "$RUNS/student_$KEY/probe.pt"
 run "${TORCHRUN[@]}" eval --encoder "$ARCH" --pretrained openai --probe "$RUNS/clip_$KEY/probe.pt" \
-    --val "$BETONS/val.beton" --shards "$SHARDS" --out "$RUNS/clip_$KEY"
+    --shards "$SHARDS" --train "$BETONS/train.beton" --out "$RUNS/clip_$KEY"
 run "${TORCHRUN[@]}" eval --encoder "$ARCH" --weights "$STUDENT" --probe "$RUNS/student_$KEY/probe.pt" \
-    --val "$BETONS/val.beton" --shards "$SHARDS" --out "$RUNS/student_$KEY"
+    --shards "$SHARDS" --train "$BETONS/train.beton" --teacher-pretrained openai --out "$RUNS/student_$KEY"
 run "$PY" -m fastfc eval --compare "$RUNS/clip_$KEY" "$RUNS/student_$KEY" --plot "$RUNS/id_vs_ood_$KEY.png"

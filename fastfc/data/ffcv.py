@@ -8,6 +8,8 @@ batch, jitted), and on GPU *after* ``ToDevice`` (on the device, as ffcv-imagenet
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -92,6 +94,34 @@ def label_pipeline(device: str | torch.device = "cpu") -> list:
     return ops
 
 
+def stored_short_side(beton: str | Path) -> int | None:
+    """The most any image stored in ``beton`` can measure on its shorter side (px), from the writer
+    settings in the ``meta.json`` beside it (``data_prep.imagenet``'s): its ``short_side`` bound and
+    its ``max_resolution`` (a bound on the longer side, so on the shorter too). ``None`` when
+    unbounded or when there is no such ``meta.json``."""
+    meta = Path(beton).parent / "meta.json"
+    if not meta.is_file():
+        return None
+    writer = json.loads(meta.read_text()).get("writer") or {}
+    bounds = [int(writer.get(k) or 0) for k in ("short_side", "max_resolution")]
+    return min((b for b in bounds if b > 0), default=None)
+
+
+def check_stored_size(beton: str | Path, resolution: int) -> None:
+    """Refuse a beton stored smaller than the ``resolution`` px the encoder needs: every image would
+    be upsampled (RN50x4 takes 288 px, RN50x16 384 px; a beton at ``--short-side 256`` is for 224).
+
+    Raises:
+        ValueError: naming the beton, its stored bound and the conversion to run instead.
+    """
+    bound = stored_short_side(beton)
+    if bound is not None and bound < resolution:
+        raise ValueError(f"{beton}: its images are stored with a shorter side of at most {bound} px ({Path(beton).parent}"
+                         f"/meta.json, writer short_side / max_resolution), below this encoder's {resolution}-px input, "
+                         f"so every image would be upsampled. Convert ImageNet for it into its own folder: python -m "
+                         f"data_prep.imagenet --src ROOT --out DIR --short-side {math.ceil(resolution / TRAIN_SCALE[0])}")
+
+
 def make_loader(beton: str | Path, *, train: bool, batch_size: int, resolution: int,
                 mean: Sequence[float], std: Sequence[float], augment: bool | None = None, num_workers: int | None = None,
                 device: str | torch.device = "cpu", dtype=np.float32, distributed: bool = False,
@@ -110,10 +140,12 @@ def make_loader(beton: str | Path, *, train: bool, batch_size: int, resolution: 
 
     Raises:
         FileNotFoundError: ``beton`` does not exist.
+        ValueError: ``beton`` is stored below ``resolution`` (:func:`check_stored_size`).
     """
     beton = Path(beton)
     if not beton.is_file():
         raise FileNotFoundError(f"{beton}: no such beton; create it with `python -m data_prep.imagenet`")
+    check_stored_size(beton, resolution)
     return Loader(
         str(beton), batch_size=batch_size, num_workers=fit_workers(num_workers or None, "num_workers"),
         order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,

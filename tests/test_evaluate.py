@@ -1,0 +1,259 @@
+"""Evaluation: ID read like the shift sets, stored-size refusal, Wilson intervals, the comparison
+summary and the student-teacher fit (real betons, real shards, real image folders, real torchrun)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data_prep.shifts import list_set, write_set
+from fastfc import evaluate as evallib
+from fastfc.cli import main
+from fastfc.data.shards import eval_transform
+from fastfc.models import build_student, build_teacher
+from fastfc.probe import extract, init_head, save_probe
+
+from .test_shift_sets import IMAGENET
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def val_sources(photo_tree, converted, tmp_path_factory):
+    """The session photo tree's val split three ways: its folder, imagenet-val shards of that
+    folder, and the val beton. ``(folder, shard set, beton, beton meta)``."""
+    out, meta = converted
+    shards = tmp_path_factory.mktemp("val-shards")
+    write_set(list_set("imagenet-val", photo_tree.root / "val", IMAGENET), photo_tree.root / "val", shards, workers=2)
+    return photo_tree.root / "val", shards / "imagenet-val", out / "val.beton", meta
+
+
+# ----------------------------------------------------------------------------- ID: one evaluation path
+
+def test_id_from_the_val_folder_equals_imagenet_val_shards_and_not_the_beton(val_sources, tmp_path):
+    folder, shards, beton, meta = val_sources
+    encoder = build_student("tiny", seed=0)
+    a, b, c = (extract(encoder, s, tmp_path, batch_size=16, num_workers=1) for s in (folder, shards, beton))
+    assert a.features.shape == (meta["splits"]["val"]["count"], 32)
+    # the same JPEGs through the same decode and transform: the same embeddings, the same labels
+    assert np.array_equal(a.features, b.features)
+    cols_folder, cols_shards = (evallib.set_columns(s, meta["classes"]) for s in (folder, shards))
+    assert cols_folder == cols_shards and cols_folder[1] == "none"
+    w, bias = init_head(32, len(meta["classes"]), 0)
+    counts = [evallib.count_correct(f.features, f.labels, w, bias, cols) for f, cols in
+              ((a, cols_folder[0]), (b, cols_shards[0]))]
+    assert counts[0] == counts[1]
+    # the beton's pixels were resized and re-encoded when stored, then resized by ffcv: other inputs
+    assert np.abs(a.features.astype(np.float32) - c.features.astype(np.float32)).max() > 1e-2
+
+
+def test_models_eval_transform_is_the_shard_readers(photo_tree):
+    img = Image.open(next((photo_tree.root / "val").rglob("*.JPEG")))
+    encoder = build_student("tiny")
+    ours = encoder.eval_transform()(img)
+    assert torch.equal(ours, eval_transform(encoder.input_size, encoder.mean, encoder.std)(img.convert("RGB")))
+
+
+def test_cli_eval_reads_id_like_the_shift_sets_and_the_beton_only_on_request(val_sources, tmp_path, capsys):
+    folder, shards, beton, meta = val_sources
+    probe = tmp_path / "probe.pt"
+    save_probe(probe, *init_head(32, len(meta["classes"]), 0), {"classes": meta["classes"]})
+    common = ["eval", "--encoder", "tiny", "--weights", str(_tiny_weights(tmp_path / "tiny.pt", 0)), "--probe", str(probe),
+              "--cache", str(tmp_path / "cache"), "--workers", "1"]
+    sources = {}
+    for name, flags in {"folder": ["--val", str(folder)], "shards": ["--shards", str(shards.parent)],
+                        "beton": ["--val-beton", str(beton)]}.items():
+        assert main([*common, *flags, "--out", str(tmp_path / name)]) == 0
+        sources[name] = json.loads((tmp_path / name / "results.json").read_text())["sets"]["imagenet-val"]
+    assert sources["folder"]["source"] == str(folder) and sources["shards"]["source"] == str(shards)
+    assert sources["folder"]["correct"] == sources["shards"]["correct"] and sources["folder"]["n"] == 100
+    assert sources["beton"]["source"] == str(beton)
+    capsys.readouterr()
+    assert main([*common, "--val", str(beton), "--out", str(tmp_path / "x")]) == 1  # a beton is an explicit opt-in
+    err = capsys.readouterr().err
+    assert "--val-beton" in err and "val.beton" in err and "Traceback" not in err
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (40, 40)).save(flat / "ILSVRC2012_val_00000001.JPEG")
+    assert main([*common, "--val", str(flat), "--out", str(tmp_path / "y")]) == 1
+    assert "no <wnid>/ class folders" in capsys.readouterr().err
+    other = tmp_path / "shards" / "imagenet-sketch"
+    other.mkdir(parents=True)
+    (other / "meta.json").write_text(json.dumps({"set": "imagenet-sketch"}))
+    assert main([*common, "--val", str(other), "--out", str(tmp_path / "z")]) == 1
+    assert "shards of imagenet-sketch, not imagenet-val" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+
+
+def test_a_beton_stored_below_the_encoders_input_is_refused_before_any_work(small_beton, tmp_path):
+    from fastfc.data.ffcv import make_loader, stored_short_side
+    from fastfc.distill import DistillConfig, run
+
+    assert stored_short_side(small_beton) == 64  # written with max_resolution=64
+    mobilenet = build_student("mobilenet_v2")  # 224 px
+    with pytest.raises(ValueError, match=r"train.beton: .* at most 64 px.*224-px input.*--short-side 249"):
+        extract(mobilenet, small_beton, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+    with pytest.raises(ValueError, match="at most 64 px"):
+        make_loader(small_beton, train=True, batch_size=4, resolution=224, mean=(0.5,) * 3, std=(0.5,) * 3)
+    cfg = DistillConfig()
+    cfg.model.arch, cfg.model.teacher_pretrained, cfg.data.train_beton = "RN50x4", None, str(small_beton)
+    with pytest.raises(ValueError, match="288-px input"):  # before the teacher is built
+        run(cfg)
+    make_loader(small_beton, train=False, batch_size=4, resolution=64, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def test_probe_and_eval_launcher_gives_each_architecture_its_data():
+    def commands(arch):
+        done = subprocess.run(["bash", str(REPO / "launch" / "probe_and_eval.sh"), arch], cwd=REPO, capture_output=True,
+                              text=True, env={**os.environ, "DRY": "1", "NGPU": "1"})
+        assert done.returncode == 0, done.stderr
+        return [line for line in done.stdout.splitlines() if line.startswith("+ ")]
+
+    for arch, betons in {"RN50": "data/betons/", "RN50x4": "data/betons_320/", "RN50x16": "data/betons_427/"}.items():
+        lines = commands(arch)
+        assert all(f"--train {betons}train.beton" in line for line in lines[:4]), arch
+        assert all("--shards data/shards" in line and "--val" not in line for line in lines[2:4])
+    student_eval = commands("RN50")[3]
+    assert "--teacher-pretrained openai" in student_eval and "--weights runs/distill_rn50/weights.pt" in student_eval
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def test_wilson_interval_matches_known_values():
+    lo, hi = evallib.wilson(8, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)
+    assert evallib.wilson(0, 10) == (0.0, pytest.approx(3.8415 / 13.8415, abs=1e-4))
+    assert evallib.wilson(10, 10) == (pytest.approx(10 / 13.8415, abs=1e-4), 1.0)
+    assert all(math.isnan(v) for v in evallib.wilson(0, 0))
+
+
+def test_chance_level_counts_the_classes_the_probe_can_predict():
+    assert evallib.chance_level([[0], [1], [], [2, 3]]) == pytest.approx(1 / 3)
+    assert math.isnan(evallib.chance_level([[], []]))
+
+
+def test_fit_matches_a_hand_computation():
+    s = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]], dtype=np.float16)
+    t = np.array([[1.0, 1.0], [0.0, 1.0], [3.0, 4.0]], dtype=np.float16)
+    # cosines 1/sqrt(2), 1, 1; squared errors 1, 1, 0 over teacher energies 2, 1, 25
+    want = {"cosine": (1 / math.sqrt(2) + 2) / 3, "rel_sq_error": 2 / 28, "n": 3}
+    for chunk in (1, 2, 1000):
+        got = evallib.fit(s, t, chunk=chunk)
+        assert got["n"] == 3 and got["cosine"] == pytest.approx(want["cosine"], abs=1e-12)
+        assert got["rel_sq_error"] == pytest.approx(want["rel_sq_error"], abs=1e-12)
+    assert evallib.fit(np.zeros((1, 2)), np.ones((1, 2)))["cosine"] == 0.0
+    with pytest.raises(ValueError, match="same images"):
+        evallib.fit(s, t[:2])
+
+
+def _results(run: Path, top1: dict[str, tuple[int, int]], fit: dict | None = None) -> Path:
+    sets = {}
+    for name, (correct, n) in top1.items():
+        sets[name] = {"top1": correct / n, "correct": correct, "n": n, "ci95": list(evallib.wilson(correct, n)),
+                      "chance": 0.1, "projection": "none", "source": name}
+        if fit:
+            sets[name]["fit"] = fit[name]
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"sets": sets, "train": None, "encoder": "x"}))
+    return run
+
+
+def test_summary_gaps_drop_ratio_and_the_check(tmp_path):
+    teacher = _results(tmp_path / "teacher", {"imagenet-val": (98, 100), "imagenet-r": (80, 100), "imagenet-a": (60, 80)})
+    student = _results(tmp_path / "student", {"imagenet-val": (90, 100), "imagenet-r": (60, 100), "imagenet-a": (40, 80)})
+    summary = evallib.summarize([teacher, student])
+    s = summary["runs"][1]
+    assert summary["ood_sets"] == ["imagenet-r", "imagenet-a"] and summary["teacher"] == "teacher"
+    assert s["id_gap"] == pytest.approx(0.08) and s["ood_avg"] == pytest.approx((0.6 + 0.5) / 2)
+    assert s["ood_gap"] == pytest.approx((0.8 + 0.75) / 2 - 0.55) and s["drop_ratio"] == pytest.approx(0.225 / 0.08)
+    check = evallib.check_finding(summary)
+    assert check["holds"] and check["id_gap_ok"] and check["ood_gap_ok"]
+    table = evallib.comparison_table(summary, {"imagenet-r": "r-like", "imagenet-a": "a-like"}).splitlines()
+    assert table[0].startswith("| run | ID | r-like | a-like | OOD avg | ΔID | ΔOOD | ΔOOD ÷ ΔID |")
+    assert "| 98.0 (93.0–99.4) |" in table[2] and "+0.0" in table[2] and "| -8.0 | -22.5 | 2.81 |" in table[3]
+    assert table[4].startswith("| n | 100 | 100 | 80 |") and table[5].startswith("| chance | 10.0 |")
+    better_id = _results(tmp_path / "better", {"imagenet-val": (99, 100), "imagenet-r": (60, 100), "imagenet-a": (40, 80)})
+    summary = evallib.summarize([teacher, better_id])
+    assert summary["runs"][1]["drop_ratio"] is None and evallib.check_finding(summary)["holds"]
+    assert "| +1.0 | -22.5 | ∞ |" in evallib.comparison_table(summary)
+    weak = _results(tmp_path / "weak", {"imagenet-val": (85, 100), "imagenet-r": (50, 100), "imagenet-a": (30, 80)})
+    failed = evallib.check_finding(evallib.summarize([teacher, weak]))
+    assert not failed["holds"] and not failed["id_gap_ok"]  # 13 points behind on ID
+
+
+def test_demo_report_says_what_it_is_and_carries_every_figure(tmp_path):
+    from fastfc.demo import REAL_RUNS, STAND_INS, DemoRecipe, report
+
+    fit = {n: {"cosine": 0.9, "rel_sq_error": 0.2, "n": 100} for n in ("imagenet-val", "imagenet-sketch")}
+    _results(tmp_path / "teacher", {"imagenet-val": (98, 100), "imagenet-sketch": (40, 80)})
+    _results(tmp_path / "student", {"imagenet-val": (95, 100), "imagenet-sketch": (20, 80)}, fit)
+    text = report(tmp_path, DemoRecipe())
+    assert "small-scale demonstration on stand-in sets" in text and REAL_RUNS in text
+    assert "| run | ID | sketch-like |" in text and "The finding holds" in text and "| sketch-like | 0.900 |" in text
+    assert (tmp_path / "results.md").read_text() == text
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["check"]["holds"] and data["stand_ins"] == STAND_INS and data["recipe"]["steps"] == DemoRecipe().steps
+    student = data["runs"][1]
+    assert student["sets"]["imagenet-sketch"]["ci95"] == list(evallib.wilson(20, 80))
+    assert student["id_gap"] == pytest.approx(0.03) and student["sets"]["imagenet-val"]["fit"]["cosine"] == 0.9
+    for png in ("id_vs_ood.png", "fit_vs_top1.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- representation fit
+
+def test_a_student_equal_to_its_teacher_fits_perfectly_and_teacher_embeddings_are_cached(val_sources, small_beton,
+                                                                                           tmp_path):
+    _, shards, _, meta = val_sources
+    teacher, twin, other = build_teacher("tiny"), build_student("tiny", seed=0), build_student("tiny", seed=1)
+    twin.visual.load_state_dict(teacher.visual.state_dict())
+    weight, bias = init_head(32, len(meta["classes"]), 0)
+    kw = {"teacher": teacher, "train": small_beton, "batch_size": 16, "num_workers": 1}
+    same = evallib.evaluate(twin, weight, bias, meta["classes"], {"imagenet-val": shards}, tmp_path, **kw)
+    for entry in (same["sets"]["imagenet-val"], same["train"]):
+        assert entry["fit"]["cosine"] == pytest.approx(1.0, abs=1e-6) and entry["fit"]["rel_sq_error"] == 0.0
+    assert same["train"]["n"] == 300 and same["fingerprints"]["teacher"] == same["fingerprints"]["encoder"]
+    caches = sorted(p.name for p in tmp_path.iterdir())
+    differs = evallib.evaluate(other, weight, bias, meta["classes"], {"imagenet-val": shards}, tmp_path, **kw)
+    f = differs["sets"]["imagenet-val"]["fit"]
+    assert f["cosine"] < 0.99 and f["rel_sq_error"] > 0.01 and f["n"] == 100
+    assert len(list(tmp_path.iterdir())) == len(caches) + 2  # only the new student's two extractions
+
+
+def _tiny_weights(path: Path, seed: int) -> Path:
+    torch.save(build_student("tiny", seed=seed).visual.state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_cli_fit_under_two_ranks_equals_one_process(val_sources, small_beton, tmp_path):
+    _, shards, _, meta = val_sources
+    probe = tmp_path / "probe.pt"
+    save_probe(probe, *init_head(32, len(meta["classes"]), 0), {"classes": meta["classes"]})
+    args = ["eval", "--encoder", "tiny", "--weights", str(_tiny_weights(tmp_path / "s.pt", 1)), "--probe", str(probe),
+            "--shards", str(shards.parent), "--train", str(small_beton), "--teacher-encoder", "tiny",
+            "--teacher-weights", str(_tiny_weights(tmp_path / "t.pt", 2)), "--batch-size", "8", "--workers", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    results = {}
+    for ranks in (1, 2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", "-m",
+               "fastfc", *args, "--cache", str(tmp_path / f"cache{ranks}"), "--out", str(tmp_path / f"run{ranks}")]
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[ranks] = json.loads((tmp_path / f"run{ranks}" / "results.json").read_text())
+    for key in ("train", "imagenet-val"):
+        one, two = (results[r]["train"] if key == "train" else results[r]["sets"][key] for r in (1, 2))
+        assert one["n"] == two["n"] == one["fit"]["n"] == two["fit"]["n"] and one["n"] in (100, 300)
+        assert two["fit"]["cosine"] == pytest.approx(one["fit"]["cosine"], abs=1e-3)
+        assert two["fit"]["rel_sq_error"] == pytest.approx(one["fit"]["rel_sq_error"], rel=1e-2)
+        assert 0 < one["fit"]["rel_sq_error"] and one["fit"]["cosine"] < 1
