@@ -18,7 +18,6 @@ from PIL import Image
 from data_prep.shifts import list_set, write_set
 from fastfc import evaluate as evallib
 from fastfc.cli import main
-from fastfc.data.shards import eval_transform
 from fastfc.models import build_student, build_teacher
 from fastfc.probe import extract, init_head, save_probe
 
@@ -54,13 +53,6 @@ def test_id_from_the_val_folder_equals_imagenet_val_shards_and_not_the_beton(val
     assert counts[0] == counts[1]
     # the beton's pixels were resized and re-encoded when stored, then resized by ffcv: other inputs
     assert np.abs(a.features.astype(np.float32) - c.features.astype(np.float32)).max() > 1e-2
-
-
-def test_models_eval_transform_is_the_shard_readers(photo_tree):
-    img = Image.open(next((photo_tree.root / "val").rglob("*.JPEG")))
-    encoder = build_student("tiny")
-    ours = encoder.eval_transform()(img)
-    assert torch.equal(ours, eval_transform(encoder.input_size, encoder.mean, encoder.std)(img.convert("RGB")))
 
 
 def test_cli_eval_reads_id_like_the_shift_sets_and_the_beton_only_on_request(val_sources, tmp_path, capsys):
