@@ -5,7 +5,7 @@ All sides read the same real-photo JPEGs (:mod:`fastfc.photos`, ImageNet-like si
 normalise, batch 32, the same workers. Two betons of the same images are read:
 
 * fastfc's: stored with ``--short-side 256``, the smallest size that feeds a 224-px crop of >= 90%
-  of the image without upsampling (REFERENCE.md §5), ffcv's ``proportion`` mode otherwise;
+  of the image without upsampling (README, Converting ImageNet), ffcv's ``proportion`` mode otherwise;
 * the ffcv-imagenet recipe (longer side 500), read with plain ffcv's decoder.
 
 fastfc's beton is read with fastfc's decoder (bilinear resize below 2x, :mod:`fastfc.data.resize`)

@@ -1,6 +1,6 @@
 """Representation distillation: a frozen CLIP image encoder teaches a random-init student.
 
-The objective of the paper (arXiv 2406.03345, REFERENCE.md §1): the teacher's projected image
+The objective of the paper (arXiv 2406.03345, docs/recipe.md): the teacher's projected image
 embedding ``visual(x)`` is the target, unnormalised; ``loss = distill_weight * mse(student, teacher)``.
 Teacher and student see the same augmented batch (RandomResizedCrop 0.9–1.0 + flip from the
 beton), at the teacher's native resolution, normalised on the device with the teacher's mean/std.

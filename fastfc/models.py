@@ -4,7 +4,7 @@ An :class:`Encoder` bundles an image tower ``visual`` (normalised images ``[B, 3
 embeddings ``[B, embed_dim]`` float) with its native resolution ``S`` (px), its normalisation
 (0..1 scale) and, for torchvision classifiers, the ImageNet-1k ``head`` on top of it.
 
-Recipes (REFERENCE.md §1, §4):
+Recipes (docs/recipe.md):
 
 * teacher: a CLIP image tower with OpenAI weights, frozen, BatchNorm in eval mode;
   student: the same architecture, random init (the paper's representation distillation);
@@ -211,7 +211,7 @@ def _clip(name: str, size: int, dim: int) -> EncoderSpec:
     return EncoderSpec(name, "open_clip", size, dim, CLIP_MEAN, CLIP_STD, _open_clip_builder(name))
 
 
-# Sizes and widths: open_clip's model configs (vision_cfg.image_size, embed_dim); REFERENCE.md §1.
+# Sizes and widths: open_clip's model configs (vision_cfg.image_size, embed_dim); docs/recipe.md.
 ENCODERS: dict[str, EncoderSpec] = {s.name: s for s in (
     _clip("RN50", 224, 1024), _clip("RN101", 224, 512), _clip("RN50x4", 288, 640),
     _clip("RN50x16", 384, 768), _clip("ViT-B-16", 224, 512),

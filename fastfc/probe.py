@@ -4,7 +4,7 @@ The original code ran the frozen encoder over every image in every probe epoch. 
 :func:`extract` writes ``features.npy`` (float16 ``[N, D]``), ``labels.npy`` (int64 ``[N]``) and
 ``meta.json`` per (encoder fingerprint, source) once; :func:`train_heads` then trains K linear
 heads for K weight decays in one batched pass (one einsum for all heads). The recipe is the
-paper's (REFERENCE.md §1): AdamW, lr 1e-3, batch 256, 10 epochs, 500 warmup steps then cosine,
+paper's (docs/recipe.md): AdamW, lr 1e-3, batch 256, 10 epochs, 500 warmup steps then cosine,
 no augmentation, label smoothing 0, bias initialised to zero, weight decay 0.1 for CLIP
 encoders and 1e-3 for distilled ones. The image path of the original (``--from-images``) is
 :class:`ProbeTask` on :func:`fastfc.train.train`.
@@ -42,7 +42,7 @@ WEIGHT_DECAY = {"clip": 0.1, "distilled": 1e-3}  # the paper's probe weight deca
 
 @dataclass(frozen=True)
 class ProbeRecipe:
-    """The probe's optimisation (REFERENCE.md §1). Units: lr per step, batch in samples."""
+    """The probe's optimisation (docs/recipe.md). Units: lr per step, batch in samples."""
 
     epochs: int = 10
     batch_size: int = 256

@@ -8,10 +8,10 @@ are open_clip's ImageNet names, looked up by WNID, so a subset of ImageNet (a be
 ``meta.json`` classes) gets the right name for each label.
 
 The head is ``weight = logit_scale * text_embeddings`` ``[C, D]`` and ``bias = 0``. fastfc's probes
-read the raw image embedding (no normalisation, REFERENCE.md §1); normalising an embedding only
+read the raw image embedding (no normalisation, docs/recipe.md); normalising an embedding only
 divides all its logits by the same positive number, so this head's top-1 equals CLIP's zero-shot
 top-1. It serves as the head itself (``fastfc probe --zero-shot TAG --epochs 0``) or as the
-initialisation of a linear probe (the original code's option, REFERENCE.md §1). A distilled student
+initialisation of a linear probe (the original code's option, docs/recipe.md). A distilled student
 learns its teacher's image embedding, so the teacher's text tower gives the student a head too.
 """
 

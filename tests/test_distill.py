@@ -15,7 +15,7 @@ from fastfc.models import CLIP_MEAN, CLIP_STD, Encoder, build_student
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "launch" / "configs").glob("distill_*.toml"))
-# arch, lr, weight decay, epochs (REFERENCE.md §1)
+# arch, lr, weight decay, epochs (docs/recipe.md)
 PAPER = {"RN50": (1e-3, 0.05, 50), "RN101": (1e-3, 0.1, 50), "RN50x4": (1e-4, 0.5, 50),
          "RN50x16": (1e-4, 0.5, 100), "ViT-B-16": (5e-5, 0.1, 300)}
 

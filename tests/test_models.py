@@ -20,7 +20,7 @@ from fastfc.models import (CLIP_MEAN, CLIP_STD, ENCODERS, IMAGENET_MEAN, IMAGENE
                            mobilenet_v2_weights_path, open_clip_model_name, strip_prefixes)
 
 CLIP_FACTS = {"RN50": (224, 1024), "RN101": (224, 512), "RN50x4": (288, 640), "RN50x16": (384, 768),
-              "ViT-B-16": (224, 512)}  # REFERENCE.md §1
+              "ViT-B-16": (224, 512)}  # docs/recipe.md
 ESPRESSO = 967
 
 
@@ -57,7 +57,7 @@ def test_registry_facts_match_paper_and_open_clip():
 
 
 def test_openai_weights_get_quickgelu_config():
-    """OpenAI CLIP weights were trained with QuickGELU (REFERENCE.md §4); read from open_clip's tables."""
+    """OpenAI CLIP weights were trained with QuickGELU (docs/recipe.md); read from open_clip's tables."""
     assert open_clip_model_name("ViT-B-16", "openai") == "ViT-B-16-quickgelu"
     assert open_clip_model_name("ViT-B-16", "laion2b_s34b_b88k") == "ViT-B-16"
     # no tag (a random-init student, or weights from a file): the paper's OpenAI family, QuickGELU

@@ -1,4 +1,4 @@
-"""The synthetic experiment (fastfc.toy; arXiv 2406.03345, REFERENCE.md §1): the finding, at reduced steps.
+"""The synthetic experiment (fastfc.toy; arXiv 2406.03345, docs/recipe.md): the finding, at reduced steps.
 
 Each test runs a few hundred to a thousand full-batch steps on one CPU thread (seed 2024, the
 original's). Margins observed on the dev machine are in the comments; the asserts are looser.

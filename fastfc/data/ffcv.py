@@ -2,7 +2,7 @@
 
 The pipelines are plain lists of ffcv operations (ffcv-imagenet style). Order matters:
 ffcv 1.0.2's pipeline compiler loops forever when jitted and non-jitted operations alternate
-(REFERENCE.md §4), so on CPU ``NormalizeImage`` runs *before* ``ToTensor`` (on the numpy
+(in ``Graph.group_operations``), so on CPU ``NormalizeImage`` runs *before* ``ToTensor`` (on the numpy
 batch, jitted), and on GPU *after* ``ToDevice`` (on the device, as ffcv-imagenet does).
 """
 
@@ -43,7 +43,7 @@ def quiet_numba_finalizer_noise() -> None:
     sys.unraisablehook = hook
 
 
-# The paper's training crop keeps 90-100% of the image (REFERENCE.md §1).
+# The paper's training crop keeps 90-100% of the image (docs/recipe.md).
 TRAIN_SCALE = (0.9, 1.0)
 
 

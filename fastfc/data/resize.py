@@ -1,7 +1,7 @@
 """The training decoder's resize: ffcv's random-resized crop with a bilinear resize below 2x.
 
 ffcv 1.0.2 resizes every crop with OpenCV ``INTER_AREA``. For the paper's crop (90-100% of an
-image whose shorter side is stored just above the output size, REFERENCE.md §5) each resize is a
+image whose shorter side is stored just above the output size, README, Converting ImageNet) each resize is a
 small non-integer downscale, where the area filter costs 0.5-0.7 ms per 224-px image on one core,
 as much as the JPEG decode itself; ``INTER_LINEAR`` costs 0.1 ms. Below a 2x downscale bilinear
 interpolation skips no source pixel, so it aliases little; from 2x on, the native resize falls

@@ -3,7 +3,7 @@
 A set folder holds ``<set>-000000.tar, ...`` and ``meta.json`` (classes, ImageNet indices, counts,
 per-shard counts). Each sample has key ``%08d`` and exactly three members: the original image
 bytes (``jpg``/``jpeg``/``png``/``webp``/``bmp``), ``cls`` (ASCII int, the set's own label space,
-REFERENCE.md §2) and ``json`` (``{"path": ..., "imagenet": [...]}``).
+the README's shift-set table) and ``json`` (``{"path": ..., "imagenet": [...]}``).
 
 Safety: only whitelisted members are ever read or decoded; any other member (``.pyd``,
 ``.pickle``, ``.pth``, ...) stops the read with a :class:`ShardFormatError` naming the shard, and
@@ -181,7 +181,7 @@ def eval_transform(resolution: int, mean: Sequence[float], std: Sequence[float],
                    border_crop: int = 0) -> transforms.Compose:
     """Evaluation transform for an RGB PIL image: the paper's (and CLIP's) Resize + CenterCrop.
 
-    ``crop_border(border_crop)`` first (ObjectNet: 2 px, REFERENCE.md §2), then bicubic
+    ``crop_border(border_crop)`` first (ObjectNet: 2 px, docs/recipe.md), then bicubic
     ``Resize(resolution)`` of the short side and ``CenterCrop(resolution)``
     (:class:`ResizeCenterCrop`), then ``ToTensor`` (0..1) and ``Normalize(mean, std)``
     (:class:`ToNormalizedTensor`; per-channel, RGB, 0..1 scale). Same output as torchvision's
