@@ -25,6 +25,9 @@ TARGETS = (Target("cli", "slowest --help / argument error", lambda l: l["figures
 COMMANDS = {
     "fastfc --help": ["-m", "fastfc", "--help"],
     "fastfc toy --help": ["-m", "fastfc", "toy", "--help"],
+    "fastfc cifar --help": ["-m", "fastfc", "cifar", "--help"],
+    "fastfc cifar train --help": ["-m", "fastfc", "cifar", "train", "--help"],
+    "fastfc cifar train --config nope.toml": ["-m", "fastfc", "cifar", "train", "--config", "nope.toml"],
     "fastfc probe --help": ["-m", "fastfc", "probe", "--help"],
     "fastfc distill --config nope.toml": ["-m", "fastfc", "distill", "--config", "nope.toml"],
     "fastfc eval --compare runs/nope": ["-m", "fastfc", "eval", "--compare", "runs/nope"],

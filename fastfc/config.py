@@ -1,8 +1,8 @@
 """Run configs: nested dataclasses, read from TOML, overridden with ``--set section.key=value``.
 
-Each component owns a small dataclass (``TrainConfig`` in :mod:`fastfc.train`, the model, data and
-objective configs in :mod:`fastfc.distill`); a run config nests them by section. Validation lives
-in the dataclasses; errors name the key and say what is accepted.
+Each component owns a small dataclass (``TrainConfig`` in :mod:`fastfc.train_config`, the model,
+data and objective configs in :mod:`fastfc.distill`); a run config nests them by section.
+Validation lives in the dataclasses; errors name the key and say what is accepted.
 """
 
 from __future__ import annotations

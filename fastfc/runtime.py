@@ -14,12 +14,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fastfc.train_config import PRECISIONS, check_precision  # re-exported
+
 # Dense bf16 peak FLOP/s per device (vendor datasheets), for MFU. Unknown devices report no MFU.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
-
-# "bf16": bfloat16 autocast around the forward (the GPU default, fast). "fp32": no autocast
-# anywhere, the paper's arithmetic (docs/recipe.md).
-PRECISIONS = ("bf16", "fp32")
 
 
 @dataclass
@@ -63,13 +61,6 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-
-
-def check_precision(precision: str) -> str:
-    """Return ``precision`` if it is one of :data:`PRECISIONS`; else raise ``ValueError`` naming them."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: use one of {', '.join(repr(p) for p in PRECISIONS)}")
-    return precision
 
 
 @dataclass

@@ -33,7 +33,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -43,114 +43,11 @@ from torch import nn
 from tqdm import tqdm
 
 from fastfc.checkpoint import Checkpointer
-from fastfc.runtime import Prepared, Runtime, check_precision, peak_flops, prepare_model
+from fastfc.runtime import Prepared, Runtime, peak_flops, prepare_model
+from fastfc.train_config import TrainConfig  # re-exported: the config lives apart, torch-free
 
 
-# ----------------------------------------------------------------------------- config
-
-@dataclass
-class TrainConfig:
-    """How to train. Units: lr per step; batch sizes in images; steps are optimiser steps.
-
-    ``optimizer``: "adamw" (``betas``, decoupled weight decay) or "sgd" (``momentum``, L2 weight
-    decay). ``schedule``: "cosine" (:func:`lr_at`) or "step" (lr × ``lr_gamma`` every
-    ``lr_step_epochs`` epochs); both warm up over ``warmup_steps``.
-
-    ``global_batch_size`` is kept whatever the number of ranks (the paper's 256); the per-rank batch
-    is derived and an uneven split is refused. ``compile=None`` means on for GPU, off for CPU.
-    ``precision``: ``"bf16"`` (bf16 autocast, the default) or ``"fp32"`` (no autocast anywhere in
-    the step, teacher included: the paper's arithmetic); the older ``bf16 = true/false`` key still
-    loads, as ``"bf16"``/``"fp32"``. ``stop_after`` ends the run early at that step, as a preemption
-    would (checkpoint saved), without changing the schedule; ``max_steps`` shortens the schedule itself.
-    """
-
-    epochs: int = 50
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 10_000
-    grad_clip: float = 1.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    lr_step_epochs: int = 50
-    lr_gamma: float = 0.1
-    global_batch_size: int = 256
-    max_steps: int | None = None
-    stop_after: int | None = None
-    seed: int = 0
-    compile: bool | None = None
-    precision: str = "bf16"
-    channels_last: bool = True
-    deterministic: bool = False
-    out_dir: str = "runs/train"
-    checkpoint_every: int = 1000
-    keep_weights_every_epochs: int = 10
-    log_every: int = 10
-
-    def __post_init__(self):
-        self.betas = tuple(self.betas)
-        if self.optimizer not in ("adamw", "sgd") or self.schedule not in ("cosine", "step"):
-            raise ValueError(f"train.optimizer must be adamw or sgd (got {self.optimizer!r}) and train.schedule "
-                             f"cosine or step (got {self.schedule!r})")
-        if not (0 <= self.momentum < 1 and 0 < self.lr_gamma <= 1):
-            raise ValueError(f"train.momentum must be in [0, 1) and train.lr_gamma in (0, 1], "
-                             f"got {self.momentum} and {self.lr_gamma}")
-        for name in ("epochs", "global_batch_size", "checkpoint_every", "log_every", "lr_step_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0 or self.lr <= 0:
-            raise ValueError("train.warmup_steps must be >= 0 and train.lr > 0")
-        for name in ("max_steps", "stop_after"):  # 0 would read as "not set" and run the whole schedule
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1 (or unset), got {getattr(self, name)}")
-        check_precision(self.precision)
-
-    @staticmethod
-    def migrate_keys(data: dict) -> dict:
-        """Older configs: ``bf16 = true|false`` becomes ``precision = "bf16"|"fp32"``.
-        Raises ``ValueError`` when both are given and disagree."""
-        if "bf16" not in data:
-            return data
-        data = dict(data)
-        old = data.pop("bf16")
-        if not isinstance(old, bool):
-            raise ValueError(f"train.bf16 (now train.precision): expected true or false, got {old!r}")
-        new = "bf16" if old else "fp32"
-        if data.setdefault("precision", new) != new:
-            raise ValueError(f"train.bf16 = {str(old).lower()} and train.precision = {data['precision']!r} "
-                             "disagree; drop train.bf16 (replaced by train.precision)")
-        return data
-
-    def per_rank_batch(self, world_size: int) -> int:
-        """The per-rank batch. Raises ``ValueError`` when the global batch does not split evenly."""
-        if self.global_batch_size % world_size:
-            raise ValueError(f"train.global_batch_size={self.global_batch_size} does not split evenly over "
-                             f"{world_size} ranks; choose a multiple of {world_size} (e.g. "
-                             f"{world_size * max(1, round(self.global_batch_size / world_size))})")
-        return self.global_batch_size // world_size
-
-    def steps_per_epoch(self, num_images: int) -> int:
-        """Optimiser steps per epoch: ``num_images // global_batch_size`` (the last partial global
-        batch is dropped), the same for any number of ranks. Raises ``ValueError`` when it is 0."""
-        steps = num_images // self.global_batch_size
-        if steps == 0:
-            raise ValueError(f"{num_images} training images make no full global batch of "
-                             f"{self.global_batch_size}; lower train.global_batch_size")
-        return steps
-
-    def total_steps(self, num_images: int) -> int:
-        """``max_steps`` if set, else ``epochs * steps_per_epoch(num_images)``."""
-        return self.max_steps or self.epochs * self.steps_per_epoch(num_images)
-
-    def plan(self, num_images: int, world_size: int) -> dict:
-        """The run's counts: ``train_images``, ``global_batch``, ``per_rank_batch``,
-        ``steps_per_epoch``, ``total_steps`` and ``world_size``. Only the last two depend on the
-        world size through ``per_rank_batch``; the steps never do. Raises ``ValueError`` (see above)."""
-        return {"train_images": num_images, "global_batch": self.global_batch_size,
-                "per_rank_batch": self.per_rank_batch(world_size), "steps_per_epoch": self.steps_per_epoch(num_images),
-                "total_steps": self.total_steps(num_images), "world_size": world_size}
-
+# ----------------------------------------------------------------------------- schedule and optimiser
 
 def lr_at(step: int, *, base: float, warmup: int, total: int) -> float:
     """The learning rate of optimiser step ``step`` (0-based).

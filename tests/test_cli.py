@@ -33,6 +33,7 @@ def run_with_importtime(argv: list[str], cwd: Path) -> tuple[int, set[str], list
 
 
 HELP = [FASTFC + ["--help"]] + [FASTFC + [c, "--help"] for c in ("distill", "features", "probe", "eval", "demo", "toy")] \
+    + [FASTFC + ["cifar", *a, "--help"] for a in ([], ["train"], ["visualize"])] \
     + [IMAGENET + ["--help"], SHIFTS + ["--help"]]
 
 
@@ -54,6 +55,12 @@ ERRORS = [  # argv, exit code, text of the one error line
     (FASTFC + ["eval", "--encoder", "tiny", "--probe", "p.pt"], 1, "nothing to evaluate"),
     (FASTFC + ["toy", "--set", "loss=l1"], 2, "loss='l1'; choose one of logistic"),
     (FASTFC + ["toy", "--steps", "0"], 2, "steps=0; expected a positive integer"),
+    (FASTFC + ["cifar", "train"], 2, "--variant raw|background is required"),
+    (FASTFC + ["cifar", "train", "--variant", "blue"], 2, "argument --variant: invalid choice: 'blue'"),
+    (FASTFC + ["cifar", "train", "--config", "nope.toml"], 1, "nope.toml: no such config file"),
+    (FASTFC + ["cifar", "train", "--variant", "raw", "--set", "train.lr=abc"], 1, "train.lr: expected a number"),
+    (FASTFC + ["cifar", "train", "--variant", "raw", "--set", "attack.steps=0"], 1, "attack.steps must be >= 1"),
+    (FASTFC + ["cifar", "visualize", "runs/raw", "runs/bg", "--out", "f"], 1, "runs/raw/weights.pt: no trained weights"),
     (IMAGENET, 2, "the following arguments are required: --src"),
     (IMAGENET + ["--src", "nope", "--out", "out"], 1, "nope: does not exist"),
     (SHIFTS + ["--set", "imagenet-r", "--out", "out"], 2, "the following arguments are required: --src"),

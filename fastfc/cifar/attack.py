@@ -11,32 +11,12 @@ the first 10 epochs to 255/256.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class AttackConfig:
-    """The smoothing-adversarial recipe. ``epsilon``: the L2 radius at full ramp, in [0, 1] pixel
-    units over the 3×32×32 image; ``ramp_epochs``: epochs of the linear ε ramp; ``steps``: PGD steps;
-    ``noise_sd``: σ of the Gaussian noise; ``noise_copies``: noisy copies per image."""
-
-    epsilon: float = 255 / 256
-    ramp_epochs: int = 10
-    steps: int = 4
-    noise_sd: float = 0.25
-    noise_copies: int = 2
-
-    def __post_init__(self):
-        if self.epsilon <= 0 or self.noise_sd < 0:
-            raise ValueError(f"attack.epsilon must be > 0 and attack.noise_sd >= 0, got {self.epsilon}, {self.noise_sd}")
-        for name in ("ramp_epochs", "steps", "noise_copies"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"attack.{name} must be >= 1, got {getattr(self, name)}")
+from fastfc.cifar.config import AttackConfig  # re-exported: the config lives apart, torch-free
 
 
 def epsilon_at(epoch: int, *, epsilon: float = 255 / 256, ramp_epochs: int = 10) -> float:

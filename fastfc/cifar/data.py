@@ -23,12 +23,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, VisionDataset
 
+from fastfc.cifar.config import SOURCES, VARIANTS
 from fastfc.photos import class_sources, random_view, source_photos
 
 BACKGROUND = (150, 50, 50)  # the paper's brick red, RGB 0-255
 PAD = 8
-VARIANTS = ("raw", "background")
-SOURCES = ("cifar10", "photos")
 
 
 def train_transform(variant: str, *, pad: int = PAD, fill: tuple[int, int, int] = BACKGROUND) -> T.Compose:
