@@ -417,14 +417,26 @@ def _message(e: Exception) -> str:
     return str(e)
 
 
+def _end_process_group() -> None:
+    """Destroy the process group a command joined under torchrun. A process that exits with a live
+    gloo group can abort in its C++ teardown after the work is done ("terminate called without an
+    active exception", seen at the end of the demo's distillation), which fails the launch."""
+    dist = sys.modules.get("torch.distributed")  # imported only if the command did: --help stays light
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["toy"]:  # the synthetic experiment has its own parser (fastfc toy --help)
         from fastfc.toy_config import main as toy_main
         return toy_main(argv[1:])
-    if argv[:1] == ["cifar"]:  # train | visualize, with their own parser (python -m fastfc cifar --help)
+    if argv[:1] == ["cifar"]:  # train | visualize, with their own parser (fastfc cifar --help)
         from fastfc.cifar.run import main as cifar_main
-        return cifar_main(argv[1:])
+        try:
+            return cifar_main(argv[1:])
+        finally:
+            _end_process_group()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -433,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fastfc {args.command}: error: {_message(e)}\n(FASTFC_TRACEBACK=1 shows the traceback)", file=sys.stderr)
         return 1
+    finally:
+        _end_process_group()
 
 
 if __name__ == "__main__":
