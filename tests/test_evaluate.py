@@ -227,7 +227,6 @@ def _tiny_weights(path: Path, seed: int) -> Path:
     return path
 
 
-@pytest.mark.slow
 def test_cli_fit_under_two_ranks_equals_one_process(val_sources, small_beton, tmp_path):
     _, shards, _, meta = val_sources
     probe = tmp_path / "probe.pt"
