@@ -65,6 +65,26 @@ def _decode(path: str) -> int:
         return np.asarray(im.convert("RGB")).shape[0]
 
 
+def _rows(rate: dict, ratios: dict, figures: dict) -> list[tuple[str, str]]:
+    """The printed table: one row per loader, ratios against ImageFolder and the decode bound."""
+    short_side, fastfc_mb = figures["short_side"], figures["beton_mb"]
+    recipe_mb, src_mb = figures["recipe_beton_mb"], figures["source_mb"]
+    return [
+        (f"fastfc beton, short side {short_side}", f"{rate['fastfc']:.0f} img/s  {ratios['ffcv_vs_imagefolder']:.2f}x "
+                                                   f"ImageFolder (target >= 3x), {ratios['ffcv_vs_decode_bound']:.2f}x "
+                                                   "the decode bound (target >= 0.8x)"),
+        ("  same, ffcv's area resize", f"{rate['fastfc_area']:.0f} img/s  {ratios['ffcv_area_vs_imagefolder']:.2f}x"),
+        ("  same, float16 normalise", f"{rate['fastfc_fp16']:.0f} img/s  {ratios['ffcv_fp16_vs_imagefolder']:.2f}x"),
+        ("  same, uint8 out (a GPU run's CPU side)", f"{rate['fastfc_uint8']:.0f} img/s  "
+                                                     f"{ratios['ffcv_uint8_vs_decode_bound']:.2f}x the decode bound"),
+        ("ffcv-imagenet recipe, longer side 500", f"{rate['recipe']:.0f} img/s  {ratios['ffcv_recipe_vs_imagefolder']:.2f}x"),
+        ("ImageFolder + PIL (baseline)", f"{rate['imagefolder']:.0f} img/s"),
+        ("PIL decode of the sources (bound)", f"{rate['decode']:.0f} img/s"),
+        ("beton / source size", f"fastfc {fastfc_mb:.1f} MB ({ratios['beton_vs_source_size']:.1f}x), recipe "
+                                f"{recipe_mb:.1f} MB ({ratios['recipe_beton_vs_source_size']:.1f}x), source {src_mb:.1f} MB"),
+    ]
+
+
 def run(*, per_class: int = 40, repeats: int = 5, workers: int = 2, batch_size: int = 32, resolution: int = 224,
         short_side: int = 256, history: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,20 +140,7 @@ def run(*, per_class: int = 40, repeats: int = 5, workers: int = 2, batch_size: 
               "beton_vs_source_size": fastfc_mb / src_mb, "recipe_beton_vs_source_size": recipe_mb / src_mb}
     line = record("loader", figures, ratios, save=history)
     print_table(f"loader: {n} real-photo JPEGs, {workers} workers, batch {batch_size}, "
-                f"median of {repeats} interleaved rounds", [
-        (f"fastfc beton, short side {short_side}", f"{rate['fastfc']:.0f} img/s  {ratios['ffcv_vs_imagefolder']:.2f}x "
-                                                   f"ImageFolder (target >= 3x), {ratios['ffcv_vs_decode_bound']:.2f}x "
-                                                   "the decode bound (target >= 0.8x)"),
-        ("  same, ffcv's area resize", f"{rate['fastfc_area']:.0f} img/s  {ratios['ffcv_area_vs_imagefolder']:.2f}x"),
-        ("  same, float16 normalise", f"{rate['fastfc_fp16']:.0f} img/s  {ratios['ffcv_fp16_vs_imagefolder']:.2f}x"),
-        ("  same, uint8 out (a GPU run's CPU side)", f"{rate['fastfc_uint8']:.0f} img/s  "
-                                                     f"{ratios['ffcv_uint8_vs_decode_bound']:.2f}x the decode bound"),
-        ("ffcv-imagenet recipe, longer side 500", f"{rate['recipe']:.0f} img/s  {ratios['ffcv_recipe_vs_imagefolder']:.2f}x"),
-        ("ImageFolder + PIL (baseline)", f"{rate['imagefolder']:.0f} img/s"),
-        ("PIL decode of the sources (bound)", f"{rate['decode']:.0f} img/s"),
-        ("beton / source size", f"fastfc {fastfc_mb:.1f} MB ({ratios['beton_vs_source_size']:.1f}x), recipe "
-                                f"{recipe_mb:.1f} MB ({ratios['recipe_beton_vs_source_size']:.1f}x), source {src_mb:.1f} MB"),
-    ])
+                f"median of {repeats} interleaved rounds", _rows(rate, ratios, figures))
     return line
 
 

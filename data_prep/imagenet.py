@@ -339,6 +339,44 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
 
 
+def _label_problems(beton: Path, labels: np.ndarray, expected: np.ndarray, classes: list[str],
+                    files: list[str]) -> list[str]:
+    """Per-class counts and per-sample labels of a beton against the source listing."""
+    problems = []
+    for i, wnid in enumerate(classes):
+        n, m = int((labels == i).sum()), int((expected == i).sum())
+        if n != m:
+            problems.append(f"{beton}: class {wnid} (label {i}) has {n} samples, source has {m}")
+    wrong = np.flatnonzero(labels != expected)
+    if len(wrong):
+        i = int(wrong[0])
+        problems.append(f"{beton}: {len(wrong)} labels differ from the source, first at index {i} "
+                        f"({files[i]}: {labels[i]} in beton, {expected[i]} expected)")
+    return problems
+
+
+def _image_problems(beton: Path, image_field: dict, idx: list[int], files: list[str], src: Path, writer: dict,
+                    min_psnr: float, problems: list[str]) -> float:
+    """Decode images ``idx`` from ``beton`` and from the source; append mismatches to ``problems``.
+
+    Returns the worst PSNR in dB (inf when every checked image is exact)."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
+
+    worst = float("inf")
+    for i, got in zip(idx, read_images(beton, idx, image_field)):
+        want = images.load_rgb(src / files[i], writer["max_resolution"], writer.get("short_side"))
+        if got.shape != want.shape:
+            problems.append(f"{beton}[{i}] ({files[i]}): shape {got.shape}, source gives {want.shape}")
+            continue
+        quality = psnr(got, want)
+        worst = min(worst, quality)
+        if image_field["mode"][i] == IMAGE_MODES["raw"] and quality != float("inf"):
+            problems.append(f"{beton}[{i}] ({files[i]}): raw image differs from the source")
+        elif quality < min_psnr:
+            problems.append(f"{beton}[{i}] ({files[i]}): PSNR {quality:.1f} dB < {min_psnr} dB")
+    return worst
+
+
 def verify(out: str | Path, src: str | Path, *, samples: int = 32, min_psnr: float = 30.0) -> dict:
     """Re-read the betons in ``out`` and check them against the source tree ``src``.
 
@@ -352,7 +390,6 @@ def verify(out: str | Path, src: str | Path, *, samples: int = 32, min_psnr: flo
     Raises:
         VerifyError: listing every mismatch found.
     """
-    from ffcv.fields.rgb_image import IMAGE_MODES
     from ffcv.reader import Reader
 
     out, src = Path(out), Path(src)
@@ -376,30 +413,10 @@ def verify(out: str | Path, src: str | Path, *, samples: int = 32, min_psnr: flo
         if len(labels) != len(expected):
             problems.append(f"{beton}: {len(labels)} samples, source has {len(expected)}")
             continue
-        for wnid, i in zip(classes, range(len(classes))):
-            n, m = int((labels == i).sum()), int((expected == i).sum())
-            if n != m:
-                problems.append(f"{beton}: class {wnid} (label {i}) has {n} samples, source has {m}")
-        wrong = np.flatnonzero(labels != expected)
-        if len(wrong):
-            i = int(wrong[0])
-            problems.append(f"{beton}: {len(wrong)} labels differ from the source, first at index {i} "
-                            f"({files[i]}: {labels[i]} in beton, {expected[i]} expected)")
+        problems += _label_problems(beton, labels, expected, classes, files)
         rng = np.random.default_rng(0)
         idx = sorted(rng.choice(len(files), size=min(samples, len(files)), replace=False).tolist())
-        modes = fields["image"]["mode"]
-        worst = float("inf")
-        for i, got in zip(idx, read_images(beton, idx, fields["image"])):
-            want = images.load_rgb(src / files[i], meta["writer"]["max_resolution"], meta["writer"].get("short_side"))
-            if got.shape != want.shape:
-                problems.append(f"{beton}[{i}] ({files[i]}): shape {got.shape}, source gives {want.shape}")
-                continue
-            quality = psnr(got, want)
-            worst = min(worst, quality)
-            if modes[i] == IMAGE_MODES["raw"] and quality != float("inf"):
-                problems.append(f"{beton}[{i}] ({files[i]}): raw image differs from the source")
-            elif quality < min_psnr:
-                problems.append(f"{beton}[{i}] ({files[i]}): PSNR {quality:.1f} dB < {min_psnr} dB")
+        worst = _image_problems(beton, fields["image"], idx, files, src, meta["writer"], min_psnr, problems)
         report[split] = {"count": int(len(labels)), "checked_images": len(idx), "min_psnr_db": worst}
     if problems:
         raise VerifyError("verification failed:\n  " + "\n  ".join(problems))

@@ -334,17 +334,25 @@ def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: boo
                 metrics.log(step, task.end_epoch(step // per_epoch - 1))
         if meter.pending:
             last_loss = _log(meter, metrics, bar, ckpt, step, lr)
-        summary = {"step": step, "epoch": step / per_epoch, "total_steps": total, "stopped_early": stopped_early,
-                   "replica_checksums": replica_checksums(model.raw, rt), "final_loss": last_loss}
-        if not stopped_early:
-            ckpt.write_weights(model.raw, "weights.pt", step=step)
-        metrics.write_summary(summary)
-        return summary
+        return _summarize(ckpt, metrics, model.raw, rt, step=step, plan=plan, stopped_early=stopped_early,
+                          final_loss=last_loss)
     finally:
         bar.close()
         metrics.close()
         preempt.restore()
         task.model = original_model
+
+
+def _summarize(ckpt: Checkpointer, metrics: Metrics, model: nn.Module, rt: Runtime, *, step: int, plan: dict,
+               stopped_early: bool, final_loss: float) -> dict:
+    """The run's summary (also written to summary.json); a finished run also writes ``weights.pt``."""
+    summary = {"step": step, "epoch": step / plan["steps_per_epoch"], "total_steps": plan["total_steps"],
+               "stopped_early": stopped_early, "replica_checksums": replica_checksums(model, rt),
+               "final_loss": final_loss}
+    if not stopped_early:
+        ckpt.write_weights(model, "weights.pt", step=step)
+    metrics.write_summary(summary)
+    return summary
 
 
 def _plan(cfg: TrainConfig, loader: Any, rt: Runtime) -> dict:
