@@ -120,6 +120,8 @@ def run(*, per_class: int = 40, repeats: int = 5, workers: int = 2, batch_size: 
                 "fastfc": ffcv_pass(short, np.float32),
                 "fastfc_fp16": ffcv_pass(short, np.float16),
                 "fastfc_uint8": ffcv_gpu_cpu_side(short)}, repeats)
+            pool.close()  # workers leave by themselves; terminate() could lose its SIGTERM (data_prep/scan.py)
+            pool.join()
         seen = n // batch_size * batch_size  # the training loaders drop the last partial batch
         src_mb = sum(os.path.getsize(f) for f in files) / 1e6
         recipe_mb, fastfc_mb = recipe.stat().st_size / 1e6, short.stat().st_size / 1e6

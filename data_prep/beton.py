@@ -123,7 +123,7 @@ class BetonWriter(DatasetWriter):
         finally:
             for p in procs:
                 if p.is_alive():
-                    p.terminate()
+                    p.kill()  # SIGKILL: a SIGTERM to a worker still starting up can be lost (see scan.py)
                     p.join()
             self.metadata_sm.close()
             self.metadata_sm.unlink()

@@ -7,6 +7,7 @@ file or, with ``--skip-bad``, names each one for ``meta.json``.
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,20 +21,32 @@ class ConversionError(RuntimeError):
 def imap_progress(fn, items: list, *, workers: int, desc: str):
     """``fn`` over ``items`` in ``workers`` forked processes, in order, with an img/s progress bar.
 
-    A generator: a caller that stops early (first bad file) terminates the pool; one that reads
-    to the end closes and joins it.
+    A generator. A caller that stops early (first bad file) cancels the chunks not yet started and
+    waits for the running ones (one chunk each, about a second). No worker is ever stopped with a
+    signal: ``multiprocessing.Pool.terminate`` sends SIGTERM, and a worker still starting up loses
+    it (CPython clears signals that arrive before its after-fork set-up), after which the parent
+    waits for it forever (seen in CI on a loaded machine, with a 2-file set and two workers).
+
+    Raises:
+        ConversionError: a worker process died (killed, out of memory) instead of answering.
     """
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     from tqdm import tqdm
 
-    with mp.get_context("fork").Pool(workers) as pool, \
-            tqdm(total=len(items), desc=desc, unit="img", dynamic_ncols=True) as bar:
-        for result in pool.imap(fn, items, chunksize=32):
-            bar.update()
-            yield result
-        pool.close()
-        pool.join()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
+    try:
+        with tqdm(total=len(items), desc=desc, unit="img", dynamic_ncols=True) as bar:
+            for result in pool.map(fn, items, chunksize=32):
+                bar.update()
+                yield result
+    except BrokenProcessPool as e:
+        raise ConversionError(f"a worker process died while checking files ({e}); out of memory? "
+                              "Try fewer --workers") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def check_files(probe: Callable[[str], tuple[Any, str | None]], src: Path, files: list[str], *, workers: int,
@@ -49,10 +62,11 @@ def check_files(probe: Callable[[str], tuple[Any, str | None]], src: Path, files
     """
     paths = [str(src / f) for f in files]
     results, skipped = [], []
-    for f, (result, reason) in zip(files, imap_progress(probe, paths, workers=workers, desc=desc)):
-        if reason is not None:
-            if not skip_bad:
-                raise ConversionError(f"{src / f}: {reason}")
-            skipped.append(skip(f, reason))
-        results.append(None if reason is not None else result)
+    with closing(imap_progress(probe, paths, workers=workers, desc=desc)) as checked:
+        for f, (result, reason) in zip(files, checked, strict=True):  # strict: the generator runs to its end
+            if reason is not None:
+                if not skip_bad:
+                    raise ConversionError(f"{src / f}: {reason}")
+                skipped.append(skip(f, reason))
+            results.append(None if reason is not None else result)
     return results, skipped

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +253,33 @@ def test_unreadable_image_is_named_and_skip_bad_lists_it(tmp_path):
     assert not (tmp_path / "out" / "imagenet-r" / "meta.json").exists()
     meta = convert("imagenet-r", src, tmp_path / "out", skip_bad=True)
     assert [s["file"] for s in meta["skipped"]] == ["n01531178/broken.jpg"] and meta["count"] == 5
+
+
+def test_checking_files_stops_its_workers_without_a_signal(tmp_path):
+    # multiprocessing.Pool.terminate() stops workers with SIGTERM, which a worker still starting up
+    # loses (CPython clears signals that arrive before its after-fork set-up); the parent then waits
+    # for it forever: a CI run hung so on a 2-file set. With SIGTERM ignored, as in a worker that lost
+    # it, the old code hung every time. Checking must end both on reading to the end and on a bad file.
+    src = make_ra(tmp_path / "r")
+    code = f"""
+import signal, sys
+from pathlib import Path
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # forked workers inherit it
+from data_prep.beton import ConversionError
+from data_prep.shifts import list_set, read_imagenet_classes, write_set
+src, classes = Path({str(src)!r}), read_imagenet_classes()
+meta = write_set(list_set("imagenet-r", src, classes), src, Path({str(tmp_path / "out")!r}), workers=2)
+(src / "n01531178" / "broken.jpg").write_bytes(b"not an image")
+try:
+    write_set(list_set("imagenet-r", src, classes), src, Path({str(tmp_path / "out2")!r}), workers=2)
+except ConversionError as e:
+    print("refused", Path(str(e).split(":")[0]).name)
+print("converted", meta["count"])
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["refused", "broken.jpg", "converted", "5"]
 
 
 def test_existing_set_needs_overwrite_and_cli_reports_errors(tmp_path, capsys):
