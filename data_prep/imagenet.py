@@ -40,6 +40,7 @@ from fastfc import shifts
 from fastfc.atomic import atomic_path, exit_cleanly_on_sigterm
 from fastfc.cpus import fit_workers
 from fastfc.data import images
+from fastfc.data.betons import read_beton_meta
 
 from .scan import ConversionError, check_files
 from .settings import WriterSettings
@@ -259,7 +260,7 @@ def convert(src: str | Path, out: str | Path, *, splits=SPLITS, settings: Writer
     listings = [list_split(src, s, classes, per_class=per_class, val_labels=val_labels) for s in splits]
     max_pixels = {l.split: scan(l, src, workers=workers, skip_bad=skip_bad) for l in listings}
 
-    previous = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else {}
+    previous = read_beton_meta(out) if (out / "meta.json").is_file() else {}
     kept = {s: info for s, info in previous.get("splits", {}).items()  # splits not rewritten stay listed
             if s not in splits and previous.get("classes") == classes and (out / f"{s}.beton").is_file()}
     from .beton import BetonWriter, ImageFiles  # ffcv: imported only to write
@@ -339,6 +340,23 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
 
 
+def _label_problems(beton: Path, classes: list[str], files: list[str], labels: np.ndarray,
+                    expected: np.ndarray) -> list[str]:
+    """``verify``'s label check: per-class counts and every label (``[N]`` int64 each, same N)
+    against the source listing; one line per problem."""
+    problems = []
+    for wnid, i in zip(classes, range(len(classes))):
+        n, m = int((labels == i).sum()), int((expected == i).sum())
+        if n != m:
+            problems.append(f"{beton}: class {wnid} (label {i}) has {n} samples, source has {m}")
+    wrong = np.flatnonzero(labels != expected)
+    if len(wrong):
+        i = int(wrong[0])
+        problems.append(f"{beton}: {len(wrong)} labels differ from the source, first at index {i} "
+                        f"({files[i]}: {labels[i]} in beton, {expected[i]} expected)")
+    return problems
+
+
 def verify(out: str | Path, src: str | Path, *, samples: int = 32, min_psnr: float = 30.0) -> dict:
     """Re-read the betons in ``out`` and check them against the source tree ``src``.
 
@@ -359,7 +377,7 @@ def verify(out: str | Path, src: str | Path, *, samples: int = 32, min_psnr: flo
     if not (out / "meta.json").is_file():
         raise VerifyError(f"{out / 'meta.json'}: not found; --verify expects a folder written by "
                           "python -m data_prep.imagenet")
-    meta = json.loads((out / "meta.json").read_text())
+    meta = read_beton_meta(out)
     classes, opts = meta["classes"], meta["listing"]
     val_labels = Path(opts["val_labels"]) if opts.get("val_labels") else None
     problems, report = [], {}
@@ -376,15 +394,7 @@ def verify(out: str | Path, src: str | Path, *, samples: int = 32, min_psnr: flo
         if len(labels) != len(expected):
             problems.append(f"{beton}: {len(labels)} samples, source has {len(expected)}")
             continue
-        for wnid, i in zip(classes, range(len(classes))):
-            n, m = int((labels == i).sum()), int((expected == i).sum())
-            if n != m:
-                problems.append(f"{beton}: class {wnid} (label {i}) has {n} samples, source has {m}")
-        wrong = np.flatnonzero(labels != expected)
-        if len(wrong):
-            i = int(wrong[0])
-            problems.append(f"{beton}: {len(wrong)} labels differ from the source, first at index {i} "
-                            f"({files[i]}: {labels[i]} in beton, {expected[i]} expected)")
+        problems += _label_problems(beton, classes, files, labels, expected)
         rng = np.random.default_rng(0)
         idx = sorted(rng.choice(len(files), size=min(samples, len(files)), replace=False).tolist())
         modes = fields["image"]["mode"]

@@ -21,7 +21,6 @@ same recipe.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -138,9 +137,10 @@ def _probe_and_eval(out: Path, name: str, kind: str, encoder, betons: Path, shar
                     seed: int, teacher=None) -> None:
     """Features, the linear probe (the paper's recipe, scaled to 300 images) and evaluation of one run."""
     from fastfc import evaluate as evallib
+    from fastfc.data.betons import read_beton_meta
     from fastfc.probe import WEIGHT_DECAY, ProbeRecipe, extract, save_probe, top1, train_heads
 
-    classes = json.loads((betons / "meta.json").read_text())["classes"]
+    classes = read_beton_meta(betons)["classes"]
     recipe = ProbeRecipe(epochs=10, batch_size=32, warmup_steps=20, weight_decay=WEIGHT_DECAY[kind], seed=seed)
     print(f"[demo] {name}: features, probe, evaluation" + (" and fit to the teacher" if teacher else ""))
     train = extract(encoder, betons / "train.beton", out / "cache", batch_size=32, num_workers=LOADER_WORKERS)
