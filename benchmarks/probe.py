@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from fastfc.models import build_teacher
-from fastfc.photos import make_imagenet_tree
+from fastfc.demo.photos import make_imagenet_tree
 from fastfc.probe import ProbeRecipe, extract, top1, train_from_images, train_heads
 from fastfc.runtime import Runtime
 

@@ -40,6 +40,7 @@ from fastfc import shifts
 from fastfc.atomic import atomic_path, exit_cleanly_on_sigterm
 from fastfc.cpus import fit_workers
 from fastfc.data import images
+from fastfc.data.betons import read_beton_meta
 
 from .scan import ConversionError, check_files
 from .settings import WriterSettings
@@ -259,7 +260,7 @@ def convert(src: str | Path, out: str | Path, *, splits=SPLITS, settings: Writer
     listings = [list_split(src, s, classes, per_class=per_class, val_labels=val_labels) for s in splits]
     max_pixels = {l.split: scan(l, src, workers=workers, skip_bad=skip_bad) for l in listings}
 
-    previous = json.loads((out / "meta.json").read_text()) if (out / "meta.json").is_file() else {}
+    previous = read_beton_meta(out) if (out / "meta.json").is_file() else {}
     kept = {s: info for s, info in previous.get("splits", {}).items()  # splits not rewritten stay listed
             if s not in splits and previous.get("classes") == classes and (out / f"{s}.beton").is_file()}
     from .beton import BetonWriter, ImageFiles  # ffcv: imported only to write
@@ -396,7 +397,7 @@ def verify(out: str | Path, src: str | Path, *, samples: int = 32, min_psnr: flo
     if not (out / "meta.json").is_file():
         raise VerifyError(f"{out / 'meta.json'}: not found; --verify expects a folder written by "
                           "python -m data_prep.imagenet")
-    meta = json.loads((out / "meta.json").read_text())
+    meta = read_beton_meta(out)
     classes, opts = meta["classes"], meta["listing"]
     val_labels = Path(opts["val_labels"]) if opts.get("val_labels") else None
     problems, report = [], {}

@@ -26,7 +26,6 @@ import hashlib
 import io
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -37,25 +36,12 @@ from fastfc import shifts
 from fastfc.atomic import exit_cleanly_on_sigterm, publish, tmp_name, write_json
 from fastfc.cpus import fit_workers
 from fastfc.data import images
+from fastfc.shifts import SetListing
 
 from .scan import ConversionError, check_files
 
 FORMAT_EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}  # MPO: camera JPEGs
 DEFAULT_SHARD_BYTES = 250_000_000  # a few shards even for ImageNet-A (about 0.7 GB)
-
-
-@dataclass
-class SetListing:
-    """What a set's folders hold, in shard order. ``files`` are relative to ``--src``; ``skipped``
-    names every file seen but not converted, with the reason (:mod:`fastfc.data.images`)."""
-
-    name: str
-    classes: list[str]
-    imagenet_indices: list[list[int]]
-    files: list[str] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    dropped: dict[str, int] = field(default_factory=dict)  # unmapped ObjectNet folders → images
-    skipped: list[dict] = field(default_factory=list)
 
 
 def read_imagenet_classes(path: Path | None = None) -> list[str]:
@@ -86,70 +72,16 @@ def read_imagenet_classes(path: Path | None = None) -> list[str]:
     return classes
 
 
-def _folders(root: Path, listing: SetListing, prefix: str = "") -> list[str]:
-    if not root.is_dir():
-        raise ConversionError(f"{root}: folder not found")
-    entries = images.list_class_folders(root, prefix)
-    if not entries.folders:
-        deep = any(f.is_file() for f in root.iterdir())
-        raise ConversionError(f"{root}: no class folders (expected {root}/<class>/<images>)"
-                              + (f"; it holds files itself, so --src looks one level too deep: try --src {root.parent}"
-                                 if deep else ""))
-    listing.skipped += entries.skipped
-    return entries.folders
-
-
-def _files(root: Path, folder: str, prefix: str, listing: SetListing) -> list[str]:
-    entries = images.list_class_files(root / folder, f"{prefix}{folder}/")
-    listing.skipped += entries.skipped
-    return [f"{prefix}{folder}/{n}" for n in entries.files]
-
-
-def _list_objectnet(src: Path, imagenet_classes: list[str]) -> SetListing:
-    if not (src / "mappings").is_dir() and (src.parent / "mappings").is_dir():
-        raise ConversionError(f"{src}: no mappings/ folder; --src is the objectnet-1.0 folder holding "
-                              f"images/ and mappings/: try --src {src.parent}")
-    mapped, classes, indices = shifts.objectnet_classes(src / "mappings", imagenet_classes)
-    listing = SetListing("objectnet", classes, indices)
-    for folder in _folders(src / "images", listing, "images/"):
-        files = _files(src / "images", folder, "images/", listing)
-        if folder in mapped:
-            listing.files += files
-            listing.labels += [classes.index(mapped[folder])] * len(files)
-        else:
-            listing.dropped[folder] = len(files)
-            listing.skipped.append(images.skip(f"images/{folder}/", f"ObjectNet class not mapped to ImageNet-1k: "
-                                                                    f"its {len(files)} images are dropped"))
-    return listing
-
-
 def list_set(name: str, src: Path, imagenet_classes: list[str]) -> SetListing:
-    """Apply ``name``'s label rule (:mod:`fastfc.shifts`) to the folders under ``src``, listed by
-    :mod:`fastfc.data.images`'s policy (skipped entries are named in ``listing.skipped``).
+    """The files and labels of set ``name`` under ``src``, by the set's registry entry
+    (:meth:`fastfc.shifts.ShiftSet.list`: its layout and label rule).
 
     Raises:
-        ConversionError / shifts.LabelSpaceError: a folder or mapping file that breaks the rule.
+        ConversionError: ``src`` does not have the set's layout (named, with what to pass instead).
+        shifts.LabelSpaceError: a folder or mapping file that breaks the set's label rule.
     """
     try:
-        if name == "objectnet":
-            return _list_objectnet(src, imagenet_classes)
-        listing = SetListing(name, [], [])
-        folders = _folders(src, listing)
-        index = {w: i for i, w in enumerate(imagenet_classes)}
-        if shifts.get(name).projection == "mask":  # R / A: the classes are the WNID folders present
-            present = sorted(folders, key=lambda f: shifts.wnid_index(f, index, src))
-            listing.classes, listing.imagenet_indices = present, [[index[w]] for w in present]
-            label_of = {w: k for k, w in enumerate(present)}
-        else:  # 1000-way
-            listing.classes = list(imagenet_classes)
-            listing.imagenet_indices = [[i] for i in range(len(imagenet_classes))]
-            rule = shifts.v2_label if name == "imagenet-v2" else (lambda f, where: shifts.wnid_index(f, index, where))
-            label_of = {f: rule(f, src) for f in folders}
-        for folder in sorted(folders, key=label_of.get):
-            files = _files(src, folder, "", listing)
-            listing.files += files
-            listing.labels += [label_of[folder]] * len(files)
-        return listing
+        return shifts.list_set(name, src, imagenet_classes)
     except images.ListingError as e:
         raise ConversionError(str(e)) from None
 

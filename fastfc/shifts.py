@@ -10,8 +10,10 @@ the ImageNet indices it maps to:
 * ``objectnet-max`` (ObjectNet): K = 113 mapped classes, each scored by the max over its mapped
   ImageNet logits (125 indices in total), per ObjectNet's own mapping files.
 
-This module owns the rules, not the I/O: :mod:`data_prep.shifts` walks folders with them and
-stores the resulting ``classes`` and ``imagenet_indices`` in each set's ``meta.json``.
+Each :class:`ShiftSet` entry of :data:`REGISTRY` carries its set's rules: where the images and
+mapping files sit under ``--src``, the label rule and the projection. :func:`list_set` applies
+them to a set's folders; :mod:`data_prep.shifts` writes the listing as shards and stores the
+resulting ``classes`` and ``imagenet_indices`` in each set's ``meta.json``.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
+from fastfc.data import images
 from fastfc.data.images import ListingError, read_label_text
 
 if TYPE_CHECKING:
@@ -38,33 +41,137 @@ class LabelSpaceError(ValueError):
     """A folder or mapping file that does not fit its set's label rule; the message names it."""
 
 
+@dataclass
+class LabelSpace:
+    """What a label rule makes of a set's class folders.
+
+    Attributes:
+        classes: the set's K class names, in label order.
+        imagenet_indices: for each class, its ImageNet-1k indices (list of K lists of int).
+        labels: class folder → int label in ``0..K-1``, for the folders kept.
+        order: every class folder (kept or dropped) in shard order.
+        drop_reason: why a folder not in ``labels`` is dropped (named in ``meta.json``'s ``skipped``).
+    """
+
+    classes: list[str]
+    imagenet_indices: list[list[int]]
+    labels: dict[str, int]
+    order: list[str]
+    drop_reason: str = "class not mapped to ImageNet-1k"
+
+
+#: ``rule(folders, where, imagenet_classes, mappings) -> LabelSpace``: the class folder names found
+#: (sorted), the folder holding them (for error messages), the 1000 sorted WNIDs, and the set's
+#: mapping folder (``None`` when it has none). Raises :class:`LabelSpaceError` naming a folder or file.
+LabelRule = Callable[[list, Path, Sequence[str], "Path | None"], LabelSpace]
+
+
+@dataclass
+class SetListing:
+    """What a set's folders hold, in shard order. ``files`` are relative to ``--src``; ``labels``
+    are ints in the set's label space, one per file; ``skipped`` names every file seen but not
+    converted, with the reason (:mod:`fastfc.data.images`)."""
+
+    name: str
+    classes: list[str]
+    imagenet_indices: list[list[int]]
+    files: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)  # unmapped ObjectNet folders → images
+    skipped: list[dict] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class ShiftSet:
-    """A registered evaluation set.
+    """A registered evaluation set: the extension point for a new shift set.
+
+    A new set is one entry in :data:`REGISTRY` (plus its test in ``tests/test_shift_sets.py``):
+    give its ``release`` folder name and ``layout``; set ``images_dir`` if the class folders sit
+    one level down, and ``mappings``/``mapping_files`` if its label rule reads mapping files;
+    pick a :data:`PROJECTIONS` entry; and give a ``label_rule`` (:data:`LabelRule`): one of
+    :func:`int_folders`, :func:`wnid_folders`, :func:`present_wnids`, :func:`objectnet_mapping`, or
+    a new function returning the set's :class:`LabelSpace`. Converter, loaders and scoring then
+    take the set by name; nothing else chooses by name.
 
     Attributes:
         name: registry key, e.g. ``"imagenet-r"``.
-        layout: the on-disk layout the converter expects under ``--src``.
+        release: the name of the folder the release unpacks to (what ``--src`` points at).
+        layout: the on-disk layout the converter expects under ``--src`` (for ``--help``).
         projection: one of :data:`PROJECTIONS`.
         images: the size of the full public release (for the README and sanity checks).
+        label_rule: class folders → the set's label space (:data:`LabelRule`).
+        images_dir: the folder under ``--src`` holding the class folders (``""``: ``--src`` itself).
+        mappings: the folder under ``--src`` holding ``mapping_files`` (``""``: none).
+        mapping_files: the files the label rule reads from ``mappings``.
         border_crop: px cropped off every border before resizing (ObjectNet's red frame: 2).
     """
 
     name: str
+    release: str
     layout: str
     projection: str
     images: int
+    label_rule: LabelRule
+    images_dir: str = ""
+    mappings: str = ""
+    mapping_files: tuple[str, ...] = ()
     border_crop: int = 0
 
+    def mappings_folder(self, src: Path) -> Path | None:
+        """``src``'s mapping folder, checked to hold every mapping file; ``None`` for a set without.
 
-REGISTRY: dict[str, ShiftSet] = {s.name: s for s in (
-    ShiftSet("imagenet-val", "<wnid>/*.JPEG (1000 folders)", "none", 50_000),
-    ShiftSet("imagenet-v2", "<int>/*.jpeg, folders 0..999 (label = int(folder))", "none", 10_000),
-    ShiftSet("imagenet-sketch", "<wnid>/* (1000 folders)", "none", 50_889),
-    ShiftSet("imagenet-r", "<wnid>/* (200 folders)", "mask", 30_000),
-    ShiftSet("imagenet-a", "<wnid>/* (200 folders)", "mask", 7_500),
-    ShiftSet("objectnet", "images/<folder>/*.png + mappings/*.json", "objectnet-max", 18_574, border_crop=2),
-)}
+        Raises:
+            ListingError: no mapping folder, but ``src``'s parent has one (``--src`` one level too deep).
+            LabelSpaceError: a mapping file is missing (named).
+        """
+        if not self.mappings:
+            return None
+        if not (src / self.mappings).is_dir() and (src.parent / self.mappings).is_dir():
+            raise ListingError(f"{src}: no {self.mappings}/ folder; --src is the {self.release} folder holding "
+                               f"{self.images_dir}/ and {self.mappings}/: try --src {src.parent}")
+        _require_files(src / self.mappings, self.mapping_files, f"{self.release}/{self.mappings}/")
+        return src / self.mappings
+
+    def list(self, src: Path, imagenet_classes: Sequence[str]) -> SetListing:
+        """Apply this set's label rule to the folders under ``src``, listed by
+        :mod:`fastfc.data.images`'s policy (skipped entries are named in ``listing.skipped``).
+
+        Raises:
+            ListingError: ``src`` does not have the set's layout (named, with what to pass instead).
+            LabelSpaceError: a folder or mapping file that breaks the rule (named).
+        """
+        mappings = self.mappings_folder(src)
+        listing = SetListing(self.name, [], [])
+        root, prefix = src / self.images_dir, f"{self.images_dir}/" if self.images_dir else ""
+        folders = _folders(root, listing, prefix)
+        space = self.label_rule(folders, root, imagenet_classes, mappings)
+        listing.classes, listing.imagenet_indices = space.classes, space.imagenet_indices
+        for folder in space.order:
+            entries = images.list_class_files(root / folder, f"{prefix}{folder}/")
+            listing.skipped += entries.skipped
+            files = [f"{prefix}{folder}/{n}" for n in entries.files]
+            if folder in space.labels:
+                listing.files += files
+                listing.labels += [space.labels[folder]] * len(files)
+            else:
+                listing.dropped[folder] = len(files)
+                listing.skipped.append(images.skip(f"{prefix}{folder}/", f"{space.drop_reason}: its "
+                                                                        f"{len(files)} images are dropped"))
+        return listing
+
+
+def _folders(root: Path, listing: SetListing, prefix: str) -> list[str]:
+    """The class folders under ``root`` (sorted); entries skipped go to ``listing.skipped``."""
+    if not root.is_dir():
+        raise ListingError(f"{root}: folder not found")
+    entries = images.list_class_folders(root, prefix)
+    if not entries.folders:
+        deep = any(f.is_file() for f in root.iterdir())
+        raise ListingError(f"{root}: no class folders (expected {root}/<class>/<images>)"
+                           + (f"; it holds files itself, so --src looks one level too deep: try --src {root.parent}"
+                              if deep else ""))
+    listing.skipped += entries.skipped
+    return entries.folders
 
 
 def get(name: str) -> ShiftSet:
@@ -73,6 +180,15 @@ def get(name: str) -> ShiftSet:
         return REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown shift set {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def list_set(name: str, src: Path, imagenet_classes: Sequence[str]) -> SetListing:
+    """``get(name).list(src, imagenet_classes)``: the set's files and labels, in shard order.
+
+    Raises:
+        KeyError: unknown set; ListingError / LabelSpaceError: as :meth:`ShiftSet.list`.
+    """
+    return get(name).list(Path(src), imagenet_classes)
 
 
 def imagenet_wnids() -> list[str]:
@@ -120,10 +236,7 @@ def objectnet_classes(mappings: Path, imagenet_classes: Sequence[str]
     Raises:
         LabelSpaceError: a mapping file is missing or inconsistent (named).
     """
-    missing = [f for f in OBJECTNET_MAPPING_FILES if not (mappings / f).is_file()]
-    if missing:
-        raise LabelSpaceError(f"{mappings}: missing ObjectNet mapping file(s) {', '.join(missing)}; "
-                              "they ship in objectnet-1.0/mappings/ of the official download")
+    _require_files(mappings, OBJECTNET_MAPPING_FILES, "objectnet-1.0/mappings/")
     folder_to_label, label_to_names, pytorch_to_2012 = (_read_json(mappings / f) for f in OBJECTNET_MAPPING_FILES[:3])
     names_2012 = [line.strip() for line in _read_text(mappings / "imagenet_to_label_2012_v2").rstrip().split("\n")]
     name_to_2012 = {name: i for i, name in enumerate(names_2012)}
@@ -148,6 +261,61 @@ def objectnet_classes(mappings: Path, imagenet_classes: Sequence[str]
     classes = sorted(indices)
     mapped = {folder: label for folder, label in folder_to_label.items() if label in indices}
     return mapped, classes, [indices[c] for c in classes]
+
+
+def _require_files(folder: Path, names: Sequence[str], release_path: str) -> None:
+    """Raise :class:`LabelSpaceError` naming every file of ``names`` missing from ``folder``."""
+    missing = [f for f in names if not (folder / f).is_file()]
+    if missing:
+        raise LabelSpaceError(f"{folder}: missing mapping file(s) {', '.join(missing)}; "
+                              f"they ship in {release_path} of the official download")
+
+
+def _imagenet_space(imagenet_classes: Sequence[str], labels: dict[str, int]) -> LabelSpace:
+    """The 1000-way space (class k ↔ ImageNet index k), folders in label order."""
+    return LabelSpace(list(imagenet_classes), [[i] for i in range(len(imagenet_classes))], labels,
+                      sorted(labels, key=labels.get))
+
+
+def int_folders(folders: list[str], where: Path, imagenet_classes: Sequence[str], mappings=None) -> LabelSpace:
+    """ImageNetV2's rule (:data:`LabelRule`): 1000-way, label = ``int(folder)`` (:func:`v2_label`)."""
+    return _imagenet_space(imagenet_classes, {f: v2_label(f, where) for f in folders})
+
+
+def wnid_folders(folders: list[str], where: Path, imagenet_classes: Sequence[str], mappings=None) -> LabelSpace:
+    """ImageNet val's and Sketch's rule: 1000-way, label = the WNID folder's ImageNet index."""
+    index = {w: i for i, w in enumerate(imagenet_classes)}
+    return _imagenet_space(imagenet_classes, {f: wnid_index(f, index, where) for f in folders})
+
+
+def present_wnids(folders: list[str], where: Path, imagenet_classes: Sequence[str], mappings=None) -> LabelSpace:
+    """ImageNet-R's and -A's rule: the classes are the WNID folders present, in ImageNet order
+    (the ``mask`` projection); label = position among them."""
+    index = {w: i for i, w in enumerate(imagenet_classes)}
+    present = sorted(folders, key=lambda f: wnid_index(f, index, where))
+    return LabelSpace(present, [[index[w]] for w in present], {w: k for k, w in enumerate(present)}, present)
+
+
+def objectnet_mapping(folders: list[str], where: Path, imagenet_classes: Sequence[str],
+                      mappings: Path | None) -> LabelSpace:
+    """ObjectNet's rule: the mapped classes of its mapping files (:func:`objectnet_classes`);
+    folders of unmapped classes are dropped; folders stay in name order."""
+    mapped, classes, indices = objectnet_classes(mappings, imagenet_classes)
+    labels = {f: classes.index(mapped[f]) for f in folders if f in mapped}
+    return LabelSpace(classes, indices, labels, list(folders), "ObjectNet class not mapped to ImageNet-1k")
+
+
+REGISTRY: dict[str, ShiftSet] = {s.name: s for s in (
+    ShiftSet("imagenet-val", "val", "<wnid>/*.JPEG (1000 folders)", "none", 50_000, wnid_folders),
+    ShiftSet("imagenet-v2", "imagenetv2-matched-frequency", "<int>/*.jpeg, folders 0..999 (label = int(folder))",
+             "none", 10_000, int_folders),
+    ShiftSet("imagenet-sketch", "sketch", "<wnid>/* (1000 folders)", "none", 50_889, wnid_folders),
+    ShiftSet("imagenet-r", "imagenet-r", "<wnid>/* (200 folders)", "mask", 30_000, present_wnids),
+    ShiftSet("imagenet-a", "imagenet-a", "<wnid>/* (200 folders)", "mask", 7_500, present_wnids),
+    ShiftSet("objectnet", "objectnet-1.0", "images/<folder>/*.png + mappings/*.json", "objectnet-max", 18_574,
+             objectnet_mapping, images_dir="images", mappings="mappings", mapping_files=OBJECTNET_MAPPING_FILES,
+             border_crop=2),
+)}
 
 
 def _read_text(path: Path) -> str:

@@ -19,8 +19,9 @@ from PIL import Image, ImageOps
 
 from data_prep.beton import ConversionError, WriterSettings, short_side_for
 from data_prep.imagenet import VerifyError, convert, list_split, main, psnr, read_images, verify
+from fastfc.data.betons import read_beton_meta
 from fastfc.data.ffcv import make_loader
-from fastfc.photos import make_imagenet_tree
+from fastfc.demo.photos import make_imagenet_tree
 
 from .conftest import RED_CMYK, beton_index, mean_rgb, rel
 
@@ -334,6 +335,16 @@ def test_missing_src_and_verify_without_meta_are_named(tmp_path):
     with pytest.raises(VerifyError, match="meta.json: not found"):
         verify(tmp_path, tmp_path)
 
+
+
+def test_beton_meta_is_read_in_one_place_naming_the_file(converted, tmp_path):
+    out, meta = converted
+    assert read_beton_meta(out)["classes"] == meta["classes"]
+    with pytest.raises(FileNotFoundError, match=r"meta\.json not found.*python -m data_prep\.imagenet"):
+        read_beton_meta(tmp_path)
+    (tmp_path / "meta.json").write_text("{truncated")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'meta.json'}: unreadable beton meta"):
+        read_beton_meta(tmp_path)
 
 def test_wrong_src_suggests_the_parent_and_leaves_no_empty_out(small_tree, tmp_path, capsys):
     out = tmp_path / "out"

@@ -17,7 +17,7 @@ from data_prep.beton import ConversionError
 from data_prep.shifts import list_set, main, read_imagenet_classes, write_set
 from fastfc import shifts
 from fastfc.data.shards import crop_border, decode_image, eval_transform, iter_samples, make_shard_loader
-from fastfc.photos import source_photos
+from fastfc.demo.photos import source_photos
 
 IMAGENET = read_imagenet_classes()  # the 1000 sorted WNIDs timm ships
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -313,3 +313,23 @@ def test_imagenet_classes_must_be_the_full_sorted_list(tmp_path):
     full.write_text(json.dumps({"classes": IMAGENET}))
     assert read_imagenet_classes(full) == IMAGENET
     assert IMAGENET[6] == "n01498041" and IMAGENET[954] == "n07753592"  # stingray, banana
+
+
+# ------------------------------------------------------------------ the registry
+
+def test_each_registry_entry_carries_its_rules():
+    rules = {name: s.label_rule for name, s in shifts.REGISTRY.items()}
+    assert rules == {"imagenet-val": shifts.wnid_folders, "imagenet-v2": shifts.int_folders,
+                     "imagenet-sketch": shifts.wnid_folders, "imagenet-r": shifts.present_wnids,
+                     "imagenet-a": shifts.present_wnids, "objectnet": shifts.objectnet_mapping}
+    for s in shifts.REGISTRY.values():
+        assert s.projection in shifts.PROJECTIONS and bool(s.mappings) == bool(s.mapping_files), s.name
+    assert len({s.release for s in shifts.REGISTRY.values()}) == len(shifts.REGISTRY)
+    objectnet = shifts.get("objectnet")
+    assert (objectnet.images_dir, objectnet.mappings) == ("images", "mappings")
+    assert objectnet.mapping_files == shifts.OBJECTNET_MAPPING_FILES
+
+
+def test_converter_listing_is_the_registry_entrys(tmp_path):
+    src = make_ra(tmp_path / "r")
+    assert list_set("imagenet-r", src, IMAGENET) == shifts.get("imagenet-r").list(src, IMAGENET)

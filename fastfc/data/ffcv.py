@@ -8,7 +8,6 @@ batch, jitted), and on GPU *after* ``ToDevice`` (on the device, as ffcv-imagenet
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +20,7 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from fastfc.cpus import fit_workers
+from fastfc.data.betons import read_beton_meta
 
 from .resize import random_resized_crop_decoder
 
@@ -99,10 +99,9 @@ def stored_short_side(beton: str | Path) -> int | None:
     settings in the ``meta.json`` beside it (``data_prep.imagenet``'s): its ``short_side`` bound and
     its ``max_resolution`` (a bound on the longer side, so on the shorter too). ``None`` when
     unbounded or when there is no such ``meta.json``."""
-    meta = Path(beton).parent / "meta.json"
-    if not meta.is_file():
+    if not (Path(beton).parent / "meta.json").is_file():
         return None
-    writer = json.loads(meta.read_text()).get("writer") or {}
+    writer = read_beton_meta(Path(beton).parent).get("writer") or {}
     bounds = [int(writer.get(k) or 0) for k in ("short_side", "max_resolution")]
     return min((b for b in bounds if b > 0), default=None)
 

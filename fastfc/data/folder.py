@@ -21,6 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from fastfc import shifts
+from fastfc.data.images import ListingError
 from fastfc.data.shards import RawSample, decode_image
 
 SET_NAME = "imagenet-val"
@@ -51,23 +52,20 @@ def is_image_folder(path: Path) -> bool:
 
 
 def read_folder(root: str | Path) -> FolderSet:
-    """List ``root/<wnid>/*`` with the ``imagenet-val`` label rule of :mod:`data_prep.shifts`.
+    """List ``root/<wnid>/*`` with the ``imagenet-val`` registry entry's label rule (:mod:`fastfc.shifts`).
 
     Raises:
         ValueError: ``root`` holds no class folders (e.g. the flat official release), a folder
             that is not an ImageNet WNID, or an empty class folder; the message names it.
     """
-    from data_prep.beton import ConversionError
-    from data_prep.shifts import list_set
-
     root = Path(root)
     if not any(d.is_dir() for d in root.iterdir()):
         raise ValueError(f"{root}: no <wnid>/ class folders. Lay ImageNet val out as <wnid>/*.JPEG "
                          "(the flat official release: see data_prep.imagenet --val-labels), or give "
                          "imagenet-val shards written by `python -m data_prep.shifts --set imagenet-val`")
     try:
-        listing = list_set(SET_NAME, root, shifts.imagenet_wnids())
-    except (ConversionError, shifts.LabelSpaceError) as e:
+        listing = shifts.list_set(SET_NAME, root, shifts.imagenet_wnids())
+    except (ListingError, shifts.LabelSpaceError) as e:
         raise ValueError(str(e)) from None
     meta = {"set": SET_NAME, "classes": listing.classes, "imagenet_indices": listing.imagenet_indices,
             "projection": shifts.get(SET_NAME).projection, "count": len(listing.files)}

@@ -77,7 +77,7 @@ def _load_photos() -> tuple[tuple[str, Image.Image], ...]:
                 photos.append((Path(name).stem, rgb))
     if len(photos) < MIN_PHOTOS:
         raise RuntimeError(
-            f"fastfc.photos found only {len(photos)} bundled photographs (need >= {MIN_PHOTOS}); "
+            f"fastfc.demo.photos found only {len(photos)} bundled photographs (need >= {MIN_PHOTOS}); "
             f"missing package(s): {', '.join(missing) or 'none (data files absent)'}. "
             "Install them with: pip install scikit-image scikit-learn matplotlib")
     photos.sort(key=lambda p: p[0])

@@ -2,9 +2,9 @@
 
 A small-scale demonstration on stand-in sets, not the paper's experiment (that is ``launch/``):
 
-1. data: an ImageNet-style tree (:func:`fastfc.photos.make_imagenet_tree`) and five shift-like
-   stand-in sets in the real datasets' on-disk layouts (:func:`make_shift_sets`), so the real
-   converters run on them unchanged;
+1. data: an ImageNet-style tree (:func:`fastfc.demo.photos.make_imagenet_tree`) and five shift-like
+   stand-in sets in the real datasets' on-disk layouts (:func:`fastfc.demo.standins.make_shift_sets`:
+   the registered sets with a stand-in maker), so the real converters run on them unchanged;
 2. conversion: ``data_prep.imagenet`` → betons (train), ``data_prep.shifts`` → shards (val, read
    like the shift sets as the paper does, and the five stand-ins);
 3. distillation: ``torchrun --nproc-per-node 2 -m fastfc distill`` (gloo), teacher = the
@@ -21,120 +21,22 @@ same recipe.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageFilter, ImageOps
-
-from fastfc.photos import IMAGENETTE_WNIDS, class_sources, random_view, make_imagenet_tree
-
-SHIFT_DIRS = {"imagenet-v2": "imagenetv2-matched-frequency", "imagenet-sketch": "sketch",
-              "imagenet-r": "imagenet-r", "imagenet-a": "imagenet-a", "objectnet": "objectnet-1.0"}
-
-
-# ----------------------------------------------------------------------------- shift-like sets
-
-def _sketch(img: Image.Image) -> Image.Image:
-    """A pencil-like rendering: inverted edges of the grey image, contrast stretched."""
-    edges = ImageOps.grayscale(img).filter(ImageFilter.SMOOTH).filter(ImageFilter.FIND_EDGES)
-    return ImageOps.autocontrast(ImageOps.invert(edges), cutoff=2).convert("RGB")
-
-
-def _rendition(img: Image.Image, k: int) -> Image.Image:
-    """A cartoon/poster-like rendition: smoothed, posterised, alternately solarised or edge-enhanced."""
-    img = ImageOps.posterize(img.filter(ImageFilter.ModeFilter(5)), 2 + k % 2)
-    return ImageOps.solarize(img, 160) if k % 3 == 0 else img.filter(ImageFilter.EDGE_ENHANCE_MORE)
-
-
-def _hard_crop(rng: np.random.Generator, src: Image.Image) -> Image.Image:
-    """A small off-centre crop (5-15% of the area), resized: an ImageNet-A-like hard example."""
-    w, h = src.size
-    side = int(math.sqrt(w * h * rng.uniform(0.05, 0.15)))
-    x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-    return src.resize((224, 224), Image.BILINEAR, box=(x0, y0, x0 + side, y0 + side))
-
-
-def _framed(img: Image.Image) -> Image.Image:
-    """ObjectNet's look: a 1-px red frame around the photo."""
-    arr = np.asarray(img.convert("RGB")).copy()
-    arr[0], arr[-1], arr[:, 0], arr[:, -1] = (255, 0, 0), (255, 0, 0), (255, 0, 0), (255, 0, 0)
-    return Image.fromarray(arr)
-
-
-def _objectnet_mappings(root: Path, classes: list[str], imagenet: list[str]) -> dict[str, str]:
-    """Mapping files in ObjectNet's real format for ``classes``; returns folder → WNID."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
-    names = [f"{IMAGENET_CLASSNAMES[i]} ({w})" for i, w in enumerate(imagenet)]  # unique 2012-style names
-    folders = {IMAGENET_CLASSNAMES[imagenet.index(w)].lower().replace(" ", "_").replace("'", ""): w for w in classes}
-    m = root / "mappings"
-    m.mkdir(parents=True)
-    (m / "folder_to_objectnet_label.json").write_text(json.dumps(
-        {**{f: f.replace("_", " ").capitalize() for f in folders}, "air_freshener": "Air freshener"}, indent=1))
-    (m / "objectnet_to_imagenet_1k.json").write_text(json.dumps(
-        {f.replace("_", " ").capitalize(): names[imagenet.index(w)] for f, w in folders.items()}, indent=1))
-    (m / "pytorch_to_imagenet_2012_id.json").write_text(json.dumps({str(i): i for i in range(len(imagenet))}))
-    (m / "imagenet_to_label_2012_v2").write_text("\n".join(names) + "\n")
-    return folders
-
-
-def make_shift_sets(root: str | Path, *, per_class: int = 8, seed: int = 1) -> dict[str, Path]:
-    """Five shift-like sets from the bundled photographs, in the real datasets' layouts.
-
-    * ``imagenetv2-matched-frequency/<ImageNet index>/<hash>.jpeg`` (integer folders);
-    * ``sketch/<wnid>/*.JPEG``: pencil-like edge renderings;
-    * ``imagenet-r/<wnid>/*.jpg``: posterised / solarised renditions;
-    * ``imagenet-a/<wnid>/<score>_<name> _ <name>_<score>.jpg``: hard crops, dotted names;
-    * ``objectnet-1.0/images/<folder>/*.png`` with a 1-px red frame and ``mappings/`` in the real
-      format, plus an unmapped ``air_freshener`` folder that the converter must drop.
-
-    The photos are fresh random views (another seed) of each class's source photographs.
-
-    Returns:
-        ``{set name: its --src folder}``.
-    """
-    from fastfc.shifts import imagenet_wnids
-
-    root, rng = Path(root), np.random.default_rng(seed)
-    classes, imagenet = sorted(IMAGENETTE_WNIDS), imagenet_wnids()
-    sources = class_sources(len(classes))
-    folders = _objectnet_mappings(root / SHIFT_DIRS["objectnet"], classes, imagenet)
-    folder_of = {w: f for f, w in folders.items()}
-    for c, wnid in enumerate(classes):
-        for k in range(per_class):
-            view = random_view(rng, sources[c][k % len(sources[c])], 200, 400)
-            out = {"imagenet-v2": root / SHIFT_DIRS["imagenet-v2"] / str(imagenet.index(wnid)) / f"{rng.bytes(8).hex()}.jpeg",
-                   "imagenet-sketch": root / "sketch" / wnid / f"sketch_{k}.JPEG",
-                   "imagenet-r": root / "imagenet-r" / wnid / f"art_{k}.jpg",
-                   "imagenet-a": root / "imagenet-a" / wnid / f"0.{k:06d}_{folder_of[wnid]} _ {folder_of[wnid]}_0.{c}{k}.jpg",
-                   "objectnet": root / SHIFT_DIRS["objectnet"] / "images" / folder_of[wnid] / f"{rng.bytes(8).hex()}.png"}
-            images = {"imagenet-v2": view, "imagenet-sketch": _sketch(view), "imagenet-r": _rendition(view, k),
-                      "imagenet-a": _hard_crop(rng, sources[c][k % len(sources[c])]), "objectnet": _framed(view)}
-            for name, path in out.items():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                images[name].save(path, quality=90) if path.suffix != ".png" else images[name].save(path)
-    unmapped = root / SHIFT_DIRS["objectnet"] / "images" / "air_freshener"
-    unmapped.mkdir(parents=True)
-    for k in range(2):
-        _framed(random_view(rng, sources[0][0], 200, 300)).save(unmapped / f"{k:016x}.png")
-    return {name: root / d for name, d in SHIFT_DIRS.items()}
-
+from fastfc import shifts
+from fastfc.demo.photos import make_imagenet_tree
+from fastfc.demo.standins import SHIFT_DIRS, STAND_INS, make_shift_sets
 
 # ----------------------------------------------------------------------------- the pipeline
 
-#: The demo's OOD sets are stand-ins made from the training photographs, not the real datasets;
-#: their names in every table say so.
-STAND_INS = {"imagenet-v2": "v2-like", "imagenet-sketch": "sketch-like", "imagenet-r": "r-like",
-             "imagenet-a": "a-like", "objectnet": "objectnet-like"}
 # One loader worker beside the encoder's threads: on 2 cores, 2 workers made extraction 2.7x slower
 # (10 against 29 img/s for MobileNetV2 on the demo's betons and shards, measured with other jobs running).
 LOADER_WORKERS = 1
+ID_SET = shifts.get("imagenet-val")  # the ImageNet tree's val split, read like the shift sets
 REAL_RUNS = "launch/single_node.sh launch/configs/distill_rn50.toml && launch/probe_and_eval.sh RN50"
 
 
@@ -204,7 +106,7 @@ def prepare_data(data: Path, *, train_per_class: int = 30, val_per_class: int = 
         print("[demo] converting ImageNet → betons")
         convert(data / "imagenet", betons, settings=WriterSettings(max_resolution=320))
     imagenet, shards = read_imagenet_classes(), {}
-    sources = {"imagenet-val": data / "imagenet" / "val", **{n: data / "shifts" / d for n, d in SHIFT_DIRS.items()}}
+    sources = {ID_SET.name: data / "imagenet" / ID_SET.release, **{n: data / "shifts" / d for n, d in SHIFT_DIRS.items()}}
     for name, src in sources.items():
         if not (data / "shards" / name / "meta.json").is_file():
             print(f"[demo] converting {name} → shards")
@@ -235,9 +137,10 @@ def _probe_and_eval(out: Path, name: str, kind: str, encoder, betons: Path, shar
                     seed: int, teacher=None) -> None:
     """Features, the linear probe (the paper's recipe, scaled to 300 images) and evaluation of one run."""
     from fastfc import evaluate as evallib
+    from fastfc.data.betons import read_beton_meta
     from fastfc.probe import WEIGHT_DECAY, ProbeRecipe, extract, save_probe, top1, train_heads
 
-    classes = json.loads((betons / "meta.json").read_text())["classes"]
+    classes = read_beton_meta(betons)["classes"]
     recipe = ProbeRecipe(epochs=10, batch_size=32, warmup_steps=20, weight_decay=WEIGHT_DECAY[kind], seed=seed)
     print(f"[demo] {name}: features, probe, evaluation" + (" and fit to the teacher" if teacher else ""))
     train = extract(encoder, betons / "train.beton", out / "cache", batch_size=32, num_workers=LOADER_WORKERS)
