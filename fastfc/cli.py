@@ -127,7 +127,7 @@ def features(args) -> int:
         _check_source(source)
     _check_encoder_args(args)
     _start_work()
-    from fastfc.probe import extract
+    from fastfc.features import extract
     from fastfc.runtime import setup_runtime
 
     rt, encoder = setup_runtime(), _encoder(args)
@@ -162,6 +162,7 @@ def probe(args) -> int:
     import json
 
     from fastfc import probe as probelib
+    from fastfc.features import extract
     from fastfc.models import canonical_name
     from fastfc.runtime import setup_runtime
 
@@ -184,8 +185,8 @@ def probe(args) -> int:
         weight, bias = probelib.train_from_images(encoder, args.train, len(classes), recipe, rt,
                                                   out_dir=args.out.parent / "from_images", num_workers=args.workers)
     else:
-        feats = probelib.extract(encoder, args.train, args.cache, rt, batch_size=args.batch_size,
-                                 num_workers=args.workers, precision=args.precision)
+        feats = extract(encoder, args.train, args.cache, rt, batch_size=args.batch_size,
+                        num_workers=args.workers, precision=args.precision)
         if not rt.is_main:
             return 0
         if args.wd_sweep:

@@ -4,7 +4,7 @@ and the paper's comparison.
 Each set is scored in its own label space (:mod:`fastfc.shifts`). The probe's classes are WNIDs
 (the 1000 ImageNet classes, or a subset such as the demo's); each set class is mapped to the
 probe columns of its ImageNet indices, so a subset probe is scored like a mask. Embeddings come
-from the feature cache (:func:`fastfc.probe.extract`), which counts every image exactly once,
+from the feature cache (:func:`fastfc.features.extract`), which counts every image exactly once,
 also under torchrun. ID (ImageNet val) is read like every shift set, from the original JPEGs
 (``imagenet-val`` shards or the val folder); a val beton is an explicit opt-in (docs/recipe.md).
 
@@ -35,7 +35,7 @@ import torch
 from fastfc import shifts
 from fastfc.atomic import atomic_path, write_json
 from fastfc.models import Encoder
-from fastfc.probe import encoder_fingerprint, extract, source_fingerprint
+from fastfc.features import encoder_fingerprint, extract, source_fingerprint
 from fastfc.runtime import Runtime
 
 ID_SET = "imagenet-val"
@@ -153,7 +153,7 @@ def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_c
              precision: str = "bf16") -> dict:
     """Top-1 on every set in ``sets`` (name → beton, shard folder or image folder), and with a
     ``teacher`` the student-teacher fit per set (:func:`fit`). ``train`` (a beton) adds the same
-    figures on the train split, the reference level. ``precision`` as in :func:`fastfc.probe.extract`. Collective under torchrun: every rank calls it.
+    figures on the train split, the reference level. ``precision`` as in :func:`fastfc.features.extract`. Collective under torchrun: every rank calls it.
 
     Returns:
         ``{"sets": {name: entry}, "train": entry or None, "encoder", "teacher", "fingerprints"}``;

@@ -18,8 +18,9 @@ from PIL import Image
 from data_prep.shifts import list_set, write_set
 from fastfc import evaluate as evallib
 from fastfc.cli import main
+from fastfc.features import extract
 from fastfc.models import build_student, build_teacher
-from fastfc.probe import extract, init_head, save_probe
+from fastfc.probe import init_head, save_probe
 
 from .test_shift_sets import IMAGENET
 

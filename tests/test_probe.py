@@ -16,8 +16,9 @@ from torch import nn
 
 from data_prep.shifts import list_set, write_set
 from fastfc import evaluate as evallib
+from fastfc.features import extract
 from fastfc.models import build_student, build_teacher
-from fastfc.probe import (ProbeRecipe, extract, init_head, load_probe, save_probe, sweep, top1, train_heads)
+from fastfc.probe import ProbeRecipe, init_head, load_probe, save_probe, sweep, top1, train_heads
 from fastfc.train import lr_at
 
 from .test_shift_sets import IMAGENET, make_objectnet, make_ra, photo
