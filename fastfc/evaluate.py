@@ -34,9 +34,10 @@ import torch
 
 from fastfc import shifts
 from fastfc.atomic import atomic_path, write_json
-from fastfc.models import Encoder
 from fastfc.features import encoder_fingerprint, extract, source_fingerprint
+from fastfc.models import Encoder
 from fastfc.runtime import Runtime
+from fastfc.stage_config import EvalConfig
 
 ID_SET = "imagenet-val"
 ID_LABEL = "ID"  # the ID set's name in every table
@@ -185,6 +186,35 @@ def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_c
     train_entry = entries.pop("train") if train is not None else None
     return {"sets": entries, "train": train_entry, "encoder": encoder.name,
             "teacher": teacher.name if teacher is not None else None, "fingerprints": fingerprints}
+
+
+def run(cfg: EvalConfig, sets: dict[str, Path], rt: Runtime | None = None) -> dict:
+    """``fastfc eval``: :func:`evaluate` the encoder and probe of ``cfg`` (a
+    :class:`fastfc.stage_config.EvalConfig`) on ``sets`` (name → source, checked by the caller) and,
+    with a ``[teacher]``, the fit to it; the main rank writes ``cfg.eval.out`` (:func:`write_results`)
+    and prints the table. Collective under torchrun. Returns the results.
+
+    Raises:
+        FileNotFoundError / ValueError: an unreadable probe file (:func:`fastfc.probe.load_probe`), an
+            unknown encoder or unreadable weights, a teacher of another width.
+    """
+    from fastfc.probe import load_probe  # reading a probe file: the one thing taken from the probe module
+    from fastfc.runtime import setup_runtime
+
+    weight, bias, info = load_probe(cfg.eval.probe)
+    teacher = cfg.teacher_encoder()
+    rt, encoder, teacher = rt or setup_runtime(), cfg.encoder.build(), teacher.build() if teacher else None
+    classes = info.get("classes") or shifts.imagenet_wnids()  # the original probes are 1000-way
+    results = evaluate(encoder, weight, bias, classes, sets, Path(cfg.extract.cache), rt, teacher=teacher,
+                       train=cfg.eval.train, **cfg.extract.options())
+    if rt.is_main:
+        out = Path(cfg.eval.out)
+        write_results(out, results)
+        print((out / "results.md").read_text())
+        if ID_SET not in sets:
+            print("note: no ID set; add imagenet-val shards to --shards (python -m data_prep.shifts --set "
+                  "imagenet-val) or give --val, so that --compare can compute the gaps")
+    return results
 
 
 # ----------------------------------------------------------------------------- tables

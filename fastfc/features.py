@@ -26,6 +26,7 @@ from fastfc import shifts
 from fastfc.atomic import publish, write_json
 from fastfc.models import Encoder
 from fastfc.runtime import Runtime, prepare_model
+from fastfc.stage_config import FeaturesConfig
 
 CACHE_DTYPES = {"bf16": np.float16, "fp32": np.float32}  # precision -> the cache's dtype
 
@@ -213,3 +214,19 @@ def _load(folder: Path, want: dict) -> Features | None:
     if any(meta.get(k) != v for k, v in want.items()):
         return None
     return Features(np.load(folder / "features.npy", mmap_mode="r"), np.load(folder / "labels.npy"), meta, folder)
+
+
+def run(cfg: FeaturesConfig, rt: Runtime | None = None) -> list[Features]:
+    """``fastfc features``: :func:`extract` every source of ``cfg`` (a
+    :class:`fastfc.stage_config.FeaturesConfig`) with its encoder; the main rank prints one line per
+    source. Collective under torchrun. Returns the :class:`Features`, in ``cfg.sources`` order."""
+    from fastfc.runtime import setup_runtime
+
+    rt, encoder = rt or setup_runtime(), cfg.encoder.build()
+    done = []
+    for source in cfg.sources:
+        f = extract(encoder, source, cfg.extract.cache, rt, **cfg.extract.options())
+        if rt.is_main:
+            print(f"{source}: {f.features.shape[0]} x {f.features.shape[1]} {f.features.dtype} → {f.path}")
+        done.append(f)
+    return done

@@ -6,14 +6,14 @@ K linear heads for K weight decays in one batched pass (one einsum for all heads
 paper's (docs/recipe.md): AdamW, lr 1e-3, batch 256, 10 epochs, 500 warmup steps then cosine,
 no augmentation, label smoothing 0, bias initialised to zero, weight decay 0.1 for CLIP
 encoders and 1e-3 for distilled ones. The image path of the original (``--from-images``) is
-:class:`ProbeTask` on :func:`fastfc.train.train`.
+:class:`ProbeTask` on :func:`fastfc.train.train`. :func:`run` is ``fastfc probe``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -25,8 +25,10 @@ from tqdm import tqdm
 
 from fastfc.atomic import atomic_path, write_json
 from fastfc.checkpoint import read_file
+from fastfc.features import extract
 from fastfc.models import Encoder
 from fastfc.runtime import Runtime
+from fastfc.stage_config import ProbeConfig
 from fastfc.train import lr_at
 
 WEIGHT_DECAY = {"clip": 0.1, "distilled": 1e-3}  # the paper's probe weight decays
@@ -238,3 +240,72 @@ def train_from_images(encoder: Encoder, beton: Path, num_classes: int, recipe: P
                          device=rt.device, distributed=rt.distributed, seed=recipe.seed)
     train(task, loader, cfg, rt)
     return task.model.weight.detach().cpu(), task.model.bias.detach().cpu()
+
+
+# ----------------------------------------------------------------------------- the command
+
+def run(cfg: ProbeConfig, rt: Runtime | None = None) -> None:
+    """``fastfc probe``: the probe of ``cfg`` (a :class:`fastfc.stage_config.ProbeConfig`) on the
+    classes of ``cfg.probe.train`` (its ``meta.json``). Trained on the cached features of the train
+    beton (:func:`fastfc.features.extract`; with ``wd_sweep``, the weight decay chosen by
+    :func:`sweep` first), on its images (``from_images``), or CLIP's zero-shot head kept as it is
+    (``epochs == 0``). The main rank writes ``cfg.probe.out`` (:func:`save_probe`) and its ``.json``:
+    encoder, classes, init, sweep, train top-1 and recipe. Collective under torchrun.
+
+    Raises:
+        ValueError / OSError: an unknown encoder, unreadable weights or a beton stored below the
+            encoder's input size (from the builders and :func:`fastfc.features.extract`).
+    """
+    from fastfc.models import canonical_name
+    from fastfc.runtime import setup_runtime
+
+    p, rt = cfg.probe, rt or setup_runtime()
+    encoder = None if p.epochs == 0 else cfg.encoder.build()  # a zero-shot head needs no image features
+    classes = json.loads((Path(p.train).parent / "meta.json").read_text())["classes"]
+    recipe = ProbeRecipe(p.epochs, cfg.extract.batch_size, p.lr, p.warmup,
+                         p.wd if p.wd is not None else WEIGHT_DECAY[p.kind], p.seed)
+    info = {"encoder": canonical_name(cfg.encoder.name), "classes": classes}
+    init = _zero_shot_init(cfg, classes, rt, info) if p.zero_shot else None
+    if p.epochs == 0:
+        weight, bias = init
+    elif p.from_images:
+        weight, bias = train_from_images(encoder, Path(p.train), len(classes), recipe, rt,
+                                         out_dir=Path(p.out).parent / "from_images", num_workers=cfg.extract.workers)
+    else:
+        trained = _train_cached(cfg, encoder, len(classes), recipe, rt, init, info)
+        if trained is None:  # not the main rank: it only helped extract
+            return
+        weight, bias, recipe = trained
+    if rt.is_main:
+        info["recipe"] = asdict(recipe)
+        save_probe(p.out, weight, bias, info)
+        print(f"probe [{weight.shape[0]} x {weight.shape[1]}] → {p.out}")
+
+
+def _zero_shot_init(cfg: ProbeConfig, classes: list[str], rt: Runtime, info: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's zero-shot head for ``classes`` (:mod:`fastfc.zeroshot`), recorded in ``info``."""
+    from fastfc import zeroshot
+
+    clip, tokenizer = zeroshot.build_clip(cfg.encoder.name, cfg.probe.zero_shot)
+    init = zeroshot.zero_shot_head(clip, tokenizer, zeroshot.classnames_for(classes), progress=rt.is_main)
+    info["init"] = {"zero_shot": cfg.probe.zero_shot, "templates": "open_clip OPENAI_IMAGENET_TEMPLATES"}
+    return init
+
+
+def _train_cached(cfg: ProbeConfig, encoder: Encoder, num_classes: int, recipe: ProbeRecipe, rt: Runtime,
+                  init, info: dict) -> tuple[torch.Tensor, torch.Tensor, ProbeRecipe] | None:
+    """The head on the train beton's cached features: ``(weight [C, D], bias [C], recipe)`` on the main
+    rank, the recipe's weight decay replaced by the sweep's choice (recorded in ``info`` with the
+    train top-1); ``None`` on the other ranks, once the features are extracted."""
+    feats = extract(encoder, cfg.probe.train, cfg.extract.cache, rt, **cfg.extract.options())
+    if not rt.is_main:
+        return None
+    if cfg.probe.wd_sweep:
+        wd, scores = sweep(feats.features, feats.labels, num_classes, cfg.probe.wd_sweep, recipe, init=init)
+        info["sweep"] = {"held_out_top1": {str(k): v for k, v in scores.items()}, "chosen": wd}
+        print(f"weight decay {wd:g} chosen on a held-out 10% of train: "
+              + ", ".join(f"{k:g}: {v:.3f}" for k, v in scores.items()))
+        recipe = replace(recipe, weight_decay=wd)
+    w, b = train_heads(feats.features, feats.labels, num_classes, [recipe.weight_decay], recipe, init=init)
+    info["train_top1"] = top1(feats.features, feats.labels, w[0], b[0])
+    return w[0], b[0], recipe
