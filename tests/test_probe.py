@@ -228,6 +228,12 @@ def test_cli_features_and_probe_read_a_toml_config_with_flags_and_set_on_top(sma
     assert recipe["weight_decay"] == 0 and recipe["batch_size"] == 64
     assert len(list(cache.iterdir())) == 1  # the probe read the fp32 cache the features command wrote
 
+def test_the_configs_probe_kinds_are_the_weight_decays_kinds():
+    from fastfc.probe import WEIGHT_DECAY
+    from fastfc.stage_config import PROBE_KINDS
+
+    assert set(PROBE_KINDS) == set(WEIGHT_DECAY)  # stage_config names them without importing torch
+
 def test_cli_bad_input_is_one_error_line_before_any_work(converted, tmp_path, capsys):
     from fastfc.cli import main
 
