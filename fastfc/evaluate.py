@@ -4,7 +4,7 @@ and the paper's comparison.
 Each set is scored in its own label space (:mod:`fastfc.shifts`). The probe's classes are WNIDs
 (the 1000 ImageNet classes, or a subset such as the demo's); each set class is mapped to the
 probe columns of its ImageNet indices, so a subset probe is scored like a mask. Embeddings come
-from the feature cache (:func:`fastfc.probe.extract`), which counts every image exactly once,
+from the feature cache (:func:`fastfc.features.extract`), which counts every image exactly once,
 also under torchrun. ID (ImageNet val) is read like every shift set, from the original JPEGs
 (``imagenet-val`` shards or the val folder); a val beton is an explicit opt-in (docs/recipe.md).
 
@@ -34,9 +34,10 @@ import torch
 
 from fastfc import shifts
 from fastfc.atomic import atomic_path, write_json
+from fastfc.features import encoder_fingerprint, extract, source_fingerprint
 from fastfc.models import Encoder
-from fastfc.probe import encoder_fingerprint, extract, source_fingerprint
 from fastfc.runtime import Runtime
+from fastfc.stage_config import EvalConfig
 
 ID_SET = "imagenet-val"
 ID_LABEL = "ID"  # the ID set's name in every table
@@ -153,7 +154,7 @@ def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_c
              precision: str = "bf16") -> dict:
     """Top-1 on every set in ``sets`` (name → beton, shard folder or image folder), and with a
     ``teacher`` the student-teacher fit per set (:func:`fit`). ``train`` (a beton) adds the same
-    figures on the train split, the reference level. ``precision`` as in :func:`fastfc.probe.extract`. Collective under torchrun: every rank calls it.
+    figures on the train split, the reference level. ``precision`` as in :func:`fastfc.features.extract`. Collective under torchrun: every rank calls it.
 
     Returns:
         ``{"sets": {name: entry}, "train": entry or None, "encoder", "teacher", "fingerprints"}``;
@@ -185,6 +186,35 @@ def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_c
     train_entry = entries.pop("train") if train is not None else None
     return {"sets": entries, "train": train_entry, "encoder": encoder.name,
             "teacher": teacher.name if teacher is not None else None, "fingerprints": fingerprints}
+
+
+def run(cfg: EvalConfig, sets: dict[str, Path], rt: Runtime | None = None) -> dict:
+    """``fastfc eval``: :func:`evaluate` the encoder and probe of ``cfg`` (a
+    :class:`fastfc.stage_config.EvalConfig`) on ``sets`` (name → source, checked by the caller) and,
+    with a ``[teacher]``, the fit to it; the main rank writes ``cfg.eval.out`` (:func:`write_results`)
+    and prints the table. Collective under torchrun. Returns the results.
+
+    Raises:
+        FileNotFoundError / ValueError: an unreadable probe file (:func:`fastfc.probe.load_probe`), an
+            unknown encoder or unreadable weights, a teacher of another width.
+    """
+    from fastfc.probe import load_probe  # reading a probe file: the one thing taken from the probe module
+    from fastfc.runtime import setup_runtime
+
+    weight, bias, info = load_probe(cfg.eval.probe)
+    teacher = cfg.teacher_encoder()
+    rt, encoder, teacher = rt or setup_runtime(), cfg.encoder.build(), teacher.build() if teacher else None
+    classes = info.get("classes") or shifts.imagenet_wnids()  # the original probes are 1000-way
+    results = evaluate(encoder, weight, bias, classes, sets, Path(cfg.extract.cache), rt, teacher=teacher,
+                       train=cfg.eval.train, **cfg.extract.options())
+    if rt.is_main:
+        out = Path(cfg.eval.out)
+        write_results(out, results)
+        print((out / "results.md").read_text())
+        if ID_SET not in sets:
+            print("note: no ID set; add imagenet-val shards to --shards (python -m data_prep.shifts --set "
+                  "imagenet-val) or give --val, so that --compare can compute the gaps")
+    return results
 
 
 # ----------------------------------------------------------------------------- tables

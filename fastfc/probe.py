@@ -1,40 +1,34 @@
-"""Linear probes: embeddings extracted once to a memory-mapped cache, heads trained on the cache.
+"""Linear probes: heads trained on cached embeddings.
 
-The original code ran the frozen encoder over every image in every probe epoch. Here
-:func:`extract` writes ``features.npy`` (float16 ``[N, D]``), ``labels.npy`` (int64 ``[N]``) and
-``meta.json`` per (encoder fingerprint, source) once; :func:`train_heads` then trains K linear
-heads for K weight decays in one batched pass (one einsum for all heads). The recipe is the
+The original code ran the frozen encoder over every image in every probe epoch. Here the embeddings
+come once from the feature cache (:func:`fastfc.features.extract`); :func:`train_heads` then trains
+K linear heads for K weight decays in one batched pass (one einsum for all heads). The recipe is the
 paper's (docs/recipe.md): AdamW, lr 1e-3, batch 256, 10 epochs, 500 warmup steps then cosine,
 no augmentation, label smoothing 0, bias initialised to zero, weight decay 0.1 for CLIP
 encoders and 1e-3 for distilled ones. The image path of the original (``--from-images``) is
-:class:`ProbeTask` on :func:`fastfc.train.train`.
-
-Under torchrun every rank extracts a contiguous slice and writes its rows in place: the cache holds
-the rows of a one-process run, in its order (no padded duplicates; ffcv's distributed order would
-pad); values may differ by the kernels' batch-size rounding.
+:class:`ProbeTask` on :func:`fastfc.train.train`. :func:`run` is ``fastfc probe``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from fastfc import shifts
-from fastfc.atomic import atomic_path, publish, write_json
+from fastfc.atomic import atomic_path, write_json
 from fastfc.checkpoint import read_file
+from fastfc.features import extract
 from fastfc.models import Encoder
-from fastfc.runtime import Runtime, prepare_model
+from fastfc.runtime import Runtime
+from fastfc.stage_config import ProbeConfig
 from fastfc.train import lr_at
 
 WEIGHT_DECAY = {"clip": 0.1, "distilled": 1e-3}  # the paper's probe weight decays
@@ -51,183 +45,6 @@ class ProbeRecipe:
     weight_decay: float = 0.1
     seed: int = 0
     grad_clip: float = 1.0
-
-
-# ----------------------------------------------------------------------------- fingerprints
-
-def encoder_fingerprint(encoder: Encoder) -> str:
-    """sha256 of the encoder's name, input size, normalisation and every weight's bytes."""
-    h = hashlib.sha256(json.dumps([encoder.name, encoder.input_size, encoder.mean, encoder.std]).encode())
-    for key, value in sorted(encoder.visual.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def source_fingerprint(source: Path) -> str:
-    """A beton by path, size and mtime; a shard set by its ``meta.json`` (which holds shard sha256s);
-    an image folder by every file's path, size and mtime (:func:`fastfc.data.folder.fingerprint`)."""
-    from fastfc.data import folder
-
-    source = Path(source)
-    if folder.is_image_folder(source):
-        return folder.fingerprint(folder.read_folder(source))
-    if source.is_dir():
-        return hashlib.sha256((source / "meta.json").read_bytes()).hexdigest()
-    st = source.stat()
-    return hashlib.sha256(f"{source.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
-
-
-# ----------------------------------------------------------------------------- extraction
-
-@dataclass
-class Features:
-    """A cached extraction: ``features`` float16 or float32 ``[N, D]`` (memory-mapped), ``labels`` int64 ``[N]``."""
-
-    features: np.ndarray
-    labels: np.ndarray
-    meta: dict
-    path: Path
-
-
-def _batches(encoder: Encoder, source: Path, rt: Runtime, *, batch_size: int, num_workers: int):
-    """This rank's ``(rows [B] int64, images [B,3,S,S], labels [B])``; rows index the whole set."""
-    from fastfc.data import folder
-
-    if folder.is_image_folder(source):  # ImageNet val straight from its folder, through the shard path's transform
-        from fastfc.data.shards import eval_transform
-
-        transform = eval_transform(encoder.input_size, encoder.mean, encoder.std)
-        yield from folder.folder_batches(folder.read_folder(source), transform, rank=rt.rank,
-                                         world_size=rt.world_size, batch_size=batch_size, num_workers=num_workers)
-        return
-    if source.is_dir():  # a shift-set shard folder: keys are the row numbers
-        from fastfc.data.shards import eval_transform, make_shard_loader, read_meta
-
-        name = read_meta(source)["set"]
-        crop = shifts.REGISTRY[name].border_crop if name in shifts.REGISTRY else 0
-        loader = make_shard_loader(source, transform=eval_transform(encoder.input_size, encoder.mean, encoder.std,
-                                                                    border_crop=crop),
-                                   batch_size=batch_size, num_workers=num_workers, rank=rt.rank,
-                                   world_size=rt.world_size)
-        for images, labels, keys in loader:
-            yield torch.tensor([int(k) for k in keys]), images, labels
-        return
-    from ffcv.reader import Reader
-
-    from fastfc.data.ffcv import make_loader
-
-    n = int(Reader(str(source)).num_samples)
-    start, stop = n * rt.rank // rt.world_size, n * (rt.rank + 1) // rt.world_size
-    if start == stop:
-        return
-    loader = make_loader(source, train=False, batch_size=batch_size, resolution=encoder.input_size,
-                         mean=encoder.mean, std=encoder.std, num_workers=num_workers, device=rt.device,
-                         indices=range(start, stop))
-    row = start
-    for images, labels in loader:
-        yield torch.arange(row, row + len(labels)), images, labels
-        row += len(labels)
-
-
-def _count(source: Path) -> int:
-    from fastfc.data import folder
-
-    if folder.is_image_folder(source):
-        return len(folder.read_folder(source).files)
-    if source.is_dir():
-        return int(json.loads((source / "meta.json").read_text())["count"])
-    from ffcv.reader import Reader
-    return int(Reader(str(source)).num_samples)
-
-
-CACHE_DTYPES = {"bf16": np.float16, "fp32": np.float32}  # precision -> the cache's dtype
-
-
-def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Runtime | None = None, *,
-            batch_size: int = 256, num_workers: int | None = None, compile: bool | None = None,
-            precision: str = "bf16") -> Features:
-    """Embeddings of every image of ``source``, cached. ``source``: a beton (ffcv's centre-crop
-    decoder), a shard set folder, or an ImageNet-layout image folder (``<wnid>/*``; both read through
-    :func:`fastfc.data.shards.eval_transform`, the paper's evaluation transform).
-
-    The cache folder is ``cache_dir/<encoder fp>-<source fp>[-fp32]/``; one that exists and matches
-    both fingerprints and the precision is reused, anything else is rebuilt. Eval transform,
-    channels_last, ``torch.compile`` on GPU by default. ``precision="bf16"``: bf16 autocast on GPU
-    (fp32 on CPU) and a float16 cache; ``"fp32"``: no autocast anywhere and a float32 cache, the
-    paper's arithmetic (``docs/recipe.md`` gives the measured difference).
-
-    Returns:
-        :class:`Features` with ``features`` ``[N, D]`` (float16, or float32 for ``"fp32"``) and
-        ``labels`` int64 ``[N]`` in set order.
-
-    Raises:
-        ValueError: unknown ``precision``, a beton stored below the encoder's input size
-            (:func:`fastfc.data.ffcv.check_stored_size`), or an image folder not in ``<wnid>/*`` layout.
-    """
-    if precision not in CACHE_DTYPES:
-        raise ValueError(f"precision must be one of {', '.join(CACHE_DTYPES)}, got {precision!r}")
-    rt = rt or Runtime()
-    source = Path(source)
-    if source.is_file():  # refused before any work, not from inside the loader
-        from fastfc.data.ffcv import check_stored_size
-        check_stored_size(source, encoder.input_size)
-    enc_fp, src_fp = encoder_fingerprint(encoder), source_fingerprint(source)
-    folder = Path(cache_dir) / (f"{enc_fp[:16]}-{src_fp[:16]}" + ("-fp32" if precision == "fp32" else ""))
-    want = {"encoder": enc_fp, "source": src_fp, "source_path": str(source), "encoder_name": encoder.name,
-            "transform": {"resolution": encoder.input_size, "mean": list(encoder.mean), "std": list(encoder.std)},
-            "precision": precision}
-    dtype = CACHE_DTYPES[precision]
-    cached = _load(folder, want)
-    if cached is not None:
-        return cached
-    n, dim = _count(source), encoder.embed_dim
-    feats_tmp, labels_tmp = folder / ".features.npy.tmp", folder / ".labels.npy.tmp"
-    if rt.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        np.lib.format.open_memmap(feats_tmp, mode="w+", dtype=dtype, shape=(n, dim)).flush()
-        np.lib.format.open_memmap(labels_tmp, mode="w+", dtype=np.int64, shape=(n,)).flush()
-    if rt.distributed:
-        dist.barrier()
-    feats = np.lib.format.open_memmap(feats_tmp, mode="r+")
-    labels = np.lib.format.open_memmap(labels_tmp, mode="r+")
-    gpu = rt.device.type == "cuda"  # bf16 on GPU; fp32 on CPU, where bf16 ran 3-4x slower here (no AVX512-BF16)
-    model = prepare_model(encoder.visual, rt, training=False, precision=precision if gpu else "fp32",
-                          channels_last=gpu, compile=compile)
-    seen = 0
-    with torch.no_grad(), model.autocast(), \
-            tqdm(total=n, desc=f"features {source.name}", unit="img", disable=not rt.is_main) as bar:
-        for rows, images, y in _batches(encoder, source, rt, batch_size=batch_size, num_workers=num_workers):
-            emb = model.module(model.inputs(images))
-            feats[rows.numpy()] = emb.float().cpu().numpy().astype(dtype)
-            labels[rows.numpy()] = y.cpu().numpy()
-            seen += len(rows)
-            bar.update(len(rows) * rt.world_size)
-    feats.flush()
-    labels.flush()
-    del feats, labels
-    total = torch.tensor([seen], device=rt.device)
-    if rt.distributed:
-        dist.all_reduce(total)
-    if int(total) != n:
-        raise RuntimeError(f"{source}: extracted {int(total)} embeddings, expected {n}")
-    if rt.is_main:
-        publish(feats_tmp, folder / "features.npy")
-        publish(labels_tmp, folder / "labels.npy")
-        write_json(folder / "meta.json", {**want, "count": n, "dim": dim})
-    if rt.distributed:
-        dist.barrier()
-    return _load(folder, want)
-
-
-def _load(folder: Path, want: dict) -> Features | None:
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        return None
-    meta = json.loads(meta_path.read_text())
-    if any(meta.get(k) != v for k, v in want.items()):
-        return None
-    return Features(np.load(folder / "features.npy", mmap_mode="r"), np.load(folder / "labels.npy"), meta, folder)
 
 
 # ----------------------------------------------------------------------------- heads
@@ -272,12 +89,7 @@ def train_heads(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
     y_all = torch.tensor(np.asarray(labels), device=device)
     n, dim = x_all.shape
     k = len(weight_decays)
-    w0, b0 = init_head(dim, num_classes, recipe.seed) if init is None else (init[0].float(), init[1].float())
-    if w0.shape != (num_classes, dim) or b0.shape != (num_classes,):
-        raise ValueError(f"initial head is {tuple(w0.shape)} + {tuple(b0.shape)}; these features need "
-                         f"({num_classes}, {dim}) + ({num_classes},)")
-    weight = w0.to(device).expand(k, -1, -1).clone().requires_grad_(True)
-    bias = b0.to(device).expand(k, -1).clone().requires_grad_(True)
+    weight, bias = _initial_heads(init, k, dim, num_classes, recipe.seed, device)
     wd = torch.tensor(list(weight_decays), dtype=torch.float32, device=device)
     optimizer = torch.optim.AdamW([weight, bias], lr=recipe.lr, weight_decay=0.0)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
@@ -304,6 +116,19 @@ def train_heads(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
                 step += 1
                 bar.update()
     return weight.detach().cpu(), bias.detach().cpu()
+
+
+def _initial_heads(init: tuple[torch.Tensor, torch.Tensor] | None, k: int, dim: int, num_classes: int, seed: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``k`` trainable copies of ``init`` (default :func:`init_head` under ``seed``) on ``device``:
+    ``(weight [K, C, D], bias [K, C])``. Raises ``ValueError`` when ``init`` does not fit."""
+    w0, b0 = init_head(dim, num_classes, seed) if init is None else (init[0].float(), init[1].float())
+    if w0.shape != (num_classes, dim) or b0.shape != (num_classes,):
+        raise ValueError(f"initial head is {tuple(w0.shape)} + {tuple(b0.shape)}; these features need "
+                         f"({num_classes}, {dim}) + ({num_classes},)")
+    weight = w0.to(device).expand(k, -1, -1).clone().requires_grad_(True)
+    bias = b0.to(device).expand(k, -1).clone().requires_grad_(True)
+    return weight, bias
 
 
 def clip_per_head(weight_grad: torch.Tensor, bias_grad: torch.Tensor, max_norm: float) -> None:
@@ -415,3 +240,72 @@ def train_from_images(encoder: Encoder, beton: Path, num_classes: int, recipe: P
                          device=rt.device, distributed=rt.distributed, seed=recipe.seed)
     train(task, loader, cfg, rt)
     return task.model.weight.detach().cpu(), task.model.bias.detach().cpu()
+
+
+# ----------------------------------------------------------------------------- the command
+
+def run(cfg: ProbeConfig, rt: Runtime | None = None) -> None:
+    """``fastfc probe``: the probe of ``cfg`` (a :class:`fastfc.stage_config.ProbeConfig`) on the
+    classes of ``cfg.probe.train`` (its ``meta.json``). Trained on the cached features of the train
+    beton (:func:`fastfc.features.extract`; with ``wd_sweep``, the weight decay chosen by
+    :func:`sweep` first), on its images (``from_images``), or CLIP's zero-shot head kept as it is
+    (``epochs == 0``). The main rank writes ``cfg.probe.out`` (:func:`save_probe`) and its ``.json``:
+    encoder, classes, init, sweep, train top-1 and recipe. Collective under torchrun.
+
+    Raises:
+        ValueError / OSError: an unknown encoder, unreadable weights or a beton stored below the
+            encoder's input size (from the builders and :func:`fastfc.features.extract`).
+    """
+    from fastfc.models import canonical_name
+    from fastfc.runtime import setup_runtime
+
+    p, rt = cfg.probe, rt or setup_runtime()
+    encoder = None if p.epochs == 0 else cfg.encoder.build()  # a zero-shot head needs no image features
+    classes = json.loads((Path(p.train).parent / "meta.json").read_text())["classes"]
+    recipe = ProbeRecipe(p.epochs, cfg.extract.batch_size, p.lr, p.warmup,
+                         p.wd if p.wd is not None else WEIGHT_DECAY[p.kind], p.seed)
+    info = {"encoder": canonical_name(cfg.encoder.name), "classes": classes}
+    init = _zero_shot_init(cfg, classes, rt, info) if p.zero_shot else None
+    if p.epochs == 0:
+        weight, bias = init
+    elif p.from_images:
+        weight, bias = train_from_images(encoder, Path(p.train), len(classes), recipe, rt,
+                                         out_dir=Path(p.out).parent / "from_images", num_workers=cfg.extract.workers)
+    else:
+        trained = _train_cached(cfg, encoder, len(classes), recipe, rt, init, info)
+        if trained is None:  # not the main rank: it only helped extract
+            return
+        weight, bias, recipe = trained
+    if rt.is_main:
+        info["recipe"] = asdict(recipe)
+        save_probe(p.out, weight, bias, info)
+        print(f"probe [{weight.shape[0]} x {weight.shape[1]}] → {p.out}")
+
+
+def _zero_shot_init(cfg: ProbeConfig, classes: list[str], rt: Runtime, info: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's zero-shot head for ``classes`` (:mod:`fastfc.zeroshot`), recorded in ``info``."""
+    from fastfc import zeroshot
+
+    clip, tokenizer = zeroshot.build_clip(cfg.encoder.name, cfg.probe.zero_shot)
+    init = zeroshot.zero_shot_head(clip, tokenizer, zeroshot.classnames_for(classes), progress=rt.is_main)
+    info["init"] = {"zero_shot": cfg.probe.zero_shot, "templates": "open_clip OPENAI_IMAGENET_TEMPLATES"}
+    return init
+
+
+def _train_cached(cfg: ProbeConfig, encoder: Encoder, num_classes: int, recipe: ProbeRecipe, rt: Runtime,
+                  init, info: dict) -> tuple[torch.Tensor, torch.Tensor, ProbeRecipe] | None:
+    """The head on the train beton's cached features: ``(weight [C, D], bias [C], recipe)`` on the main
+    rank, the recipe's weight decay replaced by the sweep's choice (recorded in ``info`` with the
+    train top-1); ``None`` on the other ranks, once the features are extracted."""
+    feats = extract(encoder, cfg.probe.train, cfg.extract.cache, rt, **cfg.extract.options())
+    if not rt.is_main:
+        return None
+    if cfg.probe.wd_sweep:
+        wd, scores = sweep(feats.features, feats.labels, num_classes, cfg.probe.wd_sweep, recipe, init=init)
+        info["sweep"] = {"held_out_top1": {str(k): v for k, v in scores.items()}, "chosen": wd}
+        print(f"weight decay {wd:g} chosen on a held-out 10% of train: "
+              + ", ".join(f"{k:g}: {v:.3f}" for k, v in scores.items()))
+        recipe = replace(recipe, weight_decay=wd)
+    w, b = train_heads(feats.features, feats.labels, num_classes, [recipe.weight_decay], recipe, init=init)
+    info["train_top1"] = top1(feats.features, feats.labels, w[0], b[0])
+    return w[0], b[0], recipe

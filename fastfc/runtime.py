@@ -1,7 +1,7 @@
 """Where and how a model runs: the process placement from the torchrun environment, and one
 function that readies a model for fast training or inference (device, channels_last, DDP,
 ``torch.compile``, autocast precision). Training (:mod:`fastfc.train`) and feature extraction
-(:mod:`fastfc.probe`) both go through :func:`prepare_model`.
+(:mod:`fastfc.features`) both go through :func:`prepare_model`.
 """
 
 from __future__ import annotations

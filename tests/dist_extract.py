@@ -7,7 +7,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from fastfc.models import build_student
-from fastfc.probe import extract
+from fastfc.features import extract
 from fastfc.runtime import setup_runtime
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ import torch
 from fastfc.checkpoint import CheckpointError, load_checkpoint, read_file
 from fastfc.cli import main
 from fastfc.distill import build_task, run
+from fastfc.features import extract
 from fastfc.models import build_encoder, build_teacher, load_weights
-from fastfc.probe import extract, load_probe
+from fastfc.probe import load_probe
 from fastfc.runtime import Runtime
 from fastfc.train import lr_at
 

@@ -77,6 +77,38 @@ def test_argument_and_input_errors_come_before_heavy_imports(argv, code, message
     assert not any("Traceback" in line for line in lines)
 
 
+CONFIG_ERRORS = [  # command, TOML text, what the one error line says after the file's name
+    ("features", '[extract]\nbatch_sise = 64\n', "unknown key(s) extract.batch_sise"),
+    ("features", 'sources = "a.beton"\n[extract]\nprecision = "fp16"\n', "extract: precision 'fp16'"),
+    ("probe", '[probe]\nepoch = 2\n', "unknown key(s) probe.epoch"),
+    ("probe", '[probe]\nepochs = "two"\n', "probe.epochs: expected an integer, got 'two'"),
+    ("probe", '[probe]\nkind = "student"\n', "probe: kind must be one of clip, distilled"),
+    ("eval", '[teacher]\ntag = "openai"\n', "unknown key(s) teacher.tag"),
+    ("eval", '[eval]\nsets = 3\n', "eval: sets must be a list of strings, got 3"),
+]
+
+
+@pytest.mark.parametrize("command, toml, message", CONFIG_ERRORS, ids=lambda a: a if isinstance(a, str) and "\n" not in a else "")
+def test_a_bad_stage_config_is_one_line_naming_file_and_key_before_heavy_imports(command, toml, message, tmp_path):
+    (tmp_path / "bad.toml").write_text(toml)
+    flags = ["--encoder", "tiny", "--train", "t.beton", "--out", "p.pt"] if command == "probe" else ["--encoder", "tiny"]
+    got, imported, lines = run_with_importtime(FASTFC + [command, "--config", "bad.toml", *flags], tmp_path)
+    assert got == 1 and not imported & set(HEAVY), (got, sorted(imported & set(HEAVY)), lines)
+    errors = [line for line in lines if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"fastfc {command}: error: bad.toml: {message}"), lines
+    assert not any("Traceback" in line for line in lines)
+
+
+def test_required_settings_come_from_the_flags_or_the_config(tmp_path):
+    (tmp_path / "p.toml").write_text('[encoder]\nname = "tiny"\n[probe]\ntrain = "nope.beton"\nout = "p.pt"\n')
+    got, imported, lines = run_with_importtime(FASTFC + ["probe", "--config", "p.toml"], tmp_path)
+    assert got == 1 and not imported & set(HEAVY)  # --train, --out and --encoder given by the file
+    assert [line for line in lines if "error" in line] == [
+        "fastfc probe: error: --train nope.beton: no such beton; give a train.beton written by `python -m "
+        "data_prep.imagenet` (its meta.json lists the classes)"]
+    got, _, lines = run_with_importtime(FASTFC + ["features", "--config", "p.toml"], tmp_path)
+    assert got == 1 and "p.toml: unknown key(s) probe;" in lines[0]  # each command accepts its own sections only
+
 def test_console_script_is_installed_next_to_the_interpreter():
     script = Path(sys.executable).parent / "fastfc"
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)

@@ -18,8 +18,9 @@ from PIL import Image
 from data_prep.shifts import list_set, write_set
 from fastfc import evaluate as evallib
 from fastfc.cli import main
+from fastfc.features import extract
 from fastfc.models import build_student, build_teacher
-from fastfc.probe import extract, init_head, save_probe
+from fastfc.probe import init_head, save_probe
 
 from .test_shift_sets import IMAGENET
 
@@ -85,6 +86,21 @@ def test_cli_eval_reads_id_like_the_shift_sets_and_the_beton_only_on_request(val
     assert "shards of imagenet-sketch, not imagenet-val" in capsys.readouterr().err
     assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
 
+
+def test_cli_eval_reads_a_toml_config_with_set_on_top(val_sources, tmp_path):
+    _, shards, _, meta = val_sources
+    probe = tmp_path / "probe.pt"
+    save_probe(probe, *init_head(32, len(meta["classes"]), 0), {"classes": meta["classes"]})
+    (tmp_path / "e.toml").write_text(
+        f'[encoder]\nname = "tiny"\nweights = "{_tiny_weights(tmp_path / "s.pt", 1)}"\n'
+        f'[extract]\ncache = "{tmp_path / "cache"}"\nbatch_size = 16\nworkers = 1\n'
+        f'[teacher]\nweights = "{_tiny_weights(tmp_path / "t.pt", 2)}"\n'
+        f'[eval]\nprobe = "{probe}"\nshards = "{shards.parent}"\nsets = ["imagenet-val"]\nout = "{tmp_path / "a"}"\n')
+    assert main(["eval", "--config", str(tmp_path / "e.toml"), "--set", f"eval.out={tmp_path / 'b'}"]) == 0
+    assert not (tmp_path / "a").exists()  # --set won over the file's out
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert list(results["sets"]) == ["imagenet-val"] and results["sets"]["imagenet-val"]["n"] == 100
+    assert results["teacher"] == "tiny" and -1 <= results["sets"]["imagenet-val"]["fit"]["cosine"] < 1  # the [teacher]
 
 def test_a_beton_stored_below_the_encoders_input_is_refused_before_any_work(small_beton, tmp_path):
     from fastfc.data.ffcv import make_loader, stored_short_side

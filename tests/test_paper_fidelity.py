@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastfc.distill import DistillTask, ObjectiveConfig
+from fastfc.features import extract
 from fastfc.models import build_student, build_teacher
-from fastfc.probe import ProbeRecipe, extract, train_heads
+from fastfc.probe import ProbeRecipe, train_heads
 from fastfc.toy import PRESETS, ToyConfig, build_model
 from .test_distill import tiny_vit
 from .test_probe import reference_probe

@@ -16,8 +16,9 @@ from torch import nn
 
 from data_prep.shifts import list_set, write_set
 from fastfc import evaluate as evallib
+from fastfc.features import extract
 from fastfc.models import build_student, build_teacher
-from fastfc.probe import (ProbeRecipe, extract, init_head, load_probe, save_probe, sweep, top1, train_heads)
+from fastfc.probe import ProbeRecipe, init_head, load_probe, save_probe, sweep, top1, train_heads
 from fastfc.train import lr_at
 
 from .test_shift_sets import IMAGENET, make_objectnet, make_ra, photo
@@ -205,6 +206,33 @@ def test_cli_probe_cached_and_from_images_then_eval(small_beton, converted, tmp_
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["sets"]["imagenet-val"]["n"] == 100 and "| ID |" in capsys.readouterr().out
 
+
+def test_cli_features_and_probe_read_a_toml_config_with_flags_and_set_on_top(small_beton, tmp_path, capsys):
+    from fastfc.cli import main
+
+    cache = tmp_path / "cache"
+    (tmp_path / "f.toml").write_text(f'sources = ["{small_beton}"]\n[encoder]\nname = "tiny"\n'
+                                     f'[extract]\ncache = "{cache}"\nbatch_size = 64\nworkers = 1\n')
+    assert main(["features", "--config", str(tmp_path / "f.toml"), "--set", "extract.precision=fp32"]) == 0
+    (folder,) = cache.iterdir()  # the file's sources and cache, the override's precision
+    assert folder.name.endswith("-fp32") and json.loads((folder / "meta.json").read_text())["precision"] == "fp32"
+    assert "300 x 32 float32" in capsys.readouterr().out
+    out = tmp_path / "p" / "probe.pt"
+    (tmp_path / "p.toml").write_text(f'[encoder]\nname = "tiny"\n[extract]\ncache = "{cache}"\nbatch_size = 64\n'
+                                     f'workers = 1\nprecision = "fp32"\n[probe]\ntrain = "{small_beton}"\n'
+                                     f'out = "{out}"\nepochs = 3\nwarmup = 2\nlr = 0.5\nwd = 0\n')
+    assert main(["probe", "--config", str(tmp_path / "p.toml"), "--lr", "0.01", "--epochs", "2",
+                 "--set", "probe.epochs=1", "--set", "probe.seed=3"]) == 0
+    recipe = json.loads(out.with_suffix(".json").read_text())["recipe"]  # file < flags < --set
+    assert (recipe["epochs"], recipe["lr"], recipe["seed"], recipe["warmup_steps"]) == (1, 0.01, 3, 2)
+    assert recipe["weight_decay"] == 0 and recipe["batch_size"] == 64
+    assert len(list(cache.iterdir())) == 1  # the probe read the fp32 cache the features command wrote
+
+def test_the_configs_probe_kinds_are_the_weight_decays_kinds():
+    from fastfc.probe import WEIGHT_DECAY
+    from fastfc.stage_config import PROBE_KINDS
+
+    assert set(PROBE_KINDS) == set(WEIGHT_DECAY)  # stage_config names them without importing torch
 
 def test_cli_bad_input_is_one_error_line_before_any_work(converted, tmp_path, capsys):
     from fastfc.cli import main

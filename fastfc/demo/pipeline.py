@@ -138,7 +138,8 @@ def _probe_and_eval(out: Path, name: str, kind: str, encoder, betons: Path, shar
     """Features, the linear probe (the paper's recipe, scaled to 300 images) and evaluation of one run."""
     from fastfc import evaluate as evallib
     from fastfc.data.betons import read_beton_meta
-    from fastfc.probe import WEIGHT_DECAY, ProbeRecipe, extract, save_probe, top1, train_heads
+    from fastfc.features import extract
+    from fastfc.probe import WEIGHT_DECAY, ProbeRecipe, save_probe, top1, train_heads
 
     classes = read_beton_meta(betons)["classes"]
     recipe = ProbeRecipe(epochs=10, batch_size=32, warmup_steps=20, weight_decay=WEIGHT_DECAY[kind], seed=seed)
