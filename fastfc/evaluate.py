@@ -34,6 +34,8 @@ import torch
 
 from fastfc import shifts
 from fastfc.atomic import atomic_path, write_json
+from fastfc.data import shards
+from fastfc.data.betons import read_beton_meta
 from fastfc.features import encoder_fingerprint, extract, source_fingerprint
 from fastfc.models import Encoder
 from fastfc.runtime import Runtime
@@ -108,7 +110,7 @@ def source_meta(source: Path) -> dict | None:
     if folder.is_image_folder(source):
         return folder.read_folder(source).meta
     if source.is_dir():
-        return json.loads((source / "meta.json").read_text())
+        return shards.read_meta(source)
     return None
 
 
@@ -121,7 +123,7 @@ def set_columns(source: Path, probe_classes: list[str]) -> tuple[list[list[int]]
         wnids = shifts.imagenet_wnids()
         return ([[col[wnids[i]] for i in ix if wnids[i] in col] for ix in meta["imagenet_indices"]],
                 meta["projection"])
-    classes = json.loads((source.parent / "meta.json").read_text())["classes"]
+    classes = read_beton_meta(source.parent)["classes"]
     return [[col[w]] if w in col else [] for w in classes], "none"
 
 

@@ -114,7 +114,8 @@ def _count(source: Path) -> int:
     if folder.is_image_folder(source):
         return len(folder.read_folder(source).files)
     if source.is_dir():
-        return int(json.loads((source / "meta.json").read_text())["count"])
+        from fastfc.data.shards import read_meta
+        return int(read_meta(source)["count"])
     from ffcv.reader import Reader
     return int(Reader(str(source)).num_samples)
 

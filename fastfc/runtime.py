@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fastfc.train_config import PRECISIONS, check_precision  # re-exported
+from fastfc.train_config import check_precision  # re-exported
 
 # Dense bf16 peak FLOP/s per device (vendor datasheets), for MFU. Unknown devices report no MFU.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}

@@ -271,7 +271,7 @@ def test_diverged_run_exits_nonzero_in_one_line_and_keeps_the_last_good_checkpoi
     errors = [l for l in done.stderr.splitlines() if "error:" in l]
     assert len(errors) == 1, done.stderr
     ckpt = tmp_path / "run" / "checkpoint.pt"
-    assert f"step 2: the loss is nan" in errors[0] and f"last good checkpoint: {ckpt} (step 1)" in errors[0]
+    assert "step 2: the loss is nan" in errors[0] and f"last good checkpoint: {ckpt} (step 1)" in errors[0]
     assert "done:" not in done.stdout and not (tmp_path / "run" / "weights.pt").exists()
     state = torch.load(ckpt, weights_only=True)
     assert state["step"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values()

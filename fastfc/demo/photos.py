@@ -175,6 +175,33 @@ def _encode(img: Image.Image, quality: int, quirk: str | None) -> bytes:
 _QUIRK_SIZES = {"huge": (4000, 3000), "tiny": (20, 20), "exif_rotated": (400, 300)}
 
 
+def _write_view(path: Path, rng: np.random.Generator, src: Image.Image, quirk: str | None, min_side: int,
+                max_side: int) -> None:
+    """One random view of ``src`` saved at ``path`` as :func:`make_imagenet_tree` describes."""
+    img = random_view(rng, src, min_side, max_side, _QUIRK_SIZES.get(quirk or ""))
+    data = _encode(img, int(rng.integers(75, 96)), quirk)
+    if quirk == "truncated":
+        data = data[: len(data) // 2]
+    path.write_bytes(data)
+
+
+def _check_tree_args(root: Path, n_classes: int, train_per_class: int, val_per_class: int, min_side: int,
+                     max_side: int, planted: tuple) -> None:
+    """:func:`make_imagenet_tree`'s argument checks (its Raises section)."""
+    if not 1 <= n_classes <= len(IMAGENETTE_WNIDS):
+        raise ValueError(f"n_classes must be in 1..{len(IMAGENETTE_WNIDS)}, got {n_classes}")
+    if train_per_class < 0 or val_per_class < 0:
+        raise ValueError("train_per_class and val_per_class must be >= 0")
+    if not 1 <= min_side <= max_side:
+        raise ValueError(f"need 1 <= min_side <= max_side, got {min_side}, {max_side}")
+    if planted and train_per_class <= (len(planted) - 1) // n_classes:
+        raise ValueError(f"train_per_class={train_per_class} too small to plant "
+                         f"{len(planted)} quirks over {n_classes} classes")
+    for split in ("train", "val"):
+        if (root / split).exists():
+            raise FileExistsError(f"{root / split} already exists")
+
+
 def make_imagenet_tree(root: str | Path, *, n_classes: int = 10, train_per_class: int = 30,
                        val_per_class: int = 10, seed: int = 0, quirks: bool = True,
                        truncated: bool = False, min_side: int = 160,
@@ -196,55 +223,35 @@ def make_imagenet_tree(root: str | Path, *, n_classes: int = 10, train_per_class
     ``huge`` (4000x3000), ``tiny`` (20x20), ``exif_rotated`` (stored 400 wide x 300 high,
     EXIF Orientation=6, i.e. displayed 300x400). ``truncated=True`` adds one extra train
     file ``<wnid>_<train_per_class>.JPEG`` holding the first half of a valid JPEG's bytes.
-    Default call (10 classes x 40 files + quirks) takes ~1-2 s.
 
-    Returns:
-        PhotoTree whose ``counts`` match the files on disk.
+    Returns a PhotoTree whose ``counts`` match the files on disk.
+
     Raises:
         ValueError: n_classes not in 1..10, negative per-class counts, bad side range, or
             train_per_class too small to hold the quirks.
         FileExistsError: ``root/train`` or ``root/val`` already exists.
         RuntimeError: too few bundled photos (see :func:`source_photos`).
     """
-    root = Path(root)
-    if not 1 <= n_classes <= len(IMAGENETTE_WNIDS):
-        raise ValueError(f"n_classes must be in 1..{len(IMAGENETTE_WNIDS)}, got {n_classes}")
-    if train_per_class < 0 or val_per_class < 0:
-        raise ValueError("train_per_class and val_per_class must be >= 0")
-    if not 1 <= min_side <= max_side:
-        raise ValueError(f"need 1 <= min_side <= max_side, got {min_side}, {max_side}")
-    planted = _QUIRKS if quirks else ()
-    if planted and train_per_class <= (len(planted) - 1) // n_classes:
-        raise ValueError(f"train_per_class={train_per_class} too small to plant "
-                         f"{len(planted)} quirks over {n_classes} classes")
-    for split in ("train", "val"):
-        if (root / split).exists():
-            raise FileExistsError(f"{root / split} already exists")
-
+    root, planted = Path(root), (_QUIRKS if quirks else ())
+    _check_tree_args(root, n_classes, train_per_class, val_per_class, min_side, max_side, planted)
     rng = np.random.default_rng(seed)
     classes = sorted(IMAGENETTE_WNIDS[:n_classes])
     sources = class_sources(n_classes)
     quirk_at = {(i % n_classes, i // n_classes): q for i, q in enumerate(planted)}
     trunc_cls = len(_QUIRKS) % n_classes
     counts: dict[str, dict[str, int]] = {"train": {}, "val": {}}
-    quirk_paths: dict[str, Path] = {}
+    quirk_paths: dict[str, Path] = {}  # filled by write()
     val_ids = iter(rng.permutation(n_classes * val_per_class) + 1)
 
-    def write(path: Path, c: int, k: int, quirk: str | None) -> bytes:
-        src = sources[c][k % len(sources[c])]
-        img = random_view(rng, src, min_side, max_side, _QUIRK_SIZES.get(quirk or ""))
-        data = _encode(img, int(rng.integers(75, 96)), quirk)
-        if quirk == "truncated":
-            data = data[: len(data) // 2]
-        path.write_bytes(data)
+    def write(path: Path, c: int, k: int, quirk: str | None) -> None:
+        _write_view(path, rng, sources[c][k % len(sources[c])], quirk, min_side, max_side)
         if quirk is not None:
             quirk_paths[quirk] = path
-        return data
 
     for c, wnid in enumerate(classes):
         tdir, vdir = root / "train" / wnid, root / "val" / wnid
-        tdir.mkdir(parents=True)
-        vdir.mkdir(parents=True)
+        for d in (tdir, vdir):
+            d.mkdir(parents=True)
         n_train = train_per_class
         for k in range(train_per_class):
             write(tdir / f"{wnid}_{k}.JPEG", c, k, quirk_at.get((c, k)))
@@ -253,6 +260,5 @@ def make_imagenet_tree(root: str | Path, *, n_classes: int = 10, train_per_class
             n_train += 1
         for k in range(val_per_class):
             write(vdir / f"ILSVRC2012_val_{int(next(val_ids)):08d}.JPEG", c, k, None)
-        counts["train"][wnid] = n_train
-        counts["val"][wnid] = val_per_class
+        counts["train"][wnid], counts["val"][wnid] = n_train, val_per_class
     return PhotoTree(root=root, classes=classes, counts=counts, quirks=quirk_paths)
