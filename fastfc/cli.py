@@ -128,10 +128,10 @@ def _extract_args(p: argparse.ArgumentParser, cls) -> None:
 
 def _config(args, cls, **flags):
     """The command's config: ``--config``, then the flags given (and ``flags``), then ``--set``."""
-    from fastfc import stage_config
+    from fastfc import config as configlib
 
     given = {key: value for key, value in vars(args).items() if "." in key}
-    return stage_config.load(cls, args.config, {**given, **flags}, args.set or [])
+    return configlib.load(cls, args.config, args.set or [], flags={**given, **flags})
 
 
 def _require(args, values: dict) -> None:
@@ -143,8 +143,10 @@ def _require(args, values: dict) -> None:
 
 def distill(args) -> int:
     from fastfc import config as configlib
+    from fastfc.distill_config import DistillConfig
 
-    configlib.read(args.config, args.set or [])  # a missing file, bad TOML or bad --set: before torch
+    # A missing file, bad TOML, an unknown key, a bad value or encoder name: refused before torch.
+    configlib.load(DistillConfig, args.config, args.set or [])
     _start_work()
     from fastfc.distill import main as distill_main
     return distill_main(args)

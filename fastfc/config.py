@@ -9,6 +9,7 @@ Validation lives in the dataclasses; errors name the key and say what is accepte
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import typing
 from pathlib import Path
@@ -127,14 +128,35 @@ def read(path: str | Path | None = None, overrides: list[str] = ()) -> dict:
     return apply_overrides(data, list(overrides))
 
 
-def load(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
-    """Read ``path`` (TOML, optional), apply ``overrides``, build ``cls``.
+def load(cls: type[T], path: str | Path | None = None, overrides: list[str] = (), *,
+         flags: dict | None = None) -> T:
+    """``cls`` from the TOML at ``path`` (optional), then ``flags`` (``{"section.key": value}``, a
+    command's shorthands; paths may be ``Path``), then ``overrides`` (``--set section.key=value``);
+    a later source wins. Every command's config is read so (distill, features, probe, eval).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ConfigError: bad TOML, unknown keys or invalid values (named).
+        ConfigError: bad TOML, or an unknown key or bad value in the file (the message names the
+            file and the key), or in a flag or override (it names the key).
     """
-    return from_dict(cls, read(path, overrides))
+    data = read(path)
+    if path is not None:
+        try:
+            from_dict(cls, copy.deepcopy(data))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    for key, value in (flags or {}).items():
+        set_key(data, key, _plain(value))
+    return from_dict(cls, apply_overrides(data, list(overrides)))
+
+
+def _plain(value):
+    """A flag's value as TOML would give it: paths as strings, sequences as lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def to_dict(obj) -> dict:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from fastfc.checkpoint import CheckpointError, read_file
+from fastfc.model_names import ALIASES, INITS, canonical_name  # noqa: F401  (torch-free; re-exported)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP (= open_clip.constants.OPENAI_DATASET_MEAN)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -132,9 +133,6 @@ def _open_clip_builder(name: str) -> Callable[[str | None], tuple[nn.Module, Non
     return build
 
 
-INITS = ("paper", "open_clip")
-
-
 def paper_init(visual: nn.Module) -> nn.Module:
     """Re-initialise a CLIP image tower (in place) as the paper's code initialises its students.
 
@@ -220,24 +218,6 @@ ENCODERS: dict[str, EncoderSpec] = {s.name: s for s in (
                 "classifier."),
     EncoderSpec("tiny", "tiny", 32, 32, CLIP_MEAN, CLIP_STD, _build_tiny),
 )}
-
-# The original code's model flags (and open_clip's slash spelling) -> registry names.
-ALIASES = {"CLIP_RN50": "RN50", "CLIP_RN101": "RN101", "CLIP_RN50x4": "RN50x4", "CLIP_RN50x16": "RN50x16",
-           "CLIP_ViT-B/16": "ViT-B-16", "CLIP_ViT-B-16": "ViT-B-16", "ViT-B/16": "ViT-B-16",
-           "ERM_ResNet50": "resnet50"}
-
-
-def canonical_name(name: str) -> str:
-    """Registry name for ``name`` (a registry name or an alias of the original code, e.g.
-    ``"CLIP_RN50"`` -> ``"RN50"``, ``"CLIP_ViT-B/16"`` -> ``"ViT-B-16"``, ``"ERM_ResNet50"`` ->
-    ``"resnet50"``). Raises ValueError listing the known names and aliases."""
-    if name in ENCODERS:
-        return name
-    if name in ALIASES:
-        return ALIASES[name]
-    raise ValueError(f"unknown encoder {name!r}; known: {', '.join(ENCODERS)} "
-                     f"(aliases: {', '.join(ALIASES)})")
-
 
 def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Copy of ``state_dict`` with every ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) key

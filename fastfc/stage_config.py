@@ -13,15 +13,11 @@ Paths are strings, relative to the working directory.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TypeVar
 
-from fastfc import config as configlib
+from fastfc.model_names import canonical_name
 from fastfc.train_config import check_precision
 
-T = TypeVar("T")
 PROBE_KINDS = ("clip", "distilled")  # the keys of fastfc.probe.WEIGHT_DECAY
 
 
@@ -50,6 +46,8 @@ class EncoderConfig:
     weights: str | None = None
 
     def __post_init__(self):
+        if self.name is not None:
+            canonical_name(self.name)  # ValueError naming the known encoders and aliases
         if self.pretrained and self.weights:
             raise ValueError(f"pretrained ({self.pretrained!r}) and weights ({self.weights!r}): give one, not both")
 
@@ -174,32 +172,3 @@ class EvalConfig:
         if not (t.name or t.pretrained or t.weights):
             return None
         return replace(t, name=t.name or self.encoder.name)
-
-
-def load(cls: type[T], path: str | Path | None = None, flags: dict | None = None, overrides: list[str] = ()) -> T:
-    """``cls`` from the TOML at ``path`` (optional), then ``flags`` (``{"section.key": value}``, the
-    command's shorthands; paths may be ``Path``), then ``overrides`` (``--set section.key=value``).
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ConfigError: bad TOML, or an unknown key or bad value in the file (the message names the
-            file and the key), or in a flag or override (it names the key).
-    """
-    data = configlib.read(path)
-    if path is not None:
-        try:
-            configlib.from_dict(cls, copy.deepcopy(data))
-        except configlib.ConfigError as e:
-            raise configlib.ConfigError(f"{path}: {e}") from None
-    for key, value in (flags or {}).items():
-        configlib.set_key(data, key, _plain(value))
-    return configlib.from_dict(cls, configlib.apply_overrides(data, list(overrides)))
-
-
-def _plain(value):
-    """A flag's value as TOML would give it: paths as strings, sequences as lists."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

@@ -50,6 +50,8 @@ ERRORS = [  # argv, exit code, text of the one error line
     (FASTFC + ["probe", "--encoder", "tiny", "--train", "nope.beton", "--out", "p.pt"], 1, "--train nope.beton"),
     (FASTFC + ["features", "--encoder", "tiny", "nope.beton"], 1, "nope.beton: no such file or folder"),
     (FASTFC + ["features", "--encoder", "tiny", "--workers", "-1", "x"], 2, "must be >= 0"),
+    (FASTFC + ["features", "--encoder", "RN18", "x.beton"], 1, "unknown encoder 'RN18'"),
+    (FASTFC + ["distill", "--set", "model.arch=CLIP_RN18"], 1, "model: unknown encoder 'CLIP_RN18'"),
     (FASTFC + ["eval", "--compare", "runs/nope"], 1,
      "fastfc eval: error: --compare runs/nope: no such folder; give run folders written by `fastfc eval --out RUN`"),
     (FASTFC + ["eval", "--encoder", "tiny", "--probe", "p.pt"], 1, "nothing to evaluate"),
@@ -85,13 +87,19 @@ CONFIG_ERRORS = [  # command, TOML text, what the one error line says after the 
     ("probe", '[probe]\nkind = "student"\n', "probe: kind must be one of clip, distilled"),
     ("eval", '[teacher]\ntag = "openai"\n', "unknown key(s) teacher.tag"),
     ("eval", '[eval]\nsets = 3\n', "eval: sets must be a list of strings, got 3"),
+    ("eval", '[encoder]\nname = "RN18"\n', "encoder: unknown encoder 'RN18'; known: RN50"),
+    ("distill", '[model]\narch = "RN18"\n', "model: unknown encoder 'RN18'; known: RN50"),
+    ("distill", '[model]\ninit = "xavier"\n', "model: model.init must be one of paper, open_clip"),
+    ("distill", '[train]\nlrr = 1\n', "unknown key(s) train.lrr"),
+    ("distill", '[objective]\ndistill_weight = "high"\n', "objective.distill_weight: expected a number"),
 ]
 
 
 @pytest.mark.parametrize("command, toml, message", CONFIG_ERRORS, ids=lambda a: a if isinstance(a, str) and "\n" not in a else "")
-def test_a_bad_stage_config_is_one_line_naming_file_and_key_before_heavy_imports(command, toml, message, tmp_path):
+def test_a_bad_config_is_one_line_naming_file_and_key_before_heavy_imports(command, toml, message, tmp_path):
     (tmp_path / "bad.toml").write_text(toml)
-    flags = ["--encoder", "tiny", "--train", "t.beton", "--out", "p.pt"] if command == "probe" else ["--encoder", "tiny"]
+    flags = {"probe": ["--encoder", "tiny", "--train", "t.beton", "--out", "p.pt"], "distill": ["--dry-run"]}.get(
+        command, ["--encoder", "tiny"])
     got, imported, lines = run_with_importtime(FASTFC + [command, "--config", "bad.toml", *flags], tmp_path)
     assert got == 1 and not imported & set(HEAVY), (got, sorted(imported & set(HEAVY)), lines)
     errors = [line for line in lines if "error" in line]
