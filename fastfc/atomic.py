@@ -51,6 +51,26 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
+def read_json(path: str | Path, fix: str, keys: tuple[str, ...] = ()) -> dict:
+    """Load the JSON object in ``path`` (UTF-8), with ``keys`` required at its top level.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: unreadable, not a JSON object, or a key missing.
+        Each message names the file and ends with ``fix`` (what to do).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; {fix}")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable ({e}); {fix}") from None
+    missing = [k for k in keys if not isinstance(obj, dict) or k not in obj]
+    if not isinstance(obj, dict) or missing:
+        raise ValueError(f"{path}: not the expected file (no {', '.join(missing or keys) or 'JSON object'}); {fix}")
+    return obj
+
+
 def exit_cleanly_on_sigterm() -> None:
     """Make SIGTERM (``kill``, preemption) unwind the main process like Ctrl-C, so ``finally``
     blocks remove temporary files. Forked children (pool and writer workers) inherit the handler

@@ -153,8 +153,13 @@ def distill(args) -> int:
 
 
 def _check_encoder_args(cfg) -> None:
-    """The torch-free checks of the encoder options: a --weights file exists; the worker count fits."""
+    """The torch-free checks of the encoder options: a --weights file exists; the worker count fits.
+    Neither --pretrained nor --weights is allowed (a random-init baseline) but said, once."""
     weights = cfg.encoder.weights
+    if not weights and not cfg.encoder.pretrained:
+        print(f"fastfc: warning: no --pretrained or --weights: {cfg.encoder.name} is a random-init encoder "
+              "(seed 0, the same in every command), a baseline; for CLIP give --pretrained openai, for a "
+              "distilled student --weights runs/<run>/weights.pt", file=sys.stderr)
     if weights and weights != "package" and not Path(weights).is_file():
         raise FileNotFoundError(f"--weights {weights}: no such file; give a weights file (a distilled "
                                 "student's weights.pt, an original-code checkpoint) or 'package'")
@@ -163,13 +168,13 @@ def _check_encoder_args(cfg) -> None:
 
 
 def _check_source(source: Path) -> None:
-    """A beton file or a shard set folder (holding meta.json), else one error line."""
-    if source.is_file() or (source / "meta.json").is_file():
+    """A beton file or a folder (a shard set holding meta.json, or an ImageNet val folder of
+    ``<wnid>/*`` class folders, whose listing is checked when it is read), else one error line."""
+    if source.is_file() or source.is_dir():
         return
     raise FileNotFoundError(
-        f"{source}: {'no meta.json in this folder' if source.is_dir() else 'no such file or folder'}; "
-        "give a .beton written by `python -m data_prep.imagenet` or a shift-set folder written by "
-        "`python -m data_prep.shifts`")
+        f"{source}: no such file or folder; give a .beton written by `python -m data_prep.imagenet`, a "
+        "shift-set folder written by `python -m data_prep.shifts` or an ImageNet val folder (<wnid>/*.JPEG)")
 
 
 def features(args) -> int:
@@ -198,6 +203,8 @@ def _check_probe_args(cfg) -> None:
         raise FileNotFoundError(f"--train {p.train}: {'no meta.json beside it' if train.is_file() else 'no such beton'}"
                                 "; give a train.beton written by `python -m data_prep.imagenet` (its meta.json "
                                 "lists the classes)")
+    if Path(p.out).is_dir():
+        raise IsADirectoryError(f"--out {p.out}: a folder; --out is the probe file to write, e.g. {Path(p.out) / 'probe.pt'}")
     Path(p.out).parent.mkdir(parents=True, exist_ok=True)  # fail before training, not after
     _check_encoder_args(cfg)
 
@@ -452,10 +459,16 @@ def _teacher_args(ev) -> None:
 
 
 def _message(e: Exception) -> str:
-    """One line for an error: an OSError of the system (``[Errno 2] ...``) names its file first."""
+    """One line for an error: an OSError of the system (``[Errno 2] ...``) names its file first; an
+    error raised in a DataLoader worker (torch re-raises it as "Caught X in DataLoader worker process
+    N.", then the worker's traceback) gives the worker's own message, which names the file."""
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         return f"{e.filename}: {e.strerror}"
-    return str(e)
+    text = str(e)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def _end_process_group() -> None:

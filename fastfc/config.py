@@ -73,7 +73,10 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         hint = hints[name]
         if value == "" and type(None) in typing.get_args(hint):
             value = None  # TOML has no null: an empty string unsets an optional value
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):  # `model = "RN50"` or --set model=RN50: a section, not a value
+                raise ConfigError(f"{where}{name} is a section ([{where}{name}] in TOML, --set {where}{name}.KEY=VALUE), "
+                                  f"not a value; got {value!r}")
             value = from_dict(hint, value, f"{where}{name}.")
         elif float in (typing.get_args(hint) or (hint,)) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # also for optional numbers: wd = 0

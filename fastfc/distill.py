@@ -191,8 +191,8 @@ def plan(cfg: DistillConfig, world_size: int) -> dict:
     (:meth:`fastfc.train.TrainConfig.plan`: the steps do not depend on ``world_size``)."""
     beton = Path(cfg.data.train_beton)
     if beton.is_file():
-        from ffcv.reader import Reader
-        images, source = int(Reader(str(beton)).num_samples), str(beton)
+        from fastfc.data.betons import beton_samples
+        images, source = beton_samples(beton), str(beton)
     else:
         images, source = IMAGENET_TRAIN_IMAGES, f"{beton} not found: assuming ImageNet-1k train"
     counts = cfg.train.plan(images, world_size)

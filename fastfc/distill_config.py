@@ -40,6 +40,10 @@ class DataConfig:
     num_workers: int | None = None  # per rank; None: fastfc.cpus.default_workers()
     augment: bool = True
 
+    def __post_init__(self):
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0 (or unset), got {self.num_workers}")
+
 
 @dataclass
 class ObjectiveConfig:
@@ -53,6 +57,15 @@ class ObjectiveConfig:
     blocks: str = "last"
     attn_init: bool = False
     oracle_norm_stats: bool = False
+
+    def __post_init__(self):
+        weights = {"distill_weight": self.distill_weight, "hidden_weight": self.hidden_weight,
+                   "attn_weight": self.attn_weight}
+        negative = [f"{k}={v}" for k, v in weights.items() if v < 0]
+        if negative:
+            raise ValueError(f"loss weights must be >= 0, got {', '.join(negative)}")
+        if self.blocks not in ("last", "all") and not all(b.strip().isdigit() for b in self.blocks.split(",")):
+            raise ValueError(f"blocks must be 'last', 'all' or block indices like '0,5,11', got {self.blocks!r}")
 
 
 @dataclass

@@ -25,7 +25,6 @@ sense (2020): the OOD average above a logit-linear fit of OOD on ID over the bas
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from fastfc import shifts
-from fastfc.atomic import atomic_path, write_json
+from fastfc.atomic import atomic_path, read_json, write_json
 from fastfc.data import shards
 from fastfc.data.betons import read_beton_meta
 from fastfc.features import encoder_fingerprint, extract, source_fingerprint
@@ -289,16 +288,15 @@ def summarize(runs: list[Path], baselines: list[Path] = ()) -> dict:
     loaded = []
     for r in runs:
         path = Path(r) / "results.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no results; run `fastfc eval ... --out {r}` first")
-        results = json.loads(path.read_text())
+        results = read_json(path, f"run `fastfc eval ... --out {r}` first", keys=("sets",))
         if ID_SET not in results["sets"]:
             raise ValueError(f"{path}: no {ID_SET} (ID) result; evaluate with imagenet-val shards or --val")
         loaded.append((Path(r).name, results))
     ood_names = [n for n in loaded[0][1]["sets"] if n != ID_SET]
     trend = None
     if len(baselines) >= 2:
-        pts = [_id_ood(json.loads((Path(b) / "results.json").read_text())["sets"], ood_names) for b in baselines]
+        pts = [_id_ood(read_json(Path(b) / "results.json", f"run `fastfc eval ... --out {b}` first",
+                                 keys=("sets",))["sets"], ood_names) for b in baselines]
         trend = np.polyfit([_logit(i) for i, _ in pts], [_logit(o) for _, o in pts], 1)
     teacher_id, teacher_ood = _id_ood(loaded[0][1]["sets"], ood_names)
     out = []

@@ -91,11 +91,10 @@ def _batches(encoder: Encoder, source: Path, rt: Runtime, *, batch_size: int, nu
         for images, labels, keys in loader:
             yield torch.tensor([int(k) for k in keys]), images, labels
         return
-    from ffcv.reader import Reader
-
+    from fastfc.data.betons import beton_samples
     from fastfc.data.ffcv import make_loader
 
-    n = int(Reader(str(source)).num_samples)
+    n = beton_samples(source)
     start, stop = n * rt.rank // rt.world_size, n * (rt.rank + 1) // rt.world_size
     if start == stop:
         return
@@ -116,8 +115,8 @@ def _count(source: Path) -> int:
     if source.is_dir():
         from fastfc.data.shards import read_meta
         return int(read_meta(source)["count"])
-    from ffcv.reader import Reader
-    return int(Reader(str(source)).num_samples)
+    from fastfc.data.betons import beton_samples
+    return beton_samples(source)
 
 
 def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Runtime | None = None, *,

@@ -128,7 +128,17 @@ def _open_clip_builder(name: str) -> Callable[[str | None], tuple[nn.Module, Non
         import open_clip
 
         # pretrained=None: random init, no download. A tag downloads (online users only).
-        model = open_clip.create_model(open_clip_model_name(name, pretrained), pretrained=pretrained)
+        try:
+            model = open_clip.create_model(open_clip_model_name(name, pretrained), pretrained=pretrained)
+        except RuntimeError as e:  # open_clip's unknown-tag and download errors, as one line each
+            if pretrained and "known tag" in str(e):
+                tags = open_clip.list_pretrained_tags_by_model(name)
+                raise ValueError(f"{name}: unknown pretrained tag {pretrained!r}; open_clip has "
+                                 f"{', '.join(tags) or 'none'} for it") from None
+            if pretrained:
+                raise OSError(f"{name} pretrained={pretrained!r}: the weights could not be fetched ({e}); "
+                              "run once with network access, or give a local weights file") from None
+            raise
         return model.visual, None
     return build
 
@@ -407,8 +417,13 @@ def freeze(module: nn.Module) -> nn.Module:
 
 
 def build_teacher(name: str, *, pretrained: str | None = None, weights: str | Path | None = None) -> Encoder:
-    """:func:`build_encoder` then :func:`freeze` ``visual`` (and ``head``). Same args and errors."""
-    enc = build_encoder(name, pretrained=pretrained, weights=weights)
+    """:func:`build_encoder` then :func:`freeze` ``visual`` (and ``head``). Same args and errors.
+
+    With neither ``pretrained`` nor ``weights`` the encoder is random, initialised from seed 0, so
+    that ``features``, ``probe`` and ``eval`` (and every rank) see the same random encoder: a
+    baseline, never a different network per command."""
+    random_init = pretrained is None and weights is None
+    enc = build_encoder(name, pretrained=pretrained, weights=weights, seed=0 if random_init else None)
     freeze(enc.visual)
     if enc.head is not None:
         freeze(enc.head)

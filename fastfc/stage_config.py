@@ -118,6 +118,9 @@ class ProbeSettings:
             raise ValueError(f"kind must be one of {', '.join(PROBE_KINDS)}, got {self.kind!r}")
         if self.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if not self.lr > 0 or self.warmup < 0 or (self.wd is not None and self.wd < 0):
+            raise ValueError(f"need lr > 0, warmup >= 0 and wd >= 0; got lr={self.lr}, warmup={self.warmup}, "
+                             f"wd={self.wd}")
         self.wd_sweep = _items("wd_sweep", self.wd_sweep, float)
 
 

@@ -145,12 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> ToyConfig:
-    """Preset, then ``--set``, then ``--steps/--record-every/--seed``. Raises ConfigError."""
+    """Preset, then ``--steps/--record-every/--seed``, then ``--set`` (a later source wins, as in
+    every fastfc command). Raises ConfigError."""
     data = dict(PRESETS[args.preset][1])
-    configlib.apply_overrides(data, args.set)
     for name in ("steps", "record_every", "seed"):
         if getattr(args, name) is not None:
             data[name] = getattr(args, name)
+    configlib.apply_overrides(data, args.set)
     return configlib.from_dict(ToyConfig, data)
 
 

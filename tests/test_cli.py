@@ -85,6 +85,9 @@ CONFIG_ERRORS = [  # command, TOML text, what the one error line says after the 
     ("probe", '[probe]\nepoch = 2\n', "unknown key(s) probe.epoch"),
     ("probe", '[probe]\nepochs = "two"\n', "probe.epochs: expected an integer, got 'two'"),
     ("probe", '[probe]\nkind = "student"\n', "probe: kind must be one of clip, distilled"),
+    ("probe", '[probe]\nlr = -1\n', "probe: need lr > 0, warmup >= 0 and wd >= 0; got lr=-1.0"),
+    ("probe", '[encoder]\nname = "RN50"\n[extract]\nbatch_size = 8\n[probe.wd]\n', "probe.wd: expected a number, got {}"),
+    ("features", 'extract = 3\n', "extract is a section ([extract] in TOML"),
     ("eval", '[teacher]\ntag = "openai"\n', "unknown key(s) teacher.tag"),
     ("eval", '[eval]\nsets = 3\n', "eval: sets must be a list of strings, got 3"),
     ("eval", '[encoder]\nname = "RN18"\n', "encoder: unknown encoder 'RN18'; known: RN50"),
@@ -92,6 +95,8 @@ CONFIG_ERRORS = [  # command, TOML text, what the one error line says after the 
     ("distill", '[model]\ninit = "xavier"\n', "model: model.init must be one of paper, open_clip"),
     ("distill", '[train]\nlrr = 1\n', "unknown key(s) train.lrr"),
     ("distill", '[objective]\ndistill_weight = "high"\n', "objective.distill_weight: expected a number"),
+    ("distill", '[objective]\nblocks = "foo"\n', "objective: blocks must be 'last', 'all' or block indices"),
+    ("distill", 'model = "RN50"\n', "model is a section ([model] in TOML"),
 ]
 
 
@@ -139,3 +144,35 @@ def test_toy_records_about_50_points_when_record_every_is_not_given(tmp_path, ca
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(0, 1001, 20))  # 51 records: init + every 20 steps; used to be [0, 1000]
     assert json.loads((tmp_path / "config.json").read_text())["record_every"] == 20
+
+
+def test_an_error_raised_in_a_loader_worker_is_reported_by_its_own_message():
+    # torch re-raises a worker's exception as "Caught ShardFormatError in DataLoader worker process 0."
+    # plus the worker's traceback; the CLI used to print only that first line, which names no file
+    from torch._utils import ExceptionWrapper
+
+    from fastfc.cli import _message
+    from fastfc.data.shards import ShardFormatError
+
+    try:
+        raise ShardFormatError("/data/val/n01440764/bad.JPEG: truncated image data")
+    except ShardFormatError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(ShardFormatError) as err:
+        wrapped.reraise()
+    assert str(err.value).startswith("Caught ShardFormatError in DataLoader worker process 0.")
+    assert _message(err.value) == "/data/val/n01440764/bad.JPEG: truncated image data"
+
+
+def test_features_of_a_val_folder_with_a_random_encoder_land_in_one_cache_folder(tmp_path):
+    # `features --help` lists an ImageNet val folder as a source (it was refused: "no meta.json"); an
+    # encoder without weights is a seeded random baseline, so a second run reuses the first one's cache
+    from fastfc.demo.photos import make_imagenet_tree
+
+    make_imagenet_tree(tmp_path / "src", n_classes=3, train_per_class=2, val_per_class=2, quirks=False)
+    argv = FASTFC + ["features", "--encoder", "tiny", "--cache", str(tmp_path / "cache"), str(tmp_path / "src" / "val")]
+    runs = [subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr[-2000:]
+    assert "a random-init encoder (seed 0" in runs[0].stderr
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # the same network both times
+    assert "6 x 32 float16" in runs[0].stdout and "6 x 32 float16" in runs[1].stdout

@@ -340,11 +340,39 @@ def test_missing_src_and_verify_without_meta_are_named(tmp_path):
 def test_beton_meta_is_read_in_one_place_naming_the_file(converted, tmp_path):
     out, meta = converted
     assert read_beton_meta(out)["classes"] == meta["classes"]
-    with pytest.raises(FileNotFoundError, match=r"meta\.json not found.*python -m data_prep\.imagenet"):
+    with pytest.raises(FileNotFoundError, match=r"meta\.json: not found.*python -m data_prep\.imagenet"):
         read_beton_meta(tmp_path)
     (tmp_path / "meta.json").write_text("{truncated")
-    with pytest.raises(ValueError, match=f"{tmp_path / 'meta.json'}: unreadable beton meta"):
+    with pytest.raises(ValueError, match=f"{tmp_path / 'meta.json'}: unreadable .*python -m data_prep.imagenet"):
         read_beton_meta(tmp_path)
+    (tmp_path / "meta.json").write_text("[1, 2]")  # JSON, but not a meta object
+    with pytest.raises(ValueError, match=f"{tmp_path / 'meta.json'}: not the expected file"):
+        read_beton_meta(tmp_path)
+
+
+def test_a_file_that_is_not_a_beton_is_named(converted, tmp_path):
+    from fastfc.data.betons import beton_samples
+
+    out, meta = converted
+    assert beton_samples(out / "train.beton") == meta["splits"]["train"]["count"]
+    fake = tmp_path / "fake.beton"
+    fake.write_text("hello")  # ffcv's reader raised IndexError: index 0 is out of bounds
+    with pytest.raises(ValueError, match=f"{fake}: not a readable .beton .*python -m data_prep.imagenet"):
+        beton_samples(fake)
+
+
+def test_a_malformed_shard_meta_or_results_file_is_named(tmp_path):
+    from fastfc.data.shards import read_meta
+    from fastfc.evaluate import compare
+
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "meta.json").write_text('{"set": ')
+    with pytest.raises(ValueError, match=f"{tmp_path / 'set' / 'meta.json'}: unreadable .*data_prep.shifts"):
+        read_meta(tmp_path / "set")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text("{}")  # was a KeyError traceback
+    with pytest.raises(ValueError, match=f"{tmp_path / 'run' / 'results.json'}: not the expected file \\(no sets\\)"):
+        compare([tmp_path / "run"])
 
 def test_wrong_src_suggests_the_parent_and_leaves_no_empty_out(small_tree, tmp_path, capsys):
     out = tmp_path / "out"

@@ -157,13 +157,17 @@ def messy_class_folders(root: Path) -> list[str]:
         (cls / "dangling.jpg").symlink_to(root / "missing.jpg")
         (cls / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
         os.mkfifo(cls / "pipe.jpg")  # reading it would block forever
+        (cls / "loop1.jpg").symlink_to("loop2.jpg")  # a symbolic link loop: ELOOP on every stat
+        (cls / "loop2.jpg").symlink_to("loop1.jpg")
     (root / "README.txt").write_text("ImageNet-R, Hendrycks et al.\n")
+    (root / "n00000000").symlink_to("n00000000")  # a class-folder-level loop
     (root / ".cache").mkdir()
     return sorted(good)
 
 
 SKIPPED = {".DS_Store": "hidden", ".ipynb_checkpoints/": "hidden", "dangling.jpg": "broken symbolic link",
-           "extra/": "a folder inside a class folder", "pipe.jpg": "not a regular file"}
+           "extra/": "a folder inside a class folder", "pipe.jpg": "not a regular file",
+           "loop1.jpg": "cannot be followed or read", "loop2.jpg": "cannot be followed or read"}
 
 
 def test_both_converters_convert_the_same_files_and_name_every_skipped_one(tmp_path):
@@ -185,6 +189,7 @@ def test_both_converters_convert_the_same_files_and_name_every_skipped_one(tmp_p
     assert [s["reason"] for s in on_disk_i] == [s["reason"] for s in on_disk_r]
     named = {s["file"]: s["reason"] for s in on_disk_r}
     assert named.pop(".cache/").startswith("hidden") and named.pop("README.txt").startswith("a file beside")
+    assert named.pop("n00000000") == "cannot be followed or read (e.g. a symbolic link loop): Too many levels of symbolic links"
     for wnid in (W0, W1):
         for name, reason in SKIPPED.items():
             assert named.pop(f"{wnid}/{name}").startswith(reason), (wnid, name)

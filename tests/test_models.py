@@ -183,3 +183,21 @@ def test_packaged_mobilenet_v2_classifies_espresso():
         probs = enc.head(emb).softmax(-1)[0]
     assert emb.shape == (1, 1280)
     assert IMAGENET_CLASSNAMES[int(probs.argmax())] == "espresso" and probs[ESPRESSO] > 0.5
+
+
+def test_a_random_init_teacher_is_the_same_network_in_every_command():
+    # features, probe and eval each build the encoder; without weights they used to get three
+    # different random networks (three cache folders, a probe scored on another network)
+    torch.manual_seed(1)
+    a = build_teacher("tiny")
+    after_a = torch.rand(1)
+    torch.manual_seed(2)
+    b = build_teacher("tiny")
+    assert all(torch.equal(x, y) for x, y in zip(a.visual.state_dict().values(), b.visual.state_dict().values()))
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(1), after_a)  # the caller's RNG stream is untouched
+
+
+def test_an_unknown_open_clip_tag_is_one_line_listing_the_known_ones():
+    with pytest.raises(ValueError, match=r"RN50: unknown pretrained tag 'laion'; open_clip has openai, yfcc15m"):
+        build_teacher("RN50", pretrained="laion")  # was open_clip's RuntimeError traceback

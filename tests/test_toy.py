@@ -97,3 +97,11 @@ def test_fastfc_cli_forwards_toy(tmp_path, capsys):
     assert fastfc_main(["toy", "--preset", "paper", "--steps", "20", "--record-every", "10",
                         "--out", str(tmp_path)]) == 0
     assert (tmp_path / "summary.json").is_file() and "[toy] paper" in capsys.readouterr().out
+
+
+def test_set_wins_over_the_flags_as_in_every_command():
+    from fastfc.toy_config import build_parser, resolve_config
+
+    args = build_parser().parse_args(["--steps", "10", "--set", "steps=30", "--seed", "3"])
+    cfg = resolve_config(args)
+    assert (cfg.steps, cfg.seed) == (30, 3)  # --set last, as its --help says; the flags over the preset

@@ -6,8 +6,9 @@ Its ``meta.json`` is read here, as a shard set's is by :func:`fastfc.data.shards
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from fastfc.atomic import read_json
 
 
 def read_beton_meta(folder: str | Path) -> dict:
@@ -20,11 +21,21 @@ def read_beton_meta(folder: str | Path) -> dict:
         FileNotFoundError: no such file; the message names it and the converter to run.
         ValueError: unreadable or not JSON; the message names the file.
     """
-    path = Path(folder) / "meta.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {folder} is not a beton folder; "
-                                "run `python -m data_prep.imagenet` to write its betons and meta.json")
+    return read_json(Path(folder) / "meta.json", f"{folder} is not a beton folder; run "
+                     "`python -m data_prep.imagenet` to write its betons and meta.json")
+
+
+def beton_samples(beton: str | Path) -> int:
+    """The number of samples in ``beton`` (read from its header by ffcv; imports ffcv).
+
+    Raises:
+        ValueError: the file is not a readable .beton (ffcv fails with an IndexError or worse on
+            another file); the message names it and the converter that writes one.
+    """
+    from ffcv.reader import Reader
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable beton meta ({e}); rewrite it with `python -m data_prep.imagenet`") from None
+        return int(Reader(str(beton)).num_samples)
+    except Exception as e:  # ffcv's reader has no error of its own for a file that is not a beton
+        raise ValueError(f"{beton}: not a readable .beton ({type(e).__name__}: {e}); give a .beton written by "
+                         "`python -m data_prep.imagenet`") from None

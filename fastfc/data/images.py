@@ -55,6 +55,7 @@ _BAD_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.Decompress
 
 HIDDEN = "hidden (the name starts with '.')"
 BROKEN_LINK = "broken symbolic link"
+UNREADABLE_ENTRY = "cannot be followed or read (e.g. a symbolic link loop)"
 NOT_A_FILE = "not a regular file or folder (a socket, pipe or device)"
 SUBFOLDER = "a folder inside a class folder (not descended into)"
 LOOSE_FILE = "a file beside the class folders, in no class"
@@ -107,12 +108,16 @@ def list_entries(folder: str | Path, prefix: str = "") -> Entries:
                            "permissions") from None
     out = Entries()
     for e in entries:
-        is_dir = e.is_dir()  # follows symbolic links; False for broken ones
+        try:
+            is_dir, is_file = e.is_dir(), e.is_file()  # follow symbolic links; False for broken ones
+        except OSError as err:  # a symbolic link loop (ELOOP), an entry gone or unreadable since listing
+            out.skipped.append(skip(prefix + e.name, f"{UNREADABLE_ENTRY}: {err.strerror or err}"))
+            continue
         if e.name.startswith("."):
             out.skipped.append(skip(prefix + e.name + ("/" if is_dir else ""), HIDDEN))
         elif is_dir:
             out.folders.append(e.name)
-        elif e.is_file():
+        elif is_file:
             out.files.append(e.name)
         else:
             out.skipped.append(skip(prefix + e.name, BROKEN_LINK if e.is_symlink() else NOT_A_FILE))

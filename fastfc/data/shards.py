@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision import transforms
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from fastfc.atomic import read_json
 from fastfc.cpus import fit_workers
 from fastfc.data.images import BadImageError, decode_rgb
 
@@ -71,14 +72,11 @@ def read_meta(set_dir: str | Path) -> dict:
     """Load ``set_dir/meta.json`` (see module doc for the fields).
 
     Raises:
-        FileNotFoundError: no meta.json; the message names the path and the converter to run.
+        FileNotFoundError: no meta.json; ValueError: unreadable. The message names the path and the
+            converter to run.
     """
-    path = Path(set_dir) / "meta.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: {set_dir} is not a converted shift set; "
-            "run `python -m data_prep.shifts` to write its shards and meta.json")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(Path(set_dir) / "meta.json", f"{set_dir} is not a converted shift set; run "
+                     "`python -m data_prep.shifts` to write its shards and meta.json")
 
 
 def shard_paths(set_dir: str | Path, meta: dict | None = None) -> list[tuple[Path, int]]:
