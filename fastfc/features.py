@@ -210,8 +210,11 @@ def _load(folder: Path, want: dict) -> Features | None:
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         return None
-    meta = json.loads(meta_path.read_text())
-    if any(meta.get(k) != v for k, v in want.items()):
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):  # a damaged cache record: not a usable cache, so it is rebuilt
+        return None
+    if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in want.items()):
         return None
     return Features(np.load(folder / "features.npy", mmap_mode="r"), np.load(folder / "labels.npy"), meta, folder)
 

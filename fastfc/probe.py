@@ -11,7 +11,6 @@ encoders and 1e-3 for distilled ones. The image path of the original (``--from-i
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from fastfc.atomic import atomic_path, write_json
+from fastfc.atomic import atomic_path, read_json, write_json
 from fastfc.checkpoint import read_file
 from fastfc.data.betons import read_beton_meta
 from fastfc.features import extract
@@ -197,7 +196,8 @@ def load_probe(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     if set(found) != {"weight", "bias"} or found["weight"].ndim != 2:
         raise ValueError(f"{path}: not a linear probe file (expected keys weight [C, D] and bias [C])")
     info_path = path.with_suffix(".json")
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = read_json(info_path, f"the probe's record; rewrite it with `fastfc probe --out {path}`") \
+        if info_path.is_file() else {}
     return found["weight"].float(), found["bias"].float(), info
 
 

@@ -62,6 +62,7 @@ ERRORS = [  # argv, exit code, text of the one error line
     (FASTFC + ["cifar", "train", "--config", "nope.toml"], 1, "nope.toml: no such config file"),
     (FASTFC + ["cifar", "train", "--variant", "raw", "--set", "train.lr=abc"], 1, "train.lr: expected a number"),
     (FASTFC + ["cifar", "train", "--variant", "raw", "--set", "attack.steps=0"], 1, "attack.steps must be >= 1"),
+    (FASTFC + ["cifar", "train", "--variant", "raw", "--set", "train=3"], 1, "train is a section ([train] in TOML"),
     (FASTFC + ["cifar", "visualize", "runs/raw", "runs/bg", "--out", "f"], 1, "runs/raw/weights.pt: no trained weights"),
     (IMAGENET, 2, "the following arguments are required: --src"),
     (IMAGENET + ["--src", "nope", "--out", "out"], 1, "nope: does not exist"),

@@ -78,6 +78,9 @@ def test_original_probe_file_loads_with_identical_logits(tmp_path):
     torch.save({"something": torch.zeros(3)}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="bad.pt"):
         load_probe(tmp_path / "bad.pt")
+    (tmp_path / "ours.json").write_text("{")  # a damaged record beside a good probe: named, not a bare JSON error
+    with pytest.raises(ValueError, match=f"{tmp_path / 'ours.json'}: unreadable"):
+        load_probe(tmp_path / "ours.pt")
 
 
 def test_feature_cache_is_reused_and_a_stale_one_rebuilt(converted, tmp_path):
@@ -93,6 +96,10 @@ def test_feature_cache_is_reused_and_a_stale_one_rebuilt(converted, tmp_path):
     changed = extract(encoder, out / "val.beton", tmp_path, batch_size=16, num_workers=1)
     assert changed.path != first.path and not np.array_equal(changed.features, first.features)
     assert np.array_equal(changed.labels, first.labels)
+    (changed.path / "meta.json").write_text('{"count": ')  # a damaged record: rebuilt, not an error
+    rebuilt = extract(encoder, out / "val.beton", tmp_path, batch_size=16, num_workers=1)
+    assert rebuilt.path == changed.path and np.array_equal(rebuilt.features, changed.features)
+    assert json.loads((rebuilt.path / "meta.json").read_text())["count"] == meta["splits"]["val"]["count"]
 
 
 @pytest.mark.slow

@@ -121,10 +121,12 @@ def resolve(preset: str, config: Path | None = None, overrides: list[str] = (), 
         data = _merge(data, _read_toml(config))
     configlib.apply_overrides(data, list(overrides))
     if variant:
-        data.setdefault("data", {})["variant"] = variant
+        configlib.set_key(data, "data.variant", variant, "--variant")
     if out is not None:
-        data["train"]["out_dir"] = str(out)
-    data["train"].setdefault("out_dir", f"runs/cifar_{data.get('data', {}).get('variant', 'run')}")
+        configlib.set_key(data, "train.out_dir", str(out), "--out")
+    if isinstance(data.get("train"), dict):  # otherwise from_dict names the section given a value
+        variant_now = data["data"].get("variant", "run") if isinstance(data.get("data"), dict) else "run"
+        data["train"].setdefault("out_dir", f"runs/cifar_{variant_now}")
     return configlib.from_dict(CifarConfig, data)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastfc import config as configlib
+from fastfc.atomic import read_json
 from fastfc.cifar.config import (PRESETS, VARIANTS, VISUALIZE_PRESETS, CifarConfig, DataConfig, VisualizeConfig, plan,
                                  resolve)
 
@@ -102,7 +103,8 @@ def load_run(run: Path, variant: str):
         hint = " (a stopped run: resume it with --resume)" if (run / "checkpoint.pt").is_file() else ""
         raise FileNotFoundError(f"{weights}: no trained weights{hint}; train it with `fastfc cifar "
                                 f"train --variant {variant} --out {run}`")
-    trained = json.loads(config.read_text()).get("data", {}).get("variant") if config.is_file() else None
+    trained = read_json(config, f"the run's config; retrain with `fastfc cifar train --variant {variant} --out {run}`") \
+        .get("data", {}).get("variant") if config.is_file() else None
     if trained not in (None, variant):
         raise ValueError(f"{run}: trained with --variant {trained}, but given as the {variant} run; "
                          "pass the raw run first, then the background run")
