@@ -243,7 +243,7 @@ def test_launch_configs_resolve_to_the_papers_recipe(variant, capsys):
     assert cfg["data"]["variant"] == variant and cfg["train"]["out_dir"] == f"runs/cifar_{variant}"
     assert (cfg["train"]["optimizer"], cfg["train"]["lr"], cfg["train"]["schedule"]) == ("sgd", 0.1, "step")
     assert cfg["attack"]["epsilon"] == 255 / 256 and cfg["train"]["grad_clip"] == float("inf")
-    assert plan["steps_per_epoch"] == 781 and plan["total_steps"] == 250 * 781
+    assert plan["steps_per_epoch"] == 782 and plan["total_steps"] == 250 * 782  # 390 batches of 128 split in 2, + 80 in 2
     assert resolve("paper", variant=variant).train.epochs == 250  # the config restates the preset
 
 

@@ -134,7 +134,7 @@ def plan(cfg: CifarConfig, world_size: int) -> dict:
     """What a run will do (``--dry-run``): images, per-rank batch, steps, model passes per image."""
     per_rank = cfg.train.per_rank_batch(world_size)
     images = CIFAR_TRAIN_IMAGES if cfg.data.source == "cifar10" else 10 * cfg.data.train_per_class
-    steps_per_epoch = images // world_size // per_rank
+    steps_per_epoch = cfg.train.steps_per_epoch(images)  # the last partial batch kept, as the original
     return {"world_size": world_size, "train_images": images, "per_rank_batch": per_rank,
             "steps_per_epoch": steps_per_epoch, "total_steps": cfg.train.max_steps or cfg.train.epochs * steps_per_epoch,
             "passes_per_image": cfg.attack.noise_copies * (cfg.attack.steps + 1)}
