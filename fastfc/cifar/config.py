@@ -150,7 +150,7 @@ class VisualizeConfig:
     l2: float = 0.01
     blur: int = 5
     seed: int = 0
-    double_normalize: bool = False
+    double_normalize: bool = True  # the paper's code: ImageNet mean/std on top of the model's own
     cpu_threads: int = 0
 
 
