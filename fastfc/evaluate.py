@@ -133,12 +133,16 @@ def score(logits: torch.Tensor, labels: torch.Tensor, columns: list[list[int]]) 
 
 
 def count_correct(features: np.ndarray, labels: np.ndarray, weight: torch.Tensor, bias: torch.Tensor,
-                  columns: list[list[int]], device: torch.device | str = "cpu", chunk: int = _CHUNK) -> int:
+                  columns: list[list[int]], device: torch.device | str = "cpu", chunk: int = _CHUNK, *,
+                  normalize: bool = False) -> int:
     """:func:`score` of ``features [N, D] @ weight [C, D].T + bias [C]`` in chunks of rows (float32 on
-    ``device``), so ImageNet train fits in memory."""
+    ``device``), so ImageNet train fits in memory. ``normalize``: each feature row L2-normalised first
+    (a head trained that way, :func:`fastfc.probe.head_inputs`)."""
+    from fastfc.probe import head_inputs
+
     weight, bias, correct = weight.to(device), bias.to(device), 0
     for i in range(0, len(labels), chunk):
-        x = torch.from_numpy(np.asarray(features[i:i + chunk], dtype=np.float32)).to(device)
+        x = head_inputs(torch.from_numpy(np.asarray(features[i:i + chunk], dtype=np.float32)).to(device), normalize)
         correct += score(x @ weight.T + bias, torch.from_numpy(np.asarray(labels[i:i + chunk])).to(device), columns)
     return correct
 
@@ -152,10 +156,12 @@ def _entry(correct: int, n: int, columns: list[list[int]], projection: str, sour
 def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_classes: list[str],
              sets: dict[str, Path], cache_dir: Path, rt: Runtime | None = None, *, teacher: Encoder | None = None,
              train: Path | None = None, batch_size: int = 256, num_workers: int | None = None,
-             precision: str = "bf16") -> dict:
+             precision: str = "bf16", normalize: bool = False) -> dict:
     """Top-1 on every set in ``sets`` (name → beton, shard folder or image folder), and with a
     ``teacher`` the student-teacher fit per set (:func:`fit`). ``train`` (a beton) adds the same
-    figures on the train split, the reference level. ``precision`` as in :func:`fastfc.features.extract`. Collective under torchrun: every rank calls it.
+    figures on the train split, the reference level. ``precision`` as in :func:`fastfc.features.extract`.
+    ``normalize``: the head takes L2-normalised features (a probe file recording ``recipe.normalize``,
+    trained from a zero-shot head). Collective under torchrun: every rank calls it.
 
     Returns:
         ``{"sets": {name: entry}, "train": entry or None, "encoder", "teacher", "fingerprints"}``;
@@ -175,7 +181,7 @@ def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_c
     for name, source in sources.items():
         feats = extract(encoder, source, cache_dir, rt, **kw)
         columns, projection = set_columns(source, probe_classes)
-        correct = count_correct(feats.features, feats.labels, weight, bias, columns, rt.device)
+        correct = count_correct(feats.features, feats.labels, weight, bias, columns, rt.device, normalize=normalize)
         entries[name] = _entry(correct, len(feats.labels), columns, projection, source)
         if teacher is not None:
             entries[name]["fit"] = fit(feats.features, extract(teacher, source, cache_dir, rt, **kw).features)
@@ -186,7 +192,8 @@ def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_c
         fingerprints["teacher"] = encoder_fingerprint(teacher)
     train_entry = entries.pop("train") if train is not None else None
     return {"sets": entries, "train": train_entry, "encoder": encoder.name,
-            "teacher": teacher.name if teacher is not None else None, "fingerprints": fingerprints}
+            "teacher": teacher.name if teacher is not None else None, "normalized_features": normalize,
+            "fingerprints": fingerprints}
 
 
 def run(cfg: EvalConfig, sets: dict[str, Path], rt: Runtime | None = None) -> dict:
@@ -199,15 +206,16 @@ def run(cfg: EvalConfig, sets: dict[str, Path], rt: Runtime | None = None) -> di
         FileNotFoundError / ValueError: an unreadable probe file (:func:`fastfc.probe.load_probe`), an
             unknown encoder or unreadable weights, a teacher of another width.
     """
-    from fastfc.probe import load_probe  # reading a probe file: the one thing taken from the probe module
+    from fastfc.probe import load_probe
     from fastfc.runtime import setup_runtime
 
     weight, bias, info = load_probe(cfg.eval.probe)
     teacher = cfg.teacher_encoder()
     rt, encoder, teacher = rt or setup_runtime(), cfg.encoder.build(), teacher.build() if teacher else None
     classes = info.get("classes") or shifts.imagenet_wnids()  # the original probes are 1000-way
+    normalize = bool((info.get("recipe") or {}).get("normalize", False))  # recorded by `fastfc probe`
     results = evaluate(encoder, weight, bias, classes, sets, Path(cfg.extract.cache), rt, teacher=teacher,
-                       train=cfg.eval.train, **cfg.extract.options())
+                       train=cfg.eval.train, normalize=normalize, **cfg.extract.options())
     if rt.is_main:
         out = Path(cfg.eval.out)
         write_results(out, results)

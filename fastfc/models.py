@@ -143,13 +143,24 @@ def _open_clip_builder(name: str) -> Callable[[str | None], tuple[nn.Module, Non
     return build
 
 
+def _reset_module(module: nn.Module) -> None:
+    reset = getattr(module, "reset_parameters", None)
+    if not callable(reset):
+        reset = getattr(module, "_reset_parameters", None)
+    if callable(reset):
+        reset()
+
+
 def paper_init(visual: nn.Module) -> nn.Module:
     """Re-initialise a CLIP image tower (in place) as the paper's code initialises its students.
 
-    Every submodule, in ``modules()`` order, is reset to PyTorch's own defaults by its
-    ``reset_parameters()`` (``_reset_parameters()`` for ``nn.MultiheadAttention``): Conv and Linear
-    kaiming-uniform (``a=sqrt(5)``, std ``1/sqrt(3 fan_in)``), BatchNorm and LayerNorm weight 1 and
-    bias 0 (BatchNorm running statistics reset), attention in-projections xavier-uniform. Then the
+    Every submodule is reset to PyTorch's own defaults by its ``reset_parameters()``
+    (``_reset_parameters()`` for ``nn.MultiheadAttention``) in ``nn.Module.apply`` order, children
+    before their parent, as the original's ``models/clip/clip.py:reset_all_weights``: Conv and Linear
+    kaiming-uniform (``a=sqrt(5)``, std ``1/sqrt(3 fan_in)``, bias ``U(+-1/sqrt(fan_in))``),
+    BatchNorm and LayerNorm weight 1 and bias 0 (BatchNorm running statistics reset), attention
+    in-projections xavier-uniform with zero bias; an attention block's ``out_proj`` is reset before
+    the block, so the block's ``_reset_parameters()`` leaves its bias exactly 0. Then the
     free tensors are redrawn: the ResNets' attention-pool positional embedding as
     ``N(0, 1) / sqrt(embed_dim)``; the ViT's class embedding, positional embedding and output
     projection as ``width**-0.5 * N(0, 1)``. open_clip's own ResNet init differs: it zeroes the last
@@ -157,10 +168,7 @@ def paper_init(visual: nn.Module) -> nn.Module:
     ``N(0, in_features**-0.5)`` (see ``docs/recipe.md``). Draws from torch's global RNG; returns ``visual``.
     """
     with torch.no_grad():
-        for module in visual.modules():
-            reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
-            if callable(reset):
-                reset()
+        visual.apply(_reset_module)
         attnpool = getattr(visual, "attnpool", None)
         if attnpool is not None:  # ModifiedResNet
             pos = attnpool.positional_embedding

@@ -45,6 +45,14 @@ class ProbeRecipe:
     weight_decay: float = 0.1
     seed: int = 0
     grad_clip: float = 1.0
+    normalize: bool = False  # L2-normalised features into the head, in training and evaluation
+
+
+def head_inputs(x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """The head's input: ``x [N, D]`` as it is, or with ``normalize`` each row divided by its L2 norm
+    (``x / x.norm(dim=-1, keepdim=True)``, the original's ``ClassificationHead(normalize=True)``,
+    ``models/mlp.py``, which it builds around a zero-shot head in ``models/utils.py``)."""
+    return x / x.norm(dim=-1, keepdim=True) if normalize else x
 
 
 # ----------------------------------------------------------------------------- heads
@@ -68,7 +76,8 @@ def train_heads(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
     after the backward, then the Adam update) but with a per-head ``wd``, and each head's gradient
     norm clipped at ``recipe.grad_clip`` as ``nn.utils.clip_grad_norm_`` would clip it alone (the
     paper's probe clips at 1.0): so head k equals a separate run with
-    ``weight_decay=weight_decays[k]`` and the same seed. Per-step warmup then
+    ``weight_decay=weight_decays[k]`` and the same seed. ``recipe.normalize``: the heads see
+    L2-normalised features (:func:`head_inputs`), as the original's head around a zero-shot init. Per-step warmup then
     cosine (:func:`fastfc.train.lr_at`); minibatches in a seeded random order; the last one may be small.
 
     Args:
@@ -101,7 +110,7 @@ def train_heads(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.n
             order = torch.randperm(n, generator=generator).to(device)
             for i in range(steps_per_epoch):
                 idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-                x, y = x_all[idx].float(), y_all[idx]
+                x, y = head_inputs(x_all[idx].float(), recipe.normalize), y_all[idx]
                 lr = lr_at(step, base=recipe.lr, warmup=recipe.warmup_steps, total=total)
                 logits = torch.einsum("nd,kcd->knc", x, weight) + bias[:, None, :]
                 loss = F.cross_entropy(logits.reshape(-1, num_classes), y.repeat(k), reduction="sum") / len(y)
@@ -141,12 +150,14 @@ def clip_per_head(weight_grad: torch.Tensor, bias_grad: torch.Tensor, max_norm: 
     bias_grad.mul_(scale[:, None])
 
 
-def top1(features, labels, weight: torch.Tensor, bias: torch.Tensor, batch_size: int = 4096) -> float:
-    """Top-1 accuracy (0..1) of ``features [N, D] @ weight [C, D].T + bias [C]`` against ``labels``."""
+def top1(features, labels, weight: torch.Tensor, bias: torch.Tensor, batch_size: int = 4096, *,
+         normalize: bool = False) -> float:
+    """Top-1 accuracy (0..1) of ``head_inputs(features [N, D], normalize) @ weight [C, D].T + bias [C]``
+    against ``labels``."""
     x_all, y_all = torch.tensor(np.asarray(features)), torch.tensor(np.asarray(labels))
     correct = 0
     for i in range(0, len(y_all), batch_size):
-        logits = x_all[i:i + batch_size].float() @ weight.T + bias
+        logits = head_inputs(x_all[i:i + batch_size].float(), normalize) @ weight.T + bias
         correct += int((logits.argmax(1) == y_all[i:i + batch_size]).sum())
     return correct / max(1, len(y_all))
 
@@ -165,7 +176,8 @@ def sweep(features, labels, num_classes: int, weight_decays: Sequence[float], re
     held, kept = np.sort(perm[:cut]), np.sort(perm[cut:])
     x, y = np.asarray(features), np.asarray(labels)
     weights, biases = train_heads(x[kept], y[kept], num_classes, weight_decays, recipe, device, init=init)
-    scores = {wd: top1(x[held], y[held], weights[i], biases[i]) for i, wd in enumerate(weight_decays)}
+    scores = {wd: top1(x[held], y[held], weights[i], biases[i], normalize=recipe.normalize)
+              for i, wd in enumerate(weight_decays)}
     return max(scores, key=lambda wd: (scores[wd], -wd)), scores
 
 
@@ -225,7 +237,7 @@ class ProbeTask:
 def train_from_images(encoder: Encoder, beton: Path, num_classes: int, recipe: ProbeRecipe, rt: Runtime, *,
                       out_dir: Path, num_workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The original probe: :class:`ProbeTask` on :func:`fastfc.train.train` over the train beton
-    (no augmentation, shuffled, last partial batch dropped). Returns ``(weight [C, D], bias [C])``."""
+    (no augmentation, shuffled, the last partial batch kept). Returns ``(weight [C, D], bias [C])``."""
     from fastfc.data.ffcv import make_loader
     from fastfc.train import TrainConfig, train
 
@@ -264,7 +276,7 @@ def run(cfg: ProbeConfig, rt: Runtime | None = None) -> None:
     encoder = None if p.epochs == 0 else cfg.encoder.build()  # a zero-shot head needs no image features
     classes = read_beton_meta(Path(p.train).parent)["classes"]
     recipe = ProbeRecipe(p.epochs, cfg.extract.batch_size, p.lr, p.warmup,
-                         p.wd if p.wd is not None else WEIGHT_DECAY[p.kind], p.seed)
+                         p.wd if p.wd is not None else WEIGHT_DECAY[p.kind], p.seed, normalize=bool(p.zero_shot))
     info = {"encoder": canonical_name(cfg.encoder.name), "classes": classes}
     init = _zero_shot_init(cfg, classes, rt, info) if p.zero_shot else None
     if p.epochs == 0:
@@ -308,5 +320,5 @@ def _train_cached(cfg: ProbeConfig, encoder: Encoder, num_classes: int, recipe: 
               + ", ".join(f"{k:g}: {v:.3f}" for k, v in scores.items()))
         recipe = replace(recipe, weight_decay=wd)
     w, b = train_heads(feats.features, feats.labels, num_classes, [recipe.weight_decay], recipe, init=init)
-    info["train_top1"] = top1(feats.features, feats.labels, w[0], b[0])
+    info["train_top1"] = top1(feats.features, feats.labels, w[0], b[0], normalize=recipe.normalize)
     return w[0], b[0], recipe

@@ -288,9 +288,9 @@ def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: boo
     """Train ``task.model`` on ``loader`` (yielding ``(images [B,3,H,W], labels)`` per rank).
 
     ``loader``: an ffcv ``Loader`` (``indices``, ``batch_size``, ``len()``, a writable ``next_epoch``
-    seeding its order). Each epoch is cut at :meth:`TrainConfig.steps_per_epoch` steps (ffcv pads
-    every rank to ``ceil(N / ranks)`` images). A resume restores model, optimiser, step and RNG
-    state and skips the batches of the epoch already seen: the lr at every later step equals the
+    seeding its order). Each epoch is :meth:`TrainConfig.steps_per_epoch` steps, its last batch
+    partial (ffcv pads every rank to ``ceil(N / ranks)`` images). A resume restores model, optimiser,
+    step and RNG state and skips the batches of the epoch already seen: the lr at every later step equals the
     uninterrupted run's, on any number of ranks (with the same ranks and deterministic data and
     algorithms, so do the losses). Returns (and writes to summary.json) ``{"step", "epoch",
     "total_steps", "stopped_early", "replica_checksums", "final_loss"}``.

@@ -58,8 +58,8 @@ def small_beton(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def beton63(tmp_path_factory):
-    """A 63-image (9 classes x 7) train beton at 64 px: with a global batch of 8, 7 steps per
-    epoch, and ffcv's distributed order pads 2 ranks to 32 images each (the issue's setup)."""
+    """A 63-image (9 classes x 7) train beton at 64 px: with a global batch of 8, 8 steps per
+    epoch (the last of 7 images), and ffcv's distributed order pads 2 ranks to 32 images each."""
     root = tmp_path_factory.mktemp("train63-src")
     make_imagenet_tree(root, n_classes=9, train_per_class=7, val_per_class=1, quirks=False)
     out = tmp_path_factory.mktemp("train63-beton")

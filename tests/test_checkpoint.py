@@ -66,9 +66,9 @@ def test_every_file_a_run_writes_loads_weights_only_and_is_finite(beton63, tmp_p
         state = torch.load(out / name, weights_only=True)
         tensors = state["model"] if "model" in state else state
         assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()), name
-    # saves at steps 3, 6, 7 (epoch end), 9, 12, 14: the previous one is kept until the next is verified
-    assert load_checkpoint(out / "checkpoint.pt")["step"] == 14
-    assert load_checkpoint(out / "checkpoint.prev.pt")["step"] == 12
+    # saves at steps 3, 6, 8 (epoch end), 9, 12, 15, 16: the previous one is kept until the next is verified
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 16
+    assert load_checkpoint(out / "checkpoint.prev.pt")["step"] == 15
     assert not list(out.glob(".*tmp*"))  # no temporary left behind
 
 
@@ -87,7 +87,7 @@ def test_resume_falls_back_to_the_previous_checkpoint_and_says_so(stopped_run, b
     said = capsys.readouterr().out
     assert f"resuming from {out / 'checkpoint.prev.pt'} (step 2) instead" in said
     lrs = {m["step"]: m["train/lr"] for m in metrics(out)}
-    assert all(abs(lrs[s] - lr_at(s - 1, base=1e-3, warmup=2, total=14)) <= 1e-12 for s in (3, 4, 5, 6))
+    assert all(abs(lrs[s] - lr_at(s - 1, base=1e-3, warmup=2, total=16)) <= 1e-12 for s in (3, 4, 5, 6))
     # the damaged file never became the "previous" one: both are good checkpoints of this run
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 6
     assert load_checkpoint(out / "checkpoint.prev.pt")["step"] == 4

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,8 @@ from fastfc.cifar.data import BACKGROUND, EpochLoader, PhotoCIFAR10, train_trans
 from fastfc.cifar.data import test_transform as eval_transform  # not a test
 from fastfc.cifar.model import CifarResNet, resnet32
 from fastfc.cifar.run import main, resolve
-from fastfc.cifar.visualize import background_tint, colour_measures, uniform_response_ratio, visualize_channels
+from fastfc.cifar.visualize import (background_tint, colour_measures, round_steps, uniform_response_ratio,
+                                    visualize_channels)
 from fastfc.train import TrainConfig, build_optimizer, scheduled_lr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,6 +143,30 @@ def test_pgd_raises_the_smoothed_loss_of_a_trained_model(trained_tiny):
     assert attacked > 2 * clean and attacked > 2 * jittered, (clean, jittered, attacked)
 
 
+class _Flat(nn.Module):
+    """Logits that do not depend on the input: every gradient with respect to the image is exactly 0."""
+
+    def forward(self, x):
+        return (0 * x.flatten(1).sum(1, keepdim=True)).expand(-1, 10)
+
+
+def test_pgd_on_a_zero_gradient_steps_an_unnormalised_gaussian_onto_the_sphere():
+    """The original (``PGD_L2._attack_mutlinoise``): a zero-gradient image's step direction is
+    ``randn`` itself, norm ~sqrt(3072), so each step lands on the ε-sphere after the projection."""
+    x, labels = torch.full((3, 3, 32, 32), 0.5), torch.tensor([0, 1, 2])
+    noise, epsilon, steps = torch.zeros(3, 2, 3, 32, 32), 0.5, 16
+    torch.manual_seed(4)
+    delta = pgd_l2(_Flat(), x, labels, noise, epsilon=epsilon, steps=steps)
+    torch.manual_seed(4)
+    want = torch.zeros_like(x)
+    for _ in range(steps):  # the original's arithmetic, written out
+        want = want + 2 * epsilon / steps * torch.randn_like(x)
+        want = (x + want).clamp(0, 1) - x
+        want = want * (epsilon / want.flatten(1).norm(dim=1).clamp_min(epsilon)).view(-1, 1, 1, 1)
+    assert torch.allclose(delta, want, atol=1e-6)
+    assert torch.allclose(delta.flatten(1).norm(dim=1), torch.full((3,), epsilon), rtol=1e-5)  # a unit step: 0.5 ε
+
+
 def test_noisy_copies_keep_each_images_copies_together_and_the_memory_format():
     images = torch.rand(3, 3, 4, 4).contiguous(memory_format=torch.channels_last)
     noise = torch.randn(3, 2, 3, 4, 4)
@@ -189,8 +215,52 @@ def test_visualisation_raises_its_channels_activation():
     assert (vis.activation_end > vis.activation_start + 0.1).all(), (vis.activation_start, vis.activation_end)
     assert np.allclose(vis.images.min(axis=(1, 2, 3)), 0) and np.allclose(vis.images.max(axis=(1, 2, 3)), 1)
     assert all(p.grad is None for p in net.parameters())  # only the images were optimised
-    double = visualize_channels(net, layer, [0], rounds=1, steps=1, double_normalize=True)
-    assert double.activation_start[0] != pytest.approx(vis.activation_start[0])  # the quirk changes the input
+    clean = visualize_channels(net, layer, [0], rounds=1, steps=1, double_normalize=False)
+    assert clean.activation_start[0] != pytest.approx(vis.activation_start[0])  # the paper's input differs
+
+
+def test_round_steps_are_the_originals():
+    assert [round_steps(r, 10, 200) for r in range(10)] == [200] * 6 + [260] * 4
+    assert sum(round_steps(r, 10, 200) for r in range(10)) == 2_240
+    assert [round_steps(r, 2, 8) for r in range(2)] == [8, 8]  # the smoke preset
+
+
+def _reference_visualisation(net, layer, channels, i, *, rounds, steps, lr=0.05, seed=0):
+    """``FilterVisualizer.visualize`` written out for one channel: Adam on the ImageNet-normalised
+    tensor the model is fed, the L2 term on it, cv2.blur of the image between rounds, longer late rounds."""
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    start = (128 + 20 * torch.rand(len(channels), 3, 32, 32, generator=torch.Generator().manual_seed(seed))) / 255
+    img, channel = start[i].permute(1, 2, 0).double().numpy(), channels[i]  # HWC, as the original's numpy image
+    seen = {}
+    hook = layer.register_forward_hook(lambda m, a, out: seen.__setitem__("out", out))
+    for i in range(rounds):
+        z = torch.from_numpy(((img - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)).requires_grad_()
+        opt = torch.optim.Adam([z], lr=lr, weight_decay=0)
+        for _ in range(int(steps * 1.3) if i > rounds / 2 else steps):
+            opt.zero_grad()
+            net(z)
+            loss = -seen["out"][0, channel].mean() + 1e-2 * torch.norm(z - torch.full_like(z, 0.5), p=2)
+            loss.backward()
+            opt.step()
+        out = z.detach()[0].double().numpy().transpose(1, 2, 0) * std + mean
+        img = cv2.blur(out, (5, 5))
+    hook.remove()
+    return (out - out.min()) / (out.max() - out.min())
+
+
+def test_visualisation_optimises_the_normalised_input_as_the_original():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+    net.requires_grad_(False)
+    layer = net[2]
+    vis = visualize_channels(net, layer, [0, 3], rounds=3, steps=10, lr=0.05)  # rounds of 10, 10, 13 steps
+    for i, channel in enumerate((0, 3)):
+        want = _reference_visualisation(net, layer, [0, 3], i, rounds=3, steps=10)
+        # float32 here, float64 numpy there: 3e-4 on average after 33 Adam steps; 13 steps in the last
+        # round replaced by 10 would be 4e-2 off, pixels optimised instead of the normalised input 0.3
+        assert np.abs(vis.images[i] - want).mean() < 2e-3 and np.abs(vis.images[i] - want).max() < 5e-2, channel
+    pixels = visualize_channels(net, layer, [0, 3], rounds=3, steps=10, lr=0.05, double_normalize=False)
+    assert np.abs(pixels.images - vis.images).max() > 1e-2
 
 
 def _detectors() -> tuple[nn.Module, nn.Conv2d]:
@@ -204,7 +274,7 @@ def _detectors() -> tuple[nn.Module, nn.Conv2d]:
 
 def test_colour_measure_finds_the_red_detector_and_rejects_the_grey_one():
     net, conv = _detectors()
-    vis = visualize_channels(net, conv, [0, 1, 2], rounds=2, steps=20)
+    vis = visualize_channels(net, conv, [0, 1, 2], rounds=2, steps=20, double_normalize=False)  # detectors of pixels
     m = colour_measures(vis.images, BACKGROUND)
     assert m["tinted_channels"] == [0], m
     red, grey, green = m["channel_tints"]
@@ -243,7 +313,7 @@ def test_launch_configs_resolve_to_the_papers_recipe(variant, capsys):
     assert cfg["data"]["variant"] == variant and cfg["train"]["out_dir"] == f"runs/cifar_{variant}"
     assert (cfg["train"]["optimizer"], cfg["train"]["lr"], cfg["train"]["schedule"]) == ("sgd", 0.1, "step")
     assert cfg["attack"]["epsilon"] == 255 / 256 and cfg["train"]["grad_clip"] == float("inf")
-    assert plan["steps_per_epoch"] == 781 and plan["total_steps"] == 250 * 781
+    assert plan["steps_per_epoch"] == 782 and plan["total_steps"] == 250 * 782  # 390 batches of 128 split in 2, + 80 in 2
     assert resolve("paper", variant=variant).train.epochs == 250  # the config restates the preset
 
 

@@ -37,8 +37,8 @@ def test_every_paper_config_dry_runs_with_the_papers_hyperparameters(capsys):
         assert (cfg["train"]["lr"], cfg["train"]["weight_decay"], cfg["train"]["epochs"]) == (lr, wd, epochs), path
         assert cfg["train"]["global_batch_size"] == 256 and cfg["train"]["warmup_steps"] == 10_000
         assert cfg["objective"]["distill_weight"] == 0.9 and cfg["model"]["teacher_pretrained"] == "openai"
-        assert plan["per_rank_batch"] == 256 and plan["steps_per_epoch"] == 1_281_167 // 256
-        assert plan["total_steps"] == epochs * (1_281_167 // 256) and plan["lr_first"] == pytest.approx(lr / 10_000)
+        assert plan["per_rank_batch"] == 256 and plan["steps_per_epoch"] == 5_005  # ceil(1,281,167 / 256)
+        assert plan["total_steps"] == epochs * 5_005 and plan["lr_first"] == pytest.approx(lr / 10_000)
 
 
 def test_dry_run_override_and_uneven_world(monkeypatch, capsys):

@@ -264,3 +264,28 @@ def test_cli_fit_under_two_ranks_equals_one_process(val_sources, small_beton, tm
         assert two["fit"]["cosine"] == pytest.approx(one["fit"]["cosine"], abs=1e-3)
         assert two["fit"]["rel_sq_error"] == pytest.approx(one["fit"]["rel_sq_error"], rel=1e-2)
         assert 0 < one["fit"]["rel_sq_error"] and one["fit"]["cosine"] < 1
+
+
+def test_cli_eval_normalises_the_features_of_a_probe_trained_on_normalised_ones(val_sources, tmp_path):
+    """A probe whose record says ``recipe.normalize`` (trained from a zero-shot head, as the original's
+    ``ClassificationHead(normalize=True)``) is scored on L2-normalised features; one without, on raw."""
+    folder, _, _, meta = val_sources
+    weights = _tiny_weights(tmp_path / "tiny.pt", 0)
+    w, _ = init_head(32, len(meta["classes"]), 0)
+    bias = torch.linspace(-0.5, 0.5, len(meta["classes"]))  # of the order of w @ x / |x|: normalising matters
+    feats = extract(build_teacher("tiny", weights=weights), folder, tmp_path / "cache", batch_size=16, num_workers=1)
+    x = feats.features.astype(np.float64)
+    columns, _ = evallib.set_columns(folder, meta["classes"])  # the folder's labels: its own classes
+    expected = {}
+    for normalize in (True, False):
+        inputs = x / np.linalg.norm(x, axis=1, keepdims=True) if normalize else x
+        logits = torch.from_numpy(inputs @ w.double().numpy().T + bias.double().numpy())
+        expected[normalize] = evallib.score(logits, torch.from_numpy(np.asarray(feats.labels)), columns)
+        probe = tmp_path / f"probe_{normalize}.pt"
+        save_probe(probe, w, bias, {"classes": meta["classes"], "recipe": {"normalize": normalize}})
+        assert main(["eval", "--encoder", "tiny", "--weights", str(weights), "--probe", str(probe), "--cache",
+                     str(tmp_path / "cache"), "--workers", "1", "--val", str(folder), "--out", str(tmp_path / str(normalize))]) == 0
+        results = json.loads((tmp_path / str(normalize) / "results.json").read_text())
+        assert results["normalized_features"] is normalize
+        assert results["sets"]["imagenet-val"]["correct"] == expected[normalize], normalize
+    assert expected[True] != expected[False]  # the data tell the two apart

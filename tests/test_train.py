@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -162,7 +163,7 @@ def test_dry_run_plan_and_uneven_batch_is_refused(small_beton, tmp_path):
     cfg = tiny_config(small_beton, tmp_path, global_batch_size=8, epochs=2)
     p = plan(cfg, world_size=2)
     assert p["per_rank_batch"] == 4 and p["train_images"] == 300
-    assert p["steps_per_epoch"] == 300 // 2 // 4 and p["total_steps"] == 2 * 37
+    assert p["steps_per_epoch"] == 38 and p["total_steps"] == 2 * 38  # 37 batches of 8 and one of 4
     with pytest.raises(ValueError, match="does not split evenly over 3 ranks"):
         plan(cfg, world_size=3)
 
@@ -180,7 +181,8 @@ def test_config_overrides_and_unknown_keys(tmp_path):
 # ------------------------------------------------------------------ world size (63 images, global batch 8)
 
 def issue_config(beton: Path, out: Path, **train) -> DistillConfig:
-    """63 images, global batch 8, 2 epochs, warmup 2: 7 steps per epoch, 14 in all, at any world size."""
+    """63 images, global batch 8, 2 epochs, warmup 2: 8 steps per epoch (the last of 7 images), 16 in
+    all, at any world size."""
     return tiny_config(beton, out, **{"epochs": 2, "warmup_steps": 2, **train})
 
 
@@ -195,10 +197,45 @@ def test_steps_per_epoch_come_from_images_and_global_batch_only(beton63, tmp_pat
     cfg = issue_config(beton63, tmp_path)
     for world in (1, 2, 8):
         p = plan(cfg, world_size=world)
-        assert (p["steps_per_epoch"], p["total_steps"], p["per_rank_batch"]) == (7, 14, 8 // world)
-    with pytest.raises(ValueError, match="63 training images make no full global batch of 64"):
-        cfg.train.global_batch_size = 64
-        plan(cfg, world_size=1)
+        assert (p["steps_per_epoch"], p["total_steps"], p["per_rank_batch"]) == (8, 16, 8 // world)
+    cfg.train.global_batch_size = 64  # fewer images than one batch: one partial step, as the original
+    assert (plan(cfg, world_size=1)["steps_per_epoch"], plan(cfg, world_size=2)["total_steps"]) == (1, 2)
+    with pytest.raises(ValueError, match="0 training images: the training set is empty"):
+        TrainConfig().steps_per_epoch(0)
+
+
+def test_imagenet_epoch_keeps_the_last_partial_batch_at_every_world_size():
+    """The original's DataLoader (drop_last=False; DistributedSampler padding): 5,005 steps per epoch
+    of 1,281,167 images at 256 (5,004 x 256 + 143), 250,250 in RN50's 50 epochs."""
+    cfg = TrainConfig(epochs=50, global_batch_size=256)
+    for world in (1, 2, 8):
+        per_rank_images = -(-1_281_167 // world)  # DistributedSampler pads each rank to ceil(N / ranks)
+        per_rank_steps = -(-per_rank_images // (256 // world))  # a DataLoader keeping the partial batch
+        p = cfg.plan(1_281_167, world)
+        assert p["steps_per_epoch"] == per_rank_steps == 5_005 and p["total_steps"] == 250_250, world
+
+
+def test_ffcv_training_loader_yields_the_partial_batch_and_resumes_through_it(beton63, tmp_path):
+    from fastfc.data.ffcv import make_loader
+    from fastfc.models import CLIP_MEAN, CLIP_STD
+
+    loader = make_loader(beton63, train=True, augment=False, batch_size=8, resolution=32, mean=CLIP_MEAN,
+                         std=CLIP_STD, num_workers=1)
+    sizes, seen = [], []
+    for images, labels in loader:
+        sizes.append(images.shape[0])
+        seen.extend(labels.flatten().tolist())
+    assert sizes == [8] * 7 + [7] and len(seen) == 63 and sorted(seen) == sorted([c for c in range(9)] * 7)
+    whole = run(issue_config(beton63, tmp_path / "whole"), rt=one_process())
+    assert whole["step"] == 16 and whole["epoch"] == 2.0
+    run(issue_config(beton63, tmp_path / "parts", stop_after=7), rt=one_process())  # stop before the partial batch
+    run(issue_config(beton63, tmp_path / "parts"), rt=one_process(), resume=True)
+    a = {m["step"]: m["train/loss"] for m in metrics(tmp_path / "whole")}
+    b = {m["step"]: m["train/loss"] for m in metrics(tmp_path / "parts")}
+    assert sorted(a) == sorted(b) == list(range(1, 17)) and all(a[s] == b[s] for s in range(8, 17))
+    w1 = torch.load(tmp_path / "whole" / "weights.pt", weights_only=True)
+    w2 = torch.load(tmp_path / "parts" / "weights.pt", weights_only=True)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
 def test_two_rank_run_does_the_steps_the_dry_run_plans(beton63, tmp_path, monkeypatch, capsys):
@@ -208,34 +245,34 @@ def test_two_rank_run_does_the_steps_the_dry_run_plans(beton63, tmp_path, monkey
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["distill", "--config", str(toml), "--dry-run"]) == 0
     planned = json.loads(capsys.readouterr().out)["plan"]
-    assert (planned["steps_per_epoch"], planned["total_steps"]) == (7, 14)
+    assert (planned["steps_per_epoch"], planned["total_steps"]) == (8, 16)
     done = torchrun(["distill", "--config", str(toml)])
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert done.stdout.count("done: 14 steps") == 1, done.stdout  # ffcv's padded order would give 16
+    assert done.stdout.count("done: 16 steps") == 1, done.stdout  # 14 if the partial batch were dropped
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["total_steps"] == summary["step"] == 14 and summary["epoch"] == 2.0
+    assert summary["total_steps"] == summary["step"] == 16 and summary["epoch"] == 2.0
     lrs = {m["step"]: m["train/lr"] for m in metrics(tmp_path / "run")}
-    assert sorted(lrs) == list(range(1, 15))
-    assert all(abs(lrs[s] - lr_at(s - 1, base=1e-3, warmup=2, total=14)) <= 1e-12 for s in lrs)
+    assert sorted(lrs) == list(range(1, 17))
+    assert all(abs(lrs[s] - lr_at(s - 1, base=1e-3, warmup=2, total=16)) <= 1e-12 for s in lrs)
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert state["step"] == 14 and state["epoch"] == 2 and state["plan"]["world_size"] == 2
+    assert state["step"] == 16 and state["epoch"] == 2 and state["plan"]["world_size"] == 2
     assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
 
 
 def test_resume_on_another_world_size_continues_the_same_schedule(beton63, tmp_path):
     whole = run(issue_config(beton63, tmp_path / "whole"), rt=one_process())
-    assert whole["step"] == whole["total_steps"] == 14
+    assert whole["step"] == whole["total_steps"] == 16
     first = run(issue_config(beton63, tmp_path / "parts", stop_after=3), rt=one_process())
     assert first["stopped_early"] and first["step"] == 3
     toml = write_toml(issue_config(beton63, tmp_path / "parts"), tmp_path / "cfg.toml")
     done = torchrun(["distill", "--config", str(toml), "--resume"])
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert done.stdout.count("done: 14 steps") == 1, done.stdout
+    assert done.stdout.count("done: 16 steps") == 1, done.stdout
     assert "written by 1 processes, this run has 2" in done.stdout and "data order" in done.stdout
     a = {m["step"]: m["train/lr"] for m in metrics(tmp_path / "whole")}
     b = {m["step"]: m["train/lr"] for m in metrics(tmp_path / "parts")}
-    assert sorted(a) == sorted(b) == list(range(1, 15))
-    assert b[4] == pytest.approx(9.8296e-04, abs=1e-8)  # 9.8746e-04 when the schedule followed the world size
+    assert sorted(a) == sorted(b) == list(range(1, 17))
+    assert b[4] == pytest.approx(0.5e-3 * (1 + math.cos(math.pi * 1 / 14)), abs=1e-12)  # step 3: cosine 1/(16-2)
     assert all(abs(a[s] - b[s]) <= 1e-12 for s in a)
 
 

@@ -7,6 +7,8 @@ tower, the head's scale, and that the head's top-1 on raw embeddings is CLIP's c
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import open_clip
 import pytest
 import torch
@@ -15,7 +17,8 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 from fastfc.cli import main
 from fastfc.demo.photos import IMAGENETTE_WNIDS
-from fastfc.probe import ProbeRecipe, train_heads
+from fastfc.probe import ProbeRecipe, top1, train_heads
+from fastfc.train import lr_at
 from fastfc.zeroshot import build_clip, classnames_for, zero_shot_head
 
 TEMPLATES = ("a photo of a {}.", lambda c: f"a sketch of the {c}.", "itap of a {}.")
@@ -68,6 +71,38 @@ def test_probe_starts_from_the_given_head():
     assert (w1[0] - w2[0]).abs().max() > 0.5  # not from the default initialisation
     with pytest.raises(ValueError, match=r"need \(10, 24\)"):
         train_heads(x, y, 10, [1e-3], recipe, progress=False, init=(init[0][:, :8], init[1]))
+
+
+def test_a_probe_from_a_zero_shot_head_trains_on_normalised_features():
+    """``recipe.normalize`` (set by ``--zero-shot``): every head equals torch's AdamW on a Linear fed
+    ``x / |x|``, as the original's ``ClassificationHead(normalize=True)``; and differs from raw."""
+    g = torch.Generator().manual_seed(0)
+    x, y = 30 * torch.randn(96, 24, generator=g), torch.randint(0, 10, (96,), generator=g)
+    init = (100 * F.normalize(torch.randn(10, 24, generator=g), dim=1), torch.zeros(10))  # a zero-shot-like head
+    recipe = ProbeRecipe(epochs=3, batch_size=32, lr=1e-2, warmup_steps=2, weight_decay=0.1, seed=5, normalize=True)
+    head = torch.nn.Linear(24, 10)
+    with torch.no_grad():
+        head.weight.copy_(init[0]), head.bias.copy_(init[1])
+    opt = torch.optim.AdamW(head.parameters(), lr=recipe.lr, weight_decay=0.1)
+    order_g, step, total = torch.Generator().manual_seed(5), 0, 3 * 3
+    for _ in range(3):
+        order = torch.randperm(96, generator=order_g)
+        for i in range(3):
+            idx = order[i * 32:(i + 1) * 32]
+            opt.param_groups[0]["lr"] = lr_at(step, base=recipe.lr, warmup=2, total=total)
+            inputs = x[idx] / x[idx].norm(dim=-1, keepdim=True)
+            loss = F.cross_entropy(head(inputs), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+            opt.step()
+            step += 1
+    w, b = train_heads(x, y, 10, [0.1], recipe, progress=False, init=init)
+    assert (w[0] - head.weight).abs().max() < 1e-5 and (b[0] - head.bias).abs().max() < 1e-5
+    raw, _ = train_heads(x, y, 10, [0.1], replace(recipe, normalize=False), progress=False, init=init)
+    assert (raw[0] - head.weight).abs().max() > 1e-3
+    xn = x / x.norm(dim=-1, keepdim=True)
+    assert top1(x, y, w[0], b[0], normalize=True) == ((xn @ w[0].T + b[0]).argmax(1) == y).float().mean().item()
 
 
 def test_zero_shot_needs_a_clip_encoder_and_cached_features(tmp_path):

@@ -49,9 +49,12 @@ def pgd_l2(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, noise: to
     """L2 PGD on the noise-smoothed loss (:func:`smoothed_nll`); returns δ, detached.
 
     ``images`` ``[B, 3, H, W]`` in [0, 1], ``labels`` ``[B]``, ``noise`` ``[B, m, 3, H, W]``. δ starts at 0;
-    each step moves it by ``2 * epsilon / steps`` along the per-image L2-normalised gradient (a random
-    unit direction where the gradient is 0), clamps ``images + δ`` to [0, 1], and projects δ onto the
-    L2 ball of radius ``epsilon``. So ``‖δ_i‖₂ <= epsilon`` and ``images + δ`` in [0, 1] on return.
+    each step moves it by ``2 * epsilon / steps`` along the per-image L2-normalised gradient, clamps
+    ``images + δ`` to [0, 1], and projects δ onto the L2 ball of radius ``epsilon``. So
+    ``‖δ_i‖₂ <= epsilon`` and ``images + δ`` in [0, 1] on return. Where an image's gradient is exactly
+    0 its direction is an unnormalised ``N(0, 1)`` draw, as the original's
+    ``cifar/code/attacks.py:PGD_L2._attack_mutlinoise`` (norm about ``sqrt(3·H·W)``, so the step
+    usually ends on the ε-sphere after the projection).
     The caller picks the mode of ``net`` (eval for the recipe); only δ's gradient is computed
     (``torch.autograd.grad``), so the weights' ``.grad`` and a DDP wrapper's state are untouched.
     """
@@ -61,12 +64,12 @@ def pgd_l2(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, noise: to
         with torch.enable_grad():
             grad, = torch.autograd.grad(smoothed_nll(net, images + delta, labels, noise), delta)
         with torch.no_grad():
-            norms = grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-            zero = (norms == 0).flatten()
-            if zero.any():  # a flat loss: step in a random direction rather than not at all
-                grad[zero] = torch.randn_like(grad[zero])
-                norms = grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-            delta += step_size * grad / norms
+            norms = grad.flatten(1).norm(dim=1)
+            direction = grad / norms.view(-1, 1, 1, 1)
+            zero = norms == 0
+            if zero.any():  # a flat loss: the original's Gaussian, not normalised
+                direction[zero] = torch.randn_like(direction[zero])
+            delta += step_size * direction
             delta.copy_((images + delta).clamp(0, 1) - images)
             delta.copy_(delta.renorm(2, 0, epsilon))
     return delta.detach()

@@ -134,7 +134,7 @@ def plan(cfg: CifarConfig, world_size: int) -> dict:
     """What a run will do (``--dry-run``): images, per-rank batch, steps, model passes per image."""
     per_rank = cfg.train.per_rank_batch(world_size)
     images = CIFAR_TRAIN_IMAGES if cfg.data.source == "cifar10" else 10 * cfg.data.train_per_class
-    steps_per_epoch = images // world_size // per_rank
+    steps_per_epoch = cfg.train.steps_per_epoch(images)  # the last partial batch kept, as the original
     return {"world_size": world_size, "train_images": images, "per_rank_batch": per_rank,
             "steps_per_epoch": steps_per_epoch, "total_steps": cfg.train.max_steps or cfg.train.epochs * steps_per_epoch,
             "passes_per_image": cfg.attack.noise_copies * (cfg.attack.steps + 1)}
@@ -150,7 +150,7 @@ class VisualizeConfig:
     l2: float = 0.01
     blur: int = 5
     seed: int = 0
-    double_normalize: bool = False
+    double_normalize: bool = True  # the paper's code: ImageNet mean/std on top of the model's own
     cpu_threads: int = 0
 
 

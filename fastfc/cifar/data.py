@@ -98,14 +98,15 @@ class EpochLoader:
     """A ``DataLoader`` shaped for :func:`fastfc.train.train`: ``len()`` batches per epoch, ``indices``
     (the whole set) and the per-rank ``batch_size`` the trainer's plan checks, iteration
     yielding ``(images [B, 3, 32, 32] float32, labels [B] int64)``, and a writable ``next_epoch`` that
-    seeds the order (``DistributedSampler.set_epoch``: each rank its own disjoint share, the last
-    incomplete batch dropped) and is passed to every callback in ``on_epoch`` (the ε ramp)."""
+    seeds the order (``DistributedSampler.set_epoch``: each rank its share, padded to
+    ``ceil(N / ranks)``; the last partial batch kept, as the original's ``DataLoader``) and is passed
+    to every callback in ``on_epoch`` (the ε ramp)."""
 
     def __init__(self, dataset: Dataset, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  num_workers: int = 0, pin_memory: bool = False, on_epoch=()):
         self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                          drop_last=True)
-        self.loader = DataLoader(dataset, batch_size, sampler=self.sampler, drop_last=True, num_workers=num_workers,
+                                          drop_last=False)
+        self.loader = DataLoader(dataset, batch_size, sampler=self.sampler, drop_last=False, num_workers=num_workers,
                                  pin_memory=pin_memory, persistent_workers=num_workers > 0)
         self.on_epoch = list(on_epoch)
         self._epoch = 0

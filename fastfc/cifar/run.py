@@ -201,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", type=Path, required=True, help="output folder")
     v.add_argument("--preset", choices=VISUALIZE_PRESETS, default="paper",
                    help="paper (default): 10 rounds x 200 steps; smoke: 2 x 8")
-    v.add_argument("--double-normalize", action="store_true",
-                   help="the paper code's quirk: ImageNet mean/std on top of the model's CIFAR normalisation")
+    v.add_argument("--double-normalize", action=argparse.BooleanOptionalAction, default=True,
+                   help="the paper code's input (default): ImageNet mean/std on top of the model's CIFAR "
+                        "normalisation; --no-double-normalize feeds the image as it is")
     return p
 
 

@@ -2,12 +2,15 @@
 
 Recipe (``docs/recipe.md``, "CIFAR-10 experiment"; the paper's §5 figure, after Allen-Zhu & Li 2021):
 hook the output of ``layer3[-1].conv2`` (before its BN: 64 channels at 8×8); for each channel,
-optimise an input image to maximise the channel's mean activation. Start from near-grey noise
-``(128 + 20·U[0,1)) / 255``; Adam, lr 0.05; loss ``-mean activation + 0.01·‖x - 0.5‖₂``; 10 rounds of
-200 steps with a 5×5 box blur and a fresh optimiser between rounds; the result is the last round's
-image, min–max scaled. The paper's code also normalised the input with ImageNet's mean/std on top of
-the model's own CIFAR normalisation (``double_normalize=True`` reproduces it) and wrote the RGB
-arrays as BGR; fastfc's default is the clean version and it writes RGB.
+optimise an input image to maximise the channel's mean activation, as the original's
+``cifar/code/feature_visualization.py:FilterVisualizer.visualize``. Start from near-grey noise
+``(128 + 20·U[0,1)) / 255``; Adam, lr 0.05, on the tensor the model is fed, ``z`` (the image
+normalised with ImageNet's mean/std, on top of the model's own CIFAR normalisation, as the paper's
+code does; ``double_normalize=False``: the image itself); loss ``-mean activation + 0.01·‖z - 0.5‖₂``;
+10 rounds, a round ``r > rounds / 2`` running ``int(1.3 · steps)`` steps (:func:`round_steps`: 6 × 200
++ 4 × 260 = 2,240), with a 5×5 box blur of the image and a fresh optimiser between rounds; the result
+is the last round's image, min–max scaled. The paper's code wrote the RGB arrays as BGR; fastfc
+writes RGB.
 
 The measures (beyond the paper): the mean colour of the visualisations and its distance to the
 background colour; the *background tint* of a colour, the component of its chroma (the colour minus
@@ -59,46 +62,59 @@ def box_blur(x: torch.Tensor, size: int = 5) -> torch.Tensor:
     return F.avg_pool2d(F.pad(x, (r, r, r, r), mode="reflect"), size, stride=1)
 
 
-def _channel_means(net: nn.Module, layer: nn.Module, x: torch.Tensor, channels: torch.Tensor,
-                   double_normalize: bool) -> torch.Tensor:
-    """Mean activation of channel ``channels[i]`` of ``layer`` for image ``x[i]``: ``[B]``."""
-    if double_normalize:
-        mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
-        x = (x - mean) / std
+def round_steps(r: int, rounds: int, steps: int) -> int:
+    """Adam steps of round ``r`` (0-based): ``int(1.3 * steps)`` for ``r > rounds / 2``, else ``steps``
+    (the original's ``if i > upscaling_steps/2: opt_steps_ = int(opt_steps*1.3)``)."""
+    return int(steps * 1.3) if r > rounds / 2 else steps
+
+
+def _imagenet_affine(device) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+
+
+def _channel_means(net: nn.Module, layer: nn.Module, z: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    """Mean activation of channel ``channels[i]`` of ``layer`` for the model input ``z[i]``: ``[B]``."""
     with hooked(layer) as seen:
-        net(x)
+        net(z)
     act = seen["out"]
-    return act[torch.arange(len(channels), device=x.device), channels].flatten(1).mean(1)
+    return act[torch.arange(len(channels), device=z.device), channels].flatten(1).mean(1)
 
 
 def visualize_channels(net: nn.Module, layer: nn.Module, channels: list[int], *, rounds: int = 10, steps: int = 200,
                        lr: float = 0.05, l2: float = 0.01, blur: int = 5, size: int = 32, seed: int = 0,
-                       double_normalize: bool = False) -> Visualisation:
+                       double_normalize: bool = True) -> Visualisation:
     """One optimised image per channel of ``layer`` (all channels at once; the images are independent).
 
     ``net`` takes ``[B, 3, size, size]`` RGB in [0, 1] and is put in eval mode; its weights and their
-    ``.grad`` are not touched. Adam works per element, so one optimiser over the stacked images equals one per image.
+    ``.grad`` are not touched. Adam optimises the model's input ``z``, ImageNet-normalised image with
+    ``double_normalize`` (the paper's code), else the image; the L2 term is on ``z``; the blur between
+    rounds acts on the image. Round ``r`` runs :func:`round_steps` steps. Adam works per element, so
+    one optimiser over the stacked images equals one per image.
     """
     net.eval()
     device = next(net.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     x = ((128 + 20 * torch.rand(len(channels), 3, size, size, generator=gen)) / 255).to(device)
+    mean, std = _imagenet_affine(device) if double_normalize else (torch.zeros((), device=device),
+                                                                     torch.ones((), device=device))
     index = torch.tensor(channels, device=device)
+    z = (x - mean) / std
     with torch.no_grad():
-        start = _channel_means(net, layer, x, index, double_normalize)
+        start = _channel_means(net, layer, z, index)
     for r in range(rounds):
         if r:
             x = box_blur(x, blur)
-        x = x.detach().requires_grad_(True)
-        optimizer = torch.optim.Adam([x], lr=lr)
-        for _ in range(steps):
-            act = _channel_means(net, layer, x, index, double_normalize)
-            loss = (-act + l2 * (x - 0.5).flatten(1).norm(dim=1)).sum()
-            x.grad, = torch.autograd.grad(loss, x)  # the image's gradient only, none for the weights
+        z = ((x - mean) / std).detach().requires_grad_(True)
+        optimizer = torch.optim.Adam([z], lr=lr)
+        for _ in range(round_steps(r, rounds, steps)):
+            act = _channel_means(net, layer, z, index)
+            loss = (-act + l2 * (z - 0.5).flatten(1).norm(dim=1)).sum()
+            z.grad, = torch.autograd.grad(loss, z)  # the input's gradient only, none for the weights
             optimizer.step()
-    x = x.detach()
+        z = z.detach()
+        x = z * std + mean
     with torch.no_grad():
-        end = _channel_means(net, layer, x, index, double_normalize)
+        end = _channel_means(net, layer, z, index)
     low, high = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
     scaled = (x - low) / (high - low).clamp_min(1e-12)
     return Visualisation(scaled.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32), start.cpu().numpy(),

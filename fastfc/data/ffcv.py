@@ -128,9 +128,12 @@ def make_loader(beton: str | Path, *, train: bool, batch_size: int, resolution: 
     """An ffcv ``Loader`` over a fastfc beton.
 
     Training loaders shuffle (QUASI_RANDOM order is not supported distributed, so RANDOM is used;
-    the order is seeded by ``seed + epoch``) and drop the last partial batch; evaluation loaders
-    are sequential and keep every sample (ffcv's default ``drop_last=True`` would silently drop
-    up to ``batch_size - 1`` images). ``augment`` defaults to ``train``; ``train=True,
+    the order is seeded by ``seed + epoch``); evaluation loaders are sequential. Both keep the last
+    partial batch (ffcv's default ``drop_last=True`` would drop up to ``batch_size - 1`` images), as
+    the original's ``DataLoader`` does: a training epoch is ``ceil(N / global batch)`` steps
+    (:meth:`fastfc.train_config.TrainConfig.steps_per_epoch`). Distributed, ffcv pads every rank to
+    ``ceil(N / ranks)`` images (torch's ``DistributedSampler``, as the original), so every rank's
+    last batch has the same size. ``augment`` defaults to ``train``; ``train=True,
     augment=False`` shuffles but centre-crops, which makes a run reproducible bit for bit (ffcv
     1.0.2 does not seed its random crops and flips per sample). ``linear_resize=False`` gives ffcv's
     stock training decoder (see :func:`decode_ops`). ``num_workers`` (ffcv's decode threads): ``None``
@@ -148,7 +151,7 @@ def make_loader(beton: str | Path, *, train: bool, batch_size: int, resolution: 
     return Loader(
         str(beton), batch_size=batch_size, num_workers=fit_workers(num_workers or None, "num_workers"),
         order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
-        drop_last=train, distributed=distributed, seed=seed,
+        drop_last=False, distributed=distributed, seed=seed,
         indices=None if indices is None else list(indices),
         pipelines={"image": image_pipeline(train=train if augment is None else augment,
                                            resolution=resolution, mean=mean, std=std,
