@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from fastfc import shifts
 from fastfc.atomic import publish, write_json
 from fastfc.models import Encoder
 from fastfc.runtime import Runtime, prepare_model
@@ -79,13 +78,10 @@ def _batches(encoder: Encoder, source: Path, rt: Runtime, *, batch_size: int, nu
         yield from folder.folder_batches(folder.read_folder(source), transform, rank=rt.rank,
                                          world_size=rt.world_size, batch_size=batch_size, num_workers=num_workers)
         return
-    if source.is_dir():  # a shift-set shard folder: keys are the row numbers
-        from fastfc.data.shards import eval_transform, make_shard_loader, read_meta
+    if source.is_dir():  # a shard folder, decoded as its meta.json says: keys are the row numbers
+        from fastfc.data.shards import eval_transform, make_shard_loader
 
-        name = read_meta(source)["set"]
-        crop = shifts.REGISTRY[name].border_crop if name in shifts.REGISTRY else 0
-        loader = make_shard_loader(source, transform=eval_transform(encoder.input_size, encoder.mean, encoder.std,
-                                                                    border_crop=crop),
+        loader = make_shard_loader(source, transform=eval_transform(encoder.input_size, encoder.mean, encoder.std),
                                    batch_size=batch_size, num_workers=num_workers, rank=rt.rank,
                                    world_size=rt.world_size)
         for images, labels, keys in loader:
