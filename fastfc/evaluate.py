@@ -167,7 +167,8 @@ def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_c
              train: Path | None = None, batch_size: int = 256, num_workers: int | None = None,
              precision: str = "bf16") -> dict:
     """Top-1 on every set in ``sets`` (name → beton, shard folder or image folder), and with a
-    ``teacher`` the student-teacher fit per set (:func:`fit`). ``train`` (a beton) adds the same
+    ``teacher`` the student-teacher fit per set (:func:`fit`). ``train`` (the ImageNet train folder,
+    its shards or a beton) adds the same
     figures on the train split, the reference level. ``precision`` as in :func:`fastfc.features.extract`. Collective under torchrun: every rank calls it.
 
     Returns:

@@ -71,7 +71,7 @@ def _batches(encoder: Encoder, source: Path, rt: Runtime, *, batch_size: int, nu
     """This rank's ``(rows [B] int64, images [B,3,S,S], labels [B])``; rows index the whole set."""
     from fastfc.data import folder
 
-    if folder.is_image_folder(source):  # ImageNet val straight from its folder, through the shard path's transform
+    if folder.is_image_folder(source):  # ImageNet val or train straight from its folder, through the shard path's transform
         from fastfc.data.shards import eval_transform
 
         transform = eval_transform(encoder.input_size, encoder.mean, encoder.std)
@@ -119,8 +119,8 @@ def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Run
             batch_size: int = 256, num_workers: int | None = None, compile: bool | None = None,
             precision: str = "bf16") -> Features:
     """Embeddings of every image of ``source``, cached. ``source``: a beton (ffcv's centre-crop
-    decoder), a shard set folder, or an ImageNet-layout image folder (``<wnid>/*``; both read through
-    :func:`fastfc.data.shards.eval_transform`, the paper's evaluation transform).
+    decoder), a shard set folder, or an ImageNet-layout image folder (``<wnid>/*``, val or train; both
+    read through :func:`fastfc.data.shards.eval_transform`, the paper's evaluation transform).
 
     The cache folder is ``cache_dir/<encoder fp>-<source fp>[-fp32]/``; one that exists and matches
     both fingerprints and the precision is reused, anything else is rebuilt. Eval transform,
