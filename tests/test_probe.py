@@ -186,6 +186,8 @@ def test_evaluate_writes_results_and_compare_reports_the_gap(converted, tmp_path
                                    {"imagenet-val": out / "val.beton", **sets}, tmp_path / "cache", num_workers=1)
         assert results["sets"]["imagenet-val"]["n"] == meta["splits"]["val"]["count"]
         assert results["sets"]["imagenet-r"]["n"] == 5 and results["sets"]["objectnet"]["n"] == 2
+        assert results["sets"]["objectnet"]["decoding"] == {"exif_upright": False, "border_crop": 0}  # the defaults
+        assert results["sets"]["imagenet-val"]["decoding"] == {"exif_upright": False, "border_crop": 0}  # the beton's
         evallib.write_results(tmp_path / name, results)
         runs.append(tmp_path / name)
     table = evallib.compare(runs, plot=tmp_path / "plot.png")
@@ -303,6 +305,16 @@ def test_train_folder_features_are_the_eval_transforms_and_the_beton_fast_path_d
     assert [IMAGENET[i] for i in folder.labels] == [f.parent.name for f in files]
     classes, relabel = train_classes(train)
     assert classes == wnids and relabel[folder.labels].tolist() == np.asarray(beton.labels).tolist()
+    write_set(list_set("imagenet-val", train, IMAGENET), train, tmp_path / "shards", workers=1)  # train shards
+    shards = extract(encoder, tmp_path / "shards" / "imagenet-val", tmp_path / "cache", batch_size=8, num_workers=0,
+                     precision="fp32")
+    assert np.array_equal(shards.features, folder.features) and np.array_equal(shards.labels, folder.labels)
+    assert train_classes(tmp_path / "shards" / "imagenet-val")[0] == wnids
+    meta_path = tmp_path / "shards" / "imagenet-val" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["per_class"]  # shards written before the field: every class counts as present
+    meta_path.write_text(json.dumps(meta))
+    assert train_classes(tmp_path / "shards" / "imagenet-val")[0] == IMAGENET
 
 
 def test_cli_probe_and_eval_train_on_the_folder_by_default_recorded(tmp_path, capsys):
