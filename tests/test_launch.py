@@ -56,9 +56,6 @@ def test_dry_runs_print_one_process_commands(cpu_path):
     assert "--nnodes 2 --node-rank 1 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint node0:29500" in multi
     runs = commands(launch("probe_and_eval.sh", "RN50", path=cpu_path, DRY="1"))
     assert len(runs) == 5 and all("--nproc-per-node 1 " in line for line in runs[:4])
-    assert all("--train data/imagenet/train " in line for line in runs[:4])  # the released code's probe inputs
-    fast = commands(launch("probe_and_eval.sh", "RN50x4", path=cpu_path, DRY="1", FAST="1"))
-    assert all("--train data/betons_320/train.beton " in line for line in fast[:4])  # the opt-in fast path
     (slurm,) = commands(launch("slurm.sbatch", CONFIG, path=cpu_path, DRY="1", SLURM_NNODES="4", SLURM_JOB_ID="7",
                                SLURM_RESTART_COUNT="1", MASTER="node0:29500"))
     assert slurm.startswith("+ srun --kill-on-bad-exit=1 ") and "--nnodes 4 --nproc-per-node 8" in slurm
