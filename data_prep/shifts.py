@@ -140,6 +140,7 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
     stored, bad = check_files(_probe, src, listing.files, workers=fit_workers(workers, "--workers", cap=None),
                               skip_bad=skip_bad, desc=f"scan {listing.name}")
     samples = [(rel, label, how) for rel, label, how in zip(listing.files, listing.labels, stored) if how]
+    per_class = np.bincount(np.array([label for _, label, _ in samples], dtype=np.int64), minlength=len(listing.classes))
     set_dir.mkdir(parents=True, exist_ok=True)
     shards = _write_shards(listing, samples, src, set_dir, shard_bytes, exif_upright)
     expected = {s["name"] for s in shards}
@@ -149,7 +150,7 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
     meta = {"set": listing.name, "fastfc_version": fastfc.__version__, "source": str(src.resolve()),
             "projection": shifts.get(listing.name).projection, "classes": listing.classes,
             "imagenet_indices": listing.imagenet_indices, "count": len(samples),
-            "per_class": np.bincount(np.array([label for _, label, _ in samples], dtype=np.int64), minlength=len(listing.classes)).tolist(),
+            "per_class": per_class.tolist(),
             "exif_upright": exif_upright, "border_crop": crop if border_crop else 0, "shards": shards,
             "skipped": sorted(listing.skipped + bad, key=lambda s: s["file"]),
             "dropped": {"folders": listing.dropped, "images": sum(listing.dropped.values())}}

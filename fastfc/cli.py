@@ -192,10 +192,18 @@ def features(args) -> int:
 
 
 def _check_train_source(train: Path) -> None:
-    """``--train``: the ImageNet train folder (``<wnid>/*``), its shards, or a train beton with its
-    ``meta.json`` beside it (the fast path). Raises ``FileNotFoundError`` naming what is missing."""
+    """``--train``: the ImageNet train folder (``<wnid>/*``), its ``imagenet-val``-layout shards, or a
+    train beton with its ``meta.json`` beside it (the fast path). Raises ``FileNotFoundError`` naming
+    what is missing, ``ValueError`` for shards of another set."""
     if train.is_dir():
-        if not (train / "meta.json").is_file() and not any(d.is_dir() for d in train.iterdir()):
+        if (train / "meta.json").is_file():
+            from fastfc.atomic import read_json
+
+            kind = read_json(train / "meta.json", "convert the train folder again").get("set")
+            if kind != "imagenet-val":
+                raise ValueError(f"--train {train}: shards of {kind}; give the ImageNet train folder, its shards "
+                                 "(python -m data_prep.shifts --set imagenet-val --src .../train) or a train.beton")
+        elif not any(d.is_dir() for d in train.iterdir()):
             raise FileNotFoundError(f"--train {train}: no <wnid>/ class folders in it; give the ImageNet train "
                                     "folder, its shards (python -m data_prep.shifts --set imagenet-val) or a train.beton")
     elif not train.is_file() or not (train.parent / "meta.json").is_file():

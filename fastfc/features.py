@@ -71,7 +71,7 @@ def _batches(encoder: Encoder, source: Path, rt: Runtime, *, batch_size: int, nu
     """This rank's ``(rows [B] int64, images [B,3,S,S], labels [B])``; rows index the whole set."""
     from fastfc.data import folder
 
-    if folder.is_image_folder(source):  # ImageNet val or train straight from its folder, through the shard path's transform
+    if folder.is_image_folder(source):  # ImageNet val or train from its folder, through the shard path's transform
         from fastfc.data.shards import eval_transform
 
         transform = eval_transform(encoder.input_size, encoder.mean, encoder.std)

@@ -291,9 +291,9 @@ def train_source_info(train: Path) -> dict:
 def run(cfg: ProbeConfig, rt: Runtime | None = None) -> None:
     """``fastfc probe``: the probe of ``cfg`` (a :class:`fastfc.stage_config.ProbeConfig`) on the
     classes of ``cfg.probe.train`` (:func:`train_classes`). Trained on the cached features of the
-    train source (:func:`fastfc.features.extract`: the ImageNet train folder or its shards through the
-    evaluation transform, as the released code, or the beton, the fast path; with ``wd_sweep``, the weight decay chosen by
-    :func:`sweep` first), on its images (``from_images``), or CLIP's zero-shot head kept as it is
+    train source (:func:`fastfc.features.extract`: the ImageNet train folder or its shards through
+    the evaluation transform, as the released code, or the beton, the fast path; with ``wd_sweep``,
+    the weight decay chosen by :func:`sweep` first), on its images (``from_images``), or CLIP's zero-shot head kept as it is
     (``epochs == 0``). The main rank writes ``cfg.probe.out`` (:func:`save_probe`) and its ``.json``:
     encoder, classes, train source (:func:`train_source_info`), init, sweep, train top-1 and recipe.
     Collective under torchrun.

@@ -335,3 +335,7 @@ def test_cli_probe_and_eval_train_on_the_folder_by_default_recorded(tmp_path, ca
     assert results["train"]["n"] == 12 and results["train"]["top1"] == pytest.approx(info["train_top1"])
     with pytest.raises(SystemExit, match="--from-images reads a train beton"):
         main(["probe", *common, "--train", str(train), "--from-images", "--out", str(tmp_path / "q.pt")])
+    (tmp_path / "objectnet").mkdir()
+    (tmp_path / "objectnet" / "meta.json").write_text('{"set": "objectnet"}')  # shards of a test set
+    assert main(["probe", *common, "--train", str(tmp_path / "objectnet"), "--out", str(tmp_path / "q.pt")]) == 1
+    assert "shards of objectnet; give the ImageNet train folder" in capsys.readouterr().err
