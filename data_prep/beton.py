@@ -49,6 +49,7 @@ class ImageFiles:
         self.paths = list(paths)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.max_resolution, self.short_side = settings.max_resolution, settings.short_side
+        self.exif_upright = settings.exif_upright
         self.errors: mp.Queue = mp.get_context("fork").Queue()
 
     def __len__(self) -> int:
@@ -57,7 +58,7 @@ class ImageFiles:
     def __getitem__(self, i: int):
         np.random.seed(i % 2**32)  # ffcv's proportion-mode draw for this image (see the class doc)
         try:
-            return load_rgb(self.paths[i], self.max_resolution, self.short_side), int(self.labels[i])
+            return load_rgb(self.paths[i], self.max_resolution, self.short_side, exif_upright=self.exif_upright), int(self.labels[i])
         except BadImageError as e:
             self.errors.put(str(e))
             raise

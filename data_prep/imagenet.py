@@ -10,7 +10,8 @@ Usage::
 Input: ``ROOT/train/<wnid>/*`` and ``ROOT/val/<wnid>/*`` (or the official flat
 ``ROOT/val/ILSVRC2012_val_*.JPEG`` with ``--val-labels``). Label = index of the WNID in the
 sorted list of train class folders (docs/recipe.md). Folders are listed and files decoded by
-:mod:`fastfc.data.images` (by content, any mode, EXIF-upright), every file checked in a parallel
+:mod:`fastfc.data.images` (by content, any mode; as stored, or EXIF-upright with
+``--exif-upright``), every file checked in a parallel
 scan before anything is written, then written by ffcv with the ffcv-imagenet recipe
 (``proportion``, 500 px, p=0.5, q90).
 
@@ -365,7 +366,8 @@ def _image_problems(beton: Path, image_field: dict, idx: list[int], files: list[
 
     worst = float("inf")
     for i, got in zip(idx, read_images(beton, idx, image_field)):
-        want = images.load_rgb(src / files[i], writer["max_resolution"], writer.get("short_side"))
+        want = images.load_rgb(src / files[i], writer["max_resolution"], writer.get("short_side"),
+                               exif_upright=writer.get("exif_upright", True))  # absent: written upright
         if got.shape != want.shape:
             problems.append(f"{beton}[{i}] ({files[i]}): shape {got.shape}, source gives {want.shape}")
             continue
@@ -451,6 +453,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compress-probability", type=float, default=d.compress_probability,
                    help="JPEG share in proportion mode (default: %(default)s)")
     p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="default: %(default)s")
+    p.add_argument("--exif-upright", action="store_true",
+                   help="turn images by their EXIF orientation tag (default: as stored, the tag ignored, as "
+                        "torchvision's pil_loader and the paper's code); recorded in meta.json")
     p.add_argument("--workers", type=int, default=None,
                    help="processes (default: every CPU this process may use; more are lowered to that)")
     p.add_argument("--per-class", type=int, default=None, metavar="N",
@@ -478,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is None:
             _parser().error("--out is required (or pass --verify DIR)")
         settings = WriterSettings(args.max_resolution, args.write_mode, args.compress_probability,
-                                  args.jpeg_quality, args.short_side)
+                                  args.jpeg_quality, args.short_side, args.exif_upright)
         splits = tuple(s for s in args.splits.split(",") if s)
         meta = convert(args.src, args.out, splits=splits, settings=settings, workers=args.workers,
                        per_class=args.per_class, val_labels=args.val_labels, skip_bad=args.skip_bad,

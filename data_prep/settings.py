@@ -34,6 +34,10 @@ class WriterSettings:
             stored pixels, so store at the smallest size that still feeds the training crop
             without upsampling, :func:`short_side_for` (224 px: 249, so 256; 288 px: 320;
             384 px: 427). docs/recipe.md; ``benchmarks/loader.py`` measures the gain.
+        exif_upright: store images turned by their EXIF orientation tag (``--exif-upright``);
+            default ``False``: as stored, the tag ignored, as torchvision's ``pil_loader`` in the
+            released code (``datasets/imagenet.py``, ``ImageFolder``). ``meta.json``'s ``writer``
+            records it; a meta.json without the field was written upright (fastfc before 22b).
     """
 
     max_resolution: int = 500
@@ -41,6 +45,7 @@ class WriterSettings:
     compress_probability: float = 0.5
     jpeg_quality: int = 90
     short_side: int = 0
+    exif_upright: bool = False
 
     def __post_init__(self):
         if self.write_mode not in WRITE_MODES:

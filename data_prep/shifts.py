@@ -8,8 +8,10 @@ Usage::
         --imagenet-classes /data/imagenet/train
 
 Output: ``OUT/<set>/<set>-000000.tar …`` and ``OUT/<set>/meta.json`` (set, classes, ImageNet
-indices per class, projection, count, shards with count and sha256, every file seen but not
-converted with its reason, and the dropped folders). Folders are listed by
+indices per class, images per class, projection, count, shards with count and sha256, every file
+seen but not converted with its reason, the dropped folders, and how the reader decodes the images:
+``exif_upright`` and ``border_crop``, :func:`fastfc.data.shards.set_decoding`; both off by default,
+as the released code reads them). Folders are listed by
 :mod:`fastfc.data.images`'s policy, which also decodes the images when they are read back.
 Each sample keeps the original image bytes (``.jpg``/``.png``/…, named by the *content's*
 format; other formats, e.g. TIFF, as a lossless PNG of the decoded image), ``.cls`` (int in the
@@ -28,6 +30,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -97,17 +100,22 @@ def _probe(path: str):
         return None, e.reason
 
 
-def _sample_bytes(path: Path, reencode: bool) -> bytes:
+def _sample_bytes(path: Path, reencode: bool, exif_upright: bool) -> bytes:
     if not reencode:
         return path.read_bytes()
-    out = io.BytesIO()
-    Image.fromarray(images.load_rgb(path)).save(out, "PNG")
+    out = io.BytesIO()  # the PNG holds no EXIF tag: the decoded pixels as the set decodes them
+    Image.fromarray(images.load_rgb(path, exif_upright=exif_upright)).save(out, "PNG")
     return out.getvalue()
 
 
 def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = DEFAULT_SHARD_BYTES,
-              workers: int | None = None, skip_bad: bool = False, overwrite: bool = False) -> dict:
+              workers: int | None = None, skip_bad: bool = False, overwrite: bool = False,
+              exif_upright: bool = False, border_crop: bool = False) -> dict:
     """Check every image, then write ``out/<set>/`` shards and ``meta.json``. Returns the meta.
+
+    ``exif_upright`` and ``border_crop`` (the set's recommended crop, :attr:`fastfc.shifts.ShiftSet.border_crop`:
+    ObjectNet's 2 px) are opt-ins recorded in ``meta.json``, which the reader follows
+    (:func:`fastfc.data.shards.set_decoding`); off, the images read as the released code reads them.
 
     Shards are written under temporary names and renamed, then ``meta.json`` last: a set folder
     with a ``meta.json`` is complete. ``meta.json``'s ``skipped`` names every file seen but not
@@ -116,8 +124,12 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
 
     Raises:
         FileExistsError: the set's ``meta.json`` exists and ``overwrite`` is false.
-        ConversionError: an unreadable image (named), unless ``skip_bad``; ``shard_bytes`` < 1.
+        ConversionError: an unreadable image (named), unless ``skip_bad``; ``shard_bytes`` < 1;
+            ``border_crop`` for a set without a recommended crop.
     """
+    crop = shifts.get(listing.name).border_crop
+    if border_crop and not crop:
+        raise ConversionError(f"--objectnet-border-crop: {listing.name} has no border to crop (ObjectNet only)")
     if shard_bytes < 1:
         raise ConversionError(f"--shard-size must be positive, got {shard_bytes / 1e9:g} GB")
     if workers is not None and workers < 1:
@@ -128,22 +140,26 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
     stored, bad = check_files(_probe, src, listing.files, workers=fit_workers(workers, "--workers", cap=None),
                               skip_bad=skip_bad, desc=f"scan {listing.name}")
     samples = [(rel, label, how) for rel, label, how in zip(listing.files, listing.labels, stored) if how]
+    per_class = np.bincount(np.array([label for _, label, _ in samples], dtype=np.int64), minlength=len(listing.classes))
     set_dir.mkdir(parents=True, exist_ok=True)
-    shards = _write_shards(listing, samples, src, set_dir, shard_bytes)
+    shards = _write_shards(listing, samples, src, set_dir, shard_bytes, exif_upright)
     expected = {s["name"] for s in shards}
     for stale in set_dir.glob(f"{listing.name}-*.tar"):  # from an earlier, larger conversion
         if stale.name not in expected:
             stale.unlink()
     meta = {"set": listing.name, "fastfc_version": fastfc.__version__, "source": str(src.resolve()),
             "projection": shifts.get(listing.name).projection, "classes": listing.classes,
-            "imagenet_indices": listing.imagenet_indices, "count": len(samples), "shards": shards,
+            "imagenet_indices": listing.imagenet_indices, "count": len(samples),
+            "per_class": per_class.tolist(),
+            "exif_upright": exif_upright, "border_crop": crop if border_crop else 0, "shards": shards,
             "skipped": sorted(listing.skipped + bad, key=lambda s: s["file"]),
             "dropped": {"folders": listing.dropped, "images": sum(listing.dropped.values())}}
     write_json(set_dir / "meta.json", meta)
     return meta
 
 
-def _write_shards(listing: SetListing, samples: list, src: Path, set_dir: Path, shard_bytes: int) -> list[dict]:
+def _write_shards(listing: SetListing, samples: list, src: Path, set_dir: Path, shard_bytes: int,
+                  exif_upright: bool) -> list[dict]:
     """Write ``samples`` (``(path, label, (ext, re-encode?))``) as shards of about ``shard_bytes``;
     each is published (renamed) only once all are complete. Returns ``[{"name", "count", "sha256"}]``."""
     import webdataset as wds
@@ -161,7 +177,7 @@ def _write_shards(listing: SetListing, samples: list, src: Path, set_dir: Path, 
                 # an int mtime: a float one costs a pax header per member, twice the headers to parse
                 writer, writer_bytes = wds.TarWriter(stream, encoder=False, mtime=0, user="", group="",
                                                      mode=0o444), 0
-            data = _sample_bytes(src / rel, reencode)
+            data = _sample_bytes(src / rel, reencode, exif_upright)
             meta = {"path": rel, "imagenet": listing.imagenet_indices[label]}
             writer.write({"__key__": f"{key:08d}", ext: data, "cls": str(label).encode(),
                           "json": json.dumps(meta, sort_keys=True).encode()})
@@ -210,6 +226,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="processes for the scan (default: every CPU this process may use; more are lowered to that)")
     p.add_argument("--skip-bad", action="store_true", help="skip undecodable files, naming them in meta.json")
+    p.add_argument("--exif-upright", action="store_true",
+                   help="read images turned by their EXIF orientation tag (default: as stored, as torchvision's "
+                        "pil_loader and the paper's code); recorded in meta.json")
+    p.add_argument("--objectnet-border-crop", action="store_true",
+                   help="ObjectNet: cut the 2-px red frame off every image before resizing, as ObjectNet's authors "
+                        "recommend (default: no crop, as the paper's code scored it); recorded in meta.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing converted set")
     return p
 
@@ -221,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         classes = read_imagenet_classes(args.imagenet_classes)
         listing = list_set(args.set, args.src, classes)
         meta = write_set(listing, args.src, args.out, shard_bytes=int(args.shard_size * 1e9),
-                         workers=args.workers, skip_bad=args.skip_bad, overwrite=args.overwrite)
+                         workers=args.workers, skip_bad=args.skip_bad, overwrite=args.overwrite,
+                         exif_upright=args.exif_upright, border_crop=args.objectnet_border_crop)
     except (ConversionError, ValueError, OSError) as e:  # ValueError: LabelSpaceError, ListingError; OSError: --out is a file
         print(f"error: {e}", file=sys.stderr)
         return 1

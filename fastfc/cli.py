@@ -191,6 +191,27 @@ def features(args) -> int:
     return 0
 
 
+def _check_train_source(train: Path) -> None:
+    """``--train``: the ImageNet train folder (``<wnid>/*``), its ``imagenet-val``-layout shards, or a
+    train beton with its ``meta.json`` beside it (the fast path). Raises ``FileNotFoundError`` naming
+    what is missing, ``ValueError`` for shards of another set."""
+    if train.is_dir():
+        if (train / "meta.json").is_file():
+            from fastfc.atomic import read_json
+
+            kind = read_json(train / "meta.json", "convert the train folder again").get("set")
+            if kind != "imagenet-val":
+                raise ValueError(f"--train {train}: shards of {kind}; give the ImageNet train folder, its shards "
+                                 "(python -m data_prep.shifts --set imagenet-val --src .../train) or a train.beton")
+        elif not any(d.is_dir() for d in train.iterdir()):
+            raise FileNotFoundError(f"--train {train}: no <wnid>/ class folders in it; give the ImageNet train "
+                                    "folder, its shards (python -m data_prep.shifts --set imagenet-val) or a train.beton")
+    elif not train.is_file() or not (train.parent / "meta.json").is_file():
+        raise FileNotFoundError(f"--train {train}: {'no meta.json beside it' if train.is_file() else 'no such file or folder'}"
+                                "; give the ImageNet train folder (<wnid>/*), its shards, or a train.beton written "
+                                "by `python -m data_prep.imagenet` (its meta.json lists the classes)")
+
+
 def _check_probe_args(cfg) -> None:
     """The torch-free checks of ``fastfc probe``."""
     p = cfg.probe
@@ -198,11 +219,9 @@ def _check_probe_args(cfg) -> None:
         raise SystemExit("fastfc probe: --zero-shot initialises a head on cached features; drop --from-images")
     if p.epochs == 0 and (not p.zero_shot or p.wd_sweep):
         raise SystemExit("fastfc probe: --epochs 0 keeps the initial head: give --zero-shot TAG, and no --wd-sweep")
-    train = Path(p.train)
-    if not train.is_file() or not (train.parent / "meta.json").is_file():
-        raise FileNotFoundError(f"--train {p.train}: {'no meta.json beside it' if train.is_file() else 'no such beton'}"
-                                "; give a train.beton written by `python -m data_prep.imagenet` (its meta.json "
-                                "lists the classes)")
+    _check_train_source(Path(p.train))
+    if p.from_images and not Path(p.train).is_file():
+        raise SystemExit("fastfc probe: --from-images reads a train beton; drop it to train on the folder's features")
     if Path(p.out).is_dir():
         raise IsADirectoryError(f"--out {p.out}: a folder; --out is the probe file to write, e.g. {Path(p.out) / 'probe.pt'}")
     Path(p.out).parent.mkdir(parents=True, exist_ok=True)  # fail before training, not after
@@ -271,8 +290,8 @@ def _eval_sets(e) -> dict:
         sets = {ID_SET: id_source, **{k: v for k, v in sets.items() if k != ID_SET}}
     if not sets:
         raise SystemExit("fastfc eval: nothing to evaluate; give --shards FOLDER and/or --val (or --val-beton)")
-    if e.train is not None and not Path(e.train).is_file():
-        raise FileNotFoundError(f"--train {e.train}: no such beton")
+    if e.train is not None:
+        _check_train_source(Path(e.train))
     return sets
 
 
@@ -371,7 +390,8 @@ def _probe_parser(sub) -> None:
         "probe", help="train a linear probe on an encoder's cached features (or on images)",
         description="Linear probe, the paper's recipe: AdamW lr 1e-3, batch 256, 10 epochs, 500 warmup\n"
                     "steps then cosine; weight decay 0.1 for CLIP encoders, 1e-3 for distilled ones.",
-        epilog="examples:\n  fastfc probe --encoder RN50 --pretrained openai --train data/betons/train.beton --out runs/clip/probe.pt\n"
+        epilog="examples:\n  fastfc probe --encoder RN50 --pretrained openai --train data/imagenet/train --out runs/clip/probe.pt\n"
+               "  fastfc probe ... --train data/betons/train.beton ...  # the fast path: ffcv's crop of the stored images\n"
                "  fastfc probe --encoder RN50 --weights runs/distill_rn50/weights.pt --kind distilled --train ... --out ...\n"
                "  fastfc probe ... --wd-sweep 1e-6,1e-5,1e-4,1e-3,1e-2,1e-1\n"
                "  fastfc probe --encoder RN50 --pretrained openai --zero-shot openai --epochs 0 ...  # CLIP zero-shot as the head\n"
@@ -382,7 +402,8 @@ def _probe_parser(sub) -> None:
 
     def flag(*names, key, **kw):
         _flag(pr, *names, key=f"probe.{key}", cls=ProbeConfig, **kw)
-    flag("--train", key="train", type=Path, help="the train beton (its meta.json gives the classes); required")
+    flag("--train", key="train", type=Path, help="the ImageNet train folder (<wnid>/*) or its shards, read through "
+         "the evaluation transform as the paper's code; or a train.beton, the fast path; required")
     flag("--out", key="out", type=Path, help="probe file to write (weight [C, D], bias [C]) + .json; required")
     flag("--kind", key="kind", choices=PROBE_KINDS, help="picks the weight decay (0.1 / 1e-3)")
     flag("--wd", key="wd", type=float, help="weight decay (overrides --kind)")
@@ -412,9 +433,9 @@ def _eval_parser(sub) -> None:
                                     "ID is read like the shift sets, from the original JPEGs (the paper's path).\n"
                                     "With a teacher, each set also gets the student-teacher fit of the embeddings.",
                         epilog="examples:\n  fastfc eval --encoder RN50 --pretrained openai --probe runs/clip/probe.pt "
-                               "--shards data/shards --train data/betons/train.beton --out runs/clip\n"
+                               "--shards data/shards --train data/imagenet/train --out runs/clip\n"
                                "  fastfc eval --encoder RN50 --weights runs/distill_rn50/weights.pt "
-                               "--probe runs/student/probe.pt --shards data/shards --train data/betons/train.beton "
+                               "--probe runs/student/probe.pt --shards data/shards --train data/imagenet/train "
                                "--teacher-pretrained openai --out runs/student\n"
                                "  fastfc eval --compare runs/clip runs/distilled --plot runs/id_vs_ood.png\n"
                                "  fastfc eval --config E.toml --set eval.sets=imagenet-r,imagenet-a",
@@ -435,7 +456,8 @@ def _eval_parser(sub) -> None:
     _flag(val, "--val-beton", key="eval.val_beton", cls=EvalConfig, type=Path,
           help="opt-in: ID from a val beton instead (its stored, resized pixels and ffcv's resize; not the paper's "
                "evaluation path)")
-    flag("--train", key="train", type=Path, help="the train beton: top-1 and fit on the train split, the reference level")
+    flag("--train", key="train", type=Path, help="the train split as for probe --train (folder, shards or beton): "
+         "top-1 and fit on it, the reference level")
     _teacher_args(ev)
     flag("--out", key="out", type=Path, help="where results.json / results.md go")
     flag("--compare", key="compare", type=Path, nargs="+", metavar="RUN",

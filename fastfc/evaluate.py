@@ -15,7 +15,8 @@ distillation loss as a share of the teacher embedding's energy; 0 = a perfect fi
 embeddings are cached like any encoder's.
 
 Outputs: ``results.json`` (per set: top-1, correct, n, Wilson 95% interval, chance level,
-projection, source, fit; the encoder, teacher, probe and data fingerprints) and ``results.md``.
+projection, source, decoding (EXIF upright, border crop), fit; the encoder, teacher, probe and
+data fingerprints) and ``results.md``.
 :func:`summarize` gathers runs (the first is the teacher) into every figure of the comparison:
 ID, each OOD set, the OOD average, the teacher−student gaps, the OOD drop relative to the ID drop
 (the finding as one number) and, given baseline runs, effective robustness in Taori et al.'s
@@ -113,6 +114,18 @@ def source_meta(source: Path) -> dict | None:
     return None
 
 
+def source_decoding(source: Path) -> dict:
+    """How ``source``'s images were decoded, for ``results.json``: ``{"exif_upright", "border_crop"}``.
+    A shard set or image folder: :func:`fastfc.data.shards.set_decoding` of its meta (a folder is
+    read as stored, uncropped); a beton: its writer's ``exif_upright`` (``True`` for a beton written
+    before the option existed, which was stored upright), never cropped."""
+    meta = source_meta(source)
+    if meta is not None:
+        return shards.set_decoding(meta)
+    writer = read_beton_meta(source.parent).get("writer", {})
+    return {"exif_upright": bool(writer.get("exif_upright", True)), "border_crop": 0}
+
+
 def set_columns(source: Path, probe_classes: list[str]) -> tuple[list[list[int]], str]:
     """For each class of ``source`` (a beton with its ``meta.json`` beside it, a shard set or an
     image folder), the probe columns it is scored on, and the projection kind."""
@@ -158,15 +171,16 @@ def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_c
              train: Path | None = None, batch_size: int = 256, num_workers: int | None = None,
              precision: str = "bf16", normalize: bool = False) -> dict:
     """Top-1 on every set in ``sets`` (name → beton, shard folder or image folder), and with a
-    ``teacher`` the student-teacher fit per set (:func:`fit`). ``train`` (a beton) adds the same
-    figures on the train split, the reference level. ``precision`` as in :func:`fastfc.features.extract`.
-    ``normalize``: the head takes L2-normalised features (a probe file recording ``recipe.normalize``,
-    trained from a zero-shot head). Collective under torchrun: every rank calls it.
+    ``teacher`` the student-teacher fit per set (:func:`fit`). ``train`` (the ImageNet train folder,
+    its shards or a beton) adds the same figures on the train split, the reference level.
+    ``precision`` as in :func:`fastfc.features.extract`. ``normalize``: the head takes L2-normalised
+    features (a probe file recording ``recipe.normalize``, trained from a zero-shot head).
+    Collective under torchrun: every rank calls it.
 
     Returns:
         ``{"sets": {name: entry}, "train": entry or None, "encoder", "teacher", "fingerprints"}``;
-        an entry is ``{"top1", "correct", "n", "ci95": [lo, hi], "chance", "projection", "source"}``
-        (fractions in [0, 1]) plus ``"fit": {"cosine", "rel_sq_error", "n"}`` with a teacher.
+        an entry is ``{"top1", "correct", "n", "ci95": [lo, hi], "chance", "projection", "source",
+        "decoding"}`` (fractions in [0, 1]; ``decoding``: :func:`source_decoding`) plus ``"fit": {"cosine", "rel_sq_error", "n"}`` with a teacher.
 
     Raises:
         ValueError: teacher and student embeddings differ in width.
@@ -182,7 +196,8 @@ def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_c
         feats = extract(encoder, source, cache_dir, rt, **kw)
         columns, projection = set_columns(source, probe_classes)
         correct = count_correct(feats.features, feats.labels, weight, bias, columns, rt.device, normalize=normalize)
-        entries[name] = _entry(correct, len(feats.labels), columns, projection, source)
+        entries[name] = {**_entry(correct, len(feats.labels), columns, projection, source),
+                         "decoding": source_decoding(source)}
         if teacher is not None:
             entries[name]["fit"] = fit(feats.features, extract(teacher, source, cache_dir, rt, **kw).features)
         data_fp[name] = source_fingerprint(source)

@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from fastfc import shifts
 from fastfc.atomic import publish, write_json
 from fastfc.models import Encoder
 from fastfc.runtime import Runtime, prepare_model
@@ -72,20 +71,17 @@ def _batches(encoder: Encoder, source: Path, rt: Runtime, *, batch_size: int, nu
     """This rank's ``(rows [B] int64, images [B,3,S,S], labels [B])``; rows index the whole set."""
     from fastfc.data import folder
 
-    if folder.is_image_folder(source):  # ImageNet val straight from its folder, through the shard path's transform
+    if folder.is_image_folder(source):  # ImageNet val or train from its folder, through the shard path's transform
         from fastfc.data.shards import eval_transform
 
         transform = eval_transform(encoder.input_size, encoder.mean, encoder.std)
         yield from folder.folder_batches(folder.read_folder(source), transform, rank=rt.rank,
                                          world_size=rt.world_size, batch_size=batch_size, num_workers=num_workers)
         return
-    if source.is_dir():  # a shift-set shard folder: keys are the row numbers
-        from fastfc.data.shards import eval_transform, make_shard_loader, read_meta
+    if source.is_dir():  # a shard folder, decoded as its meta.json says: keys are the row numbers
+        from fastfc.data.shards import eval_transform, make_shard_loader
 
-        name = read_meta(source)["set"]
-        crop = shifts.REGISTRY[name].border_crop if name in shifts.REGISTRY else 0
-        loader = make_shard_loader(source, transform=eval_transform(encoder.input_size, encoder.mean, encoder.std,
-                                                                    border_crop=crop),
+        loader = make_shard_loader(source, transform=eval_transform(encoder.input_size, encoder.mean, encoder.std),
                                    batch_size=batch_size, num_workers=num_workers, rank=rt.rank,
                                    world_size=rt.world_size)
         for images, labels, keys in loader:
@@ -123,8 +119,8 @@ def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Run
             batch_size: int = 256, num_workers: int | None = None, compile: bool | None = None,
             precision: str = "bf16") -> Features:
     """Embeddings of every image of ``source``, cached. ``source``: a beton (ffcv's centre-crop
-    decoder), a shard set folder, or an ImageNet-layout image folder (``<wnid>/*``; both read through
-    :func:`fastfc.data.shards.eval_transform`, the paper's evaluation transform).
+    decoder), a shard set folder, or an ImageNet-layout image folder (``<wnid>/*``, val or train; both
+    read through :func:`fastfc.data.shards.eval_transform`, the paper's evaluation transform).
 
     The cache folder is ``cache_dir/<encoder fp>-<source fp>[-fp32]/``; one that exists and matches
     both fingerprints and the precision is reused, anything else is rebuilt. Eval transform,

@@ -255,15 +255,60 @@ def train_from_images(encoder: Encoder, beton: Path, num_classes: int, recipe: P
     return task.model.weight.detach().cpu(), task.model.bias.detach().cpu()
 
 
+# ----------------------------------------------------------------------------- the train source
+
+def train_classes(train: Path) -> tuple[list[str], np.ndarray | None]:
+    """The probe's classes for a train source, and the map from the source's labels to probe labels.
+
+    * a beton (the fast path: ffcv's centre crop of the images stored at conversion): its
+      ``meta.json``'s classes; its labels are the probe's (map ``None``);
+    * an ImageNet train folder (``<wnid>/*``) or shards of one (``data_prep.shifts --set
+      imagenet-val --src .../train``), read through :func:`fastfc.data.shards.eval_transform` as the
+      released code trained its probe: the WNIDs with at least one image, in ImageNet order (all
+      1000 for ImageNet; shards written before ``per_class`` existed count as holding every class);
+      the map (int64 ``[1000]``) takes an ImageNet index to its probe label, -1 for an absent class.
+
+    Raises:
+        ValueError: shards of another set than ``imagenet-val`` (the 1000-way WNID layout).
+    """
+    from fastfc.evaluate import source_meta
+
+    meta = source_meta(train)
+    if meta is None:
+        return read_beton_meta(train.parent)["classes"], None
+    if meta["set"] != "imagenet-val":
+        raise ValueError(f"--train {train}: shards of {meta['set']}; a probe trains on the ImageNet train "
+                         "folder (<wnid>/*), its imagenet-val-layout shards, or the train beton")
+    present = [i for i, n in enumerate(meta.get("per_class") or [1] * len(meta["classes"])) if n]
+    lut = np.full(len(meta["classes"]), -1, dtype=np.int64)
+    lut[present] = np.arange(len(present))
+    return [meta["classes"][i] for i in present], lut
+
+
+def train_source_info(train: Path) -> dict:
+    """The probe's record of its train source: path, kind (``beton`` / ``folder`` / ``shards``), how
+    its images became inputs and their decoding (:func:`fastfc.evaluate.source_decoding`)."""
+    from fastfc.data.folder import is_image_folder
+    from fastfc.evaluate import source_decoding
+
+    kind = "beton" if train.is_file() else "folder" if is_image_folder(train) else "shards"
+    how = ("ffcv centre crop of the images stored in the beton (fast path, not the released code's)"
+           if kind == "beton" else "the original images through Resize(n_px, bicubic) + CenterCrop, "
+                                   "the released code's evaluation transform")
+    return {"path": str(train), "kind": kind, "transform": how, "decoding": source_decoding(train)}
+
+
 # ----------------------------------------------------------------------------- the command
 
 def run(cfg: ProbeConfig, rt: Runtime | None = None) -> None:
     """``fastfc probe``: the probe of ``cfg`` (a :class:`fastfc.stage_config.ProbeConfig`) on the
-    classes of ``cfg.probe.train`` (its ``meta.json``). Trained on the cached features of the train
-    beton (:func:`fastfc.features.extract`; with ``wd_sweep``, the weight decay chosen by
-    :func:`sweep` first), on its images (``from_images``), or CLIP's zero-shot head kept as it is
+    classes of ``cfg.probe.train`` (:func:`train_classes`). Trained on the cached features of the
+    train source (:func:`fastfc.features.extract`: the ImageNet train folder or its shards through
+    the evaluation transform, as the released code, or the beton, the fast path; with ``wd_sweep``,
+    the weight decay chosen by :func:`sweep` first), on its images (``from_images``), or CLIP's zero-shot head kept as it is
     (``epochs == 0``). The main rank writes ``cfg.probe.out`` (:func:`save_probe`) and its ``.json``:
-    encoder, classes, init, sweep, train top-1 and recipe. Collective under torchrun.
+    encoder, classes, train source (:func:`train_source_info`), init, sweep, train top-1 and recipe.
+    Collective under torchrun.
 
     Raises:
         ValueError / OSError: an unknown encoder, unreadable weights or a beton stored below the
@@ -274,10 +319,10 @@ def run(cfg: ProbeConfig, rt: Runtime | None = None) -> None:
 
     p, rt = cfg.probe, rt or setup_runtime()
     encoder = None if p.epochs == 0 else cfg.encoder.build()  # a zero-shot head needs no image features
-    classes = read_beton_meta(Path(p.train).parent)["classes"]
+    classes, relabel = train_classes(Path(p.train))
     recipe = ProbeRecipe(p.epochs, cfg.extract.batch_size, p.lr, p.warmup,
                          p.wd if p.wd is not None else WEIGHT_DECAY[p.kind], p.seed, normalize=bool(p.zero_shot))
-    info = {"encoder": canonical_name(cfg.encoder.name), "classes": classes}
+    info = {"encoder": canonical_name(cfg.encoder.name), "classes": classes, "train": train_source_info(Path(p.train))}
     init = _zero_shot_init(cfg, classes, rt, info) if p.zero_shot else None
     if p.epochs == 0:
         weight, bias = init
@@ -285,7 +330,7 @@ def run(cfg: ProbeConfig, rt: Runtime | None = None) -> None:
         weight, bias = train_from_images(encoder, Path(p.train), len(classes), recipe, rt,
                                          out_dir=Path(p.out).parent / "from_images", num_workers=cfg.extract.workers)
     else:
-        trained = _train_cached(cfg, encoder, len(classes), recipe, rt, init, info)
+        trained = _train_cached(cfg, encoder, relabel, len(classes), recipe, rt, init, info)
         if trained is None:  # not the main rank: it only helped extract
             return
         weight, bias, recipe = trained
@@ -305,14 +350,17 @@ def _zero_shot_init(cfg: ProbeConfig, classes: list[str], rt: Runtime, info: dic
     return init
 
 
-def _train_cached(cfg: ProbeConfig, encoder: Encoder, num_classes: int, recipe: ProbeRecipe, rt: Runtime,
-                  init, info: dict) -> tuple[torch.Tensor, torch.Tensor, ProbeRecipe] | None:
-    """The head on the train beton's cached features: ``(weight [C, D], bias [C], recipe)`` on the main
-    rank, the recipe's weight decay replaced by the sweep's choice (recorded in ``info`` with the
-    train top-1); ``None`` on the other ranks, once the features are extracted."""
+def _train_cached(cfg: ProbeConfig, encoder: Encoder, relabel: np.ndarray | None, num_classes: int,
+                  recipe: ProbeRecipe, rt: Runtime, init, info: dict) -> tuple[torch.Tensor, torch.Tensor, ProbeRecipe] | None:
+    """The head on the train source's cached features (labels through ``relabel``, :func:`train_classes`):
+    ``(weight [C, D], bias [C], recipe)`` on the main rank, the recipe's weight decay replaced by the
+    sweep's choice (recorded in ``info`` with the train top-1); ``None`` on the other ranks, once the
+    features are extracted."""
     feats = extract(encoder, cfg.probe.train, cfg.extract.cache, rt, **cfg.extract.options())
     if not rt.is_main:
         return None
+    if relabel is not None:
+        feats = replace(feats, labels=relabel[feats.labels])
     if cfg.probe.wd_sweep:
         wd, scores = sweep(feats.features, feats.labels, num_classes, cfg.probe.wd_sweep, recipe, init=init)
         info["sweep"] = {"held_out_top1": {str(k): v for k, v in scores.items()}, "chosen": wd}

@@ -103,7 +103,9 @@ class ShiftSet:
         images_dir: the folder under ``--src`` holding the class folders (``""``: ``--src`` itself).
         mappings: the folder under ``--src`` holding ``mapping_files`` (``""``: none).
         mapping_files: the files the label rule reads from ``mappings``.
-        border_crop: px cropped off every border before resizing (ObjectNet's red frame: 2).
+        border_crop: px the set's authors recommend cropping off every border (ObjectNet's red frame:
+            2); applied only when the conversion asks (``data_prep.shifts --objectnet-border-crop``,
+            recorded in its ``meta.json``), since the released code scored ObjectNet uncropped.
     """
 
     name: str

@@ -94,7 +94,8 @@ class FeaturesConfig:
 
 @dataclass
 class ProbeSettings:
-    """The ``[probe]`` section. ``train``: the train beton (its ``meta.json`` gives the classes);
+    """The ``[probe]`` section. ``train``: the ImageNet train folder or its shards (the released code's
+    inputs), or a train beton (the fast path), :func:`fastfc.probe.train_classes`;
     ``out``: the probe file. ``kind`` picks the weight decay (:data:`fastfc.probe.WEIGHT_DECAY`)
     unless ``wd`` is given; ``wd_sweep``: weight decays chosen among on a held-out 10% of train.
     ``epochs`` (0 keeps the initial head, with ``zero_shot``), ``lr``, ``warmup`` (steps), ``seed``:
@@ -137,8 +138,8 @@ class ProbeConfig:
 class EvalSettings:
     """The ``[eval]`` section. ``probe``: a probe file. ``shards``: a folder of shift-set folders
     (its ``imagenet-val``, if any, is the ID set); ``sets``: only these. ``val`` (imagenet-val shards
-    or the val folder) or ``val_beton`` (opt-in): the ID set. ``train``: the train beton, the
-    reference level. ``out``: the run folder. ``compare``: finished runs to compare instead (the
+    or the val folder) or ``val_beton`` (opt-in): the ID set. ``train``: the train split (folder,
+    shards or beton, as the probe's), the reference level. ``out``: the run folder. ``compare``: finished runs to compare instead (the
     first is the teacher), ``baseline``: runs for the effective-robustness fit, ``plot``: a PNG."""
 
     probe: str | None = None

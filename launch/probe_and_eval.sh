@@ -6,7 +6,11 @@
 #   launch/probe_and_eval.sh RN50                 # after launch/single_node.sh launch/configs/distill_rn50.toml
 #   DRY=1 launch/probe_and_eval.sh ViT-B-16       # print the commands only
 # Data:
-#   BETONS  train.beton stored for this architecture's input (the probes train on it): data/betons
+#   TRAIN   the probes' train split: the ImageNet train folder (<wnid>/*.JPEG; default data/imagenet/train)
+#           or its shards, read through the evaluation transform (Resize bicubic + CenterCrop), as the
+#           paper's code trained its probes. FAST=1 takes $BETONS/train.beton instead, the fast path
+#           (ffcv's centre crop of the stored images; docs/recipe.md gives the measured difference).
+#   BETONS  for FAST=1, train.beton stored for this architecture's input: data/betons
 #           (--short-side 256) for the 224-px models, data/betons_320 for RN50x4 (288 px),
 #           data/betons_427 for RN50x16 (384 px); fastfc refuses a beton stored below the input.
 #   SHARDS  one folder per shift set plus imagenet-val (ID is read like the shift sets, from the
@@ -21,6 +25,7 @@ case "$ARCH" in
     *) DEFAULT_BETONS=data/betons ;;
 esac
 BETONS=${BETONS:-$DEFAULT_BETONS}; SHARDS=${SHARDS:-data/shards}; RUNS=${RUNS:-runs}
+if [ -n "${FAST:-}" ]; then TRAIN=$BETONS/train.beton; else TRAIN=${TRAIN:-data/imagenet/train}; fi
 STUDENT=${STUDENT:-$RUNS/distill_$KEY/weights.pt}
 source "$(dirname "$0")/gpus.sh"
 NGPU=${NGPU:-$(gpu_count)}; NGPU=$(( NGPU > 0 ? NGPU : 1 ))
@@ -29,11 +34,11 @@ TORCHRUN=("$PY" -m torch.distributed.run --standalone --nproc-per-node "$NGPU" -
 run() { echo "+ $*"; [ -n "${DRY:-}" ] || "$@"; }
 
 run "${TORCHRUN[@]}" probe --encoder "$ARCH" --pretrained openai --kind clip \
-    --train "$BETONS/train.beton" --out "$RUNS/clip_$KEY/probe.pt"
+    --train "$TRAIN" --out "$RUNS/clip_$KEY/probe.pt"
 run "${TORCHRUN[@]}" probe --encoder "$ARCH" --weights "$STUDENT" --kind distilled \
-    --train "$BETONS/train.beton" --out "$RUNS/student_$KEY/probe.pt"
+    --train "$TRAIN" --out "$RUNS/student_$KEY/probe.pt"
 run "${TORCHRUN[@]}" eval --encoder "$ARCH" --pretrained openai --probe "$RUNS/clip_$KEY/probe.pt" \
-    --shards "$SHARDS" --train "$BETONS/train.beton" --out "$RUNS/clip_$KEY"
+    --shards "$SHARDS" --train "$TRAIN" --out "$RUNS/clip_$KEY"
 run "${TORCHRUN[@]}" eval --encoder "$ARCH" --weights "$STUDENT" --probe "$RUNS/student_$KEY/probe.pt" \
-    --shards "$SHARDS" --train "$BETONS/train.beton" --teacher-pretrained openai --out "$RUNS/student_$KEY"
+    --shards "$SHARDS" --train "$TRAIN" --teacher-pretrained openai --out "$RUNS/student_$KEY"
 run "$PY" -m fastfc eval --compare "$RUNS/clip_$KEY" "$RUNS/student_$KEY" --plot "$RUNS/id_vs_ood_$KEY.png"

@@ -118,8 +118,9 @@ def test_required_settings_come_from_the_flags_or_the_config(tmp_path):
     got, imported, lines = run_with_importtime(FASTFC + ["probe", "--config", "p.toml"], tmp_path)
     assert got == 1 and not imported & set(HEAVY)  # --train, --out and --encoder given by the file
     assert [line for line in lines if "error" in line] == [
-        "fastfc probe: error: --train nope.beton: no such beton; give a train.beton written by `python -m "
-        "data_prep.imagenet` (its meta.json lists the classes)"]
+        "fastfc probe: error: --train nope.beton: no such file or folder; give the ImageNet train folder "
+        "(<wnid>/*), its shards, or a train.beton written by `python -m data_prep.imagenet` (its meta.json "
+        "lists the classes)"]
     got, _, lines = run_with_importtime(FASTFC + ["features", "--config", "p.toml"], tmp_path)
     assert got == 1 and "p.toml: unknown key(s) probe;" in lines[0]  # each command accepts its own sections only
 

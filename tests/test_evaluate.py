@@ -121,15 +121,17 @@ def test_a_beton_stored_below_the_encoders_input_is_refused_before_any_work(smal
 
 
 def test_probe_and_eval_launcher_gives_each_architecture_its_data():
-    def commands(arch):
+    def commands(arch, **env):
         done = subprocess.run(["bash", str(REPO / "launch" / "probe_and_eval.sh"), arch], cwd=REPO, capture_output=True,
-                              text=True, env={**os.environ, "DRY": "1", "NGPU": "1"})
+                              text=True, env={**os.environ, "DRY": "1", "NGPU": "1", **env})
         assert done.returncode == 0, done.stderr
         return [line for line in done.stdout.splitlines() if line.startswith("+ ")]
 
     for arch, betons in {"RN50": "data/betons/", "RN50x4": "data/betons_320/", "RN50x16": "data/betons_427/"}.items():
         lines = commands(arch)
-        assert all(f"--train {betons}train.beton" in line for line in lines[:4]), arch
+        assert all("--train data/imagenet/train " in line for line in lines[:4]), arch  # the released code's inputs
+        fast = commands(arch, FAST="1")  # the opt-in fast path: the beton stored for this input size
+        assert all(f"--train {betons}train.beton" in line for line in fast[:4]), arch
         assert all("--shards data/shards" in line and "--val" not in line for line in lines[2:4])
     student_eval = commands("RN50")[3]
     assert "--teacher-pretrained openai" in student_eval and "--weights runs/distill_rn50/weights.pt" in student_eval

@@ -19,6 +19,7 @@ from PIL import Image
 
 from data_prep.beton import ConversionError, WriterSettings
 from data_prep.imagenet import convert, list_split, read_images
+from data_prep.imagenet import main as imagenet_main  # the --exif-upright flag
 from data_prep.shifts import list_set, read_imagenet_classes, write_set
 from fastfc.data.images import decode_rgb, label_lines, load_rgb
 from fastfc.data.shards import ShardReader, decode_image, iter_samples
@@ -122,7 +123,7 @@ def test_every_mode_gives_the_same_pixels_through_both_converters_and_the_shard_
     assert expected["rgb48.png"].mean() == pytest.approx(128, abs=0.5)
     for name in ("grey16_ramp.png", "grey16_big_endian.tif", "int32.tif"):  # v * 257 reads back v
         assert np.array_equal(expected[name][..., 0], np.arange(40 * 30).reshape(30, 40) % 256), name
-    assert expected["exif_rotated.jpg"].shape == (48, 36, 3)  # stored 48 x 36 (w x h), shown upright
+    assert expected["exif_rotated.jpg"].shape == (36, 48, 3)  # stored 48 x 36 (w x h), read as stored
     assert all(a.dtype == np.uint8 and a.shape[2] == 3 for a in expected.values())
 
     write_set(list_set("imagenet-r", src, IMAGENET), src, tmp_path / "shards", workers=1)
@@ -168,6 +169,34 @@ def messy_class_folders(root: Path) -> list[str]:
 SKIPPED = {".DS_Store": "hidden", ".ipynb_checkpoints/": "hidden", "dangling.jpg": "broken symbolic link",
            "extra/": "a folder inside a class folder", "pipe.jpg": "not a regular file",
            "loop1.jpg": "cannot be followed or read", "loop2.jpg": "cannot be followed or read"}
+
+
+def test_exif_orientation_is_ignored_by_default_and_applied_on_request_by_both_converters(tmp_path):
+    """A photo saved at test time as a lossless PNG with EXIF orientation 6 ("turn 90° clockwise to
+    display"): by default every path gives the stored pixels (torchvision's pil_loader, the released
+    code); with --exif-upright, the stored pixels turned 90° clockwise, computed here by numpy."""
+    stored = np.asarray(photo((48, 36)))  # 36 rows x 48 columns
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    src = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        for wnid in (W0, W1):
+            (src / split / wnid).mkdir(parents=True)
+            (src / split / wnid / "tagged.png").write_bytes(encode(Image.fromarray(stored), "PNG", exif=exif))
+    turned = np.rot90(stored, k=-1)  # clockwise: row r of the result is column r read bottom-up
+    assert turned.shape == (48, 36, 3) and np.array_equal(turned[0, :, :], stored[::-1, 0, :])
+    for upright, want in ((False, stored), (True, turned)):
+        out = tmp_path / f"betons-{upright}"
+        assert imagenet_main(["--src", str(src), "--out", str(out), "--splits", "train", "--write-mode", "raw",
+                              "--workers", "1"] + (["--exif-upright"] if upright else [])) == 0
+        assert json.loads((out / "meta.json").read_text())["writer"]["exif_upright"] is upright
+        assert all(np.array_equal(px, want) for px in beton_pixels(out / "train.beton"))
+        shards = tmp_path / f"shards-{upright}"
+        meta = write_set(list_set("imagenet-val", src / "val", IMAGENET), src / "val", shards, workers=1,
+                         exif_upright=upright)
+        assert meta["exif_upright"] is upright and meta["border_crop"] == 0
+        got = [np.asarray(img) for img, _, _ in ShardReader(shards / "imagenet-val")]
+        assert len(got) == 2 and all(np.array_equal(px, want) for px in got)
 
 
 def test_both_converters_convert_the_same_files_and_name_every_skipped_one(tmp_path):

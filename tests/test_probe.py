@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from data_prep.shifts import list_set, write_set
 from fastfc import evaluate as evallib
 from fastfc.features import extract
 from fastfc.models import build_student, build_teacher
-from fastfc.probe import ProbeRecipe, init_head, load_probe, save_probe, sweep, top1, train_heads
+from fastfc.demo.photos import make_imagenet_tree
+from fastfc.probe import ProbeRecipe, init_head, load_probe, save_probe, sweep, top1, train_classes, train_heads
 from fastfc.train import lr_at
 
 from .test_shift_sets import IMAGENET, make_objectnet, make_ra, photo
@@ -184,6 +186,8 @@ def test_evaluate_writes_results_and_compare_reports_the_gap(converted, tmp_path
                                    {"imagenet-val": out / "val.beton", **sets}, tmp_path / "cache", num_workers=1)
         assert results["sets"]["imagenet-val"]["n"] == meta["splits"]["val"]["count"]
         assert results["sets"]["imagenet-r"]["n"] == 5 and results["sets"]["objectnet"]["n"] == 2
+        assert results["sets"]["objectnet"]["decoding"] == {"exif_upright": False, "border_crop": 0}  # the defaults
+        assert results["sets"]["imagenet-val"]["decoding"] == {"exif_upright": False, "border_crop": 0}  # the beton's
         evallib.write_results(tmp_path / name, results)
         runs.append(tmp_path / name)
     table = evallib.compare(runs, plot=tmp_path / "plot.png")
@@ -248,7 +252,7 @@ def test_cli_bad_input_is_one_error_line_before_any_work(converted, tmp_path, ca
     common = ["--encoder", "tiny", "--cache", str(tmp_path / "cache"), "--workers", "1"]
     assert main(["probe", *common, "--train", str(tmp_path / "nope.beton"), "--out", str(tmp_path / "p.pt")]) == 1
     err = capsys.readouterr().err
-    assert "--train" in err and "no such beton" in err and "Traceback" not in err
+    assert "--train" in err and "no such file or folder" in err and "Traceback" not in err
     (tmp_path / "afile").write_text("x")
     assert main(["probe", *common, "--train", str(out / "train.beton"), "--out", str(tmp_path / "afile" / "p.pt")]) == 1
     assert "afile" in capsys.readouterr().err and not (tmp_path / "cache").exists()  # refused before extraction
@@ -261,3 +265,77 @@ def test_cli_bad_input_is_one_error_line_before_any_work(converted, tmp_path, ca
     with pytest.raises(SystemExit) as steps:
         main(["demo", "--steps", "0", "--out", str(tmp_path / "demo")])
     assert steps.value.code == 2 and not (tmp_path / "demo").exists()  # 0 used to mean "the whole schedule"
+
+
+def pil_eval_input(path: Path, n_px: int, mean, std) -> torch.Tensor:
+    """The released code's evaluation preprocess, written out with PIL alone: shorter side to n_px
+    (bicubic, the longer side truncated as torchvision's Resize does), centre crop, /255, normalise."""
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    size = (n_px, int(n_px * h / w)) if w <= h else (int(n_px * w / h), n_px)
+    img = img.resize(size, Image.BICUBIC)
+    left, top = int(round((size[0] - n_px) / 2)), int(round((size[1] - n_px) / 2))
+    x = np.asarray(img.crop((left, top, left + n_px, top + n_px)), dtype=np.float32) / 255
+    return torch.from_numpy((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).permute(2, 0, 1)
+
+
+def test_train_folder_features_are_the_eval_transforms_and_the_beton_fast_path_differs(tmp_path):
+    """Item 4: the probe's train features from the ImageNet train folder are the encoder's outputs on
+    the released code's evaluation preprocess of each JPEG (computed here with PIL alone); the beton
+    (ffcv's centre crop of images already downsized at conversion) gives other inputs."""
+    from data_prep.beton import WriterSettings
+    from data_prep.imagenet import convert
+
+    tree = make_imagenet_tree(tmp_path / "imagenet", n_classes=3, train_per_class=4, val_per_class=1, quirks=False)
+    train = tmp_path / "imagenet" / "train"
+    convert(tmp_path / "imagenet", tmp_path / "betons", splits=("train",), settings=WriterSettings(max_resolution=64),
+            workers=1)
+    encoder = build_student("tiny", seed=0)
+    folder = extract(encoder, train, tmp_path / "cache", batch_size=8, num_workers=0, precision="fp32")
+    beton = extract(encoder, tmp_path / "betons" / "train.beton", tmp_path / "cache", batch_size=8, num_workers=0,
+                    precision="fp32")
+    files = sorted(train.glob("*/*.JPEG"))  # WNIDs sort in ImageNet order; names sorted within a class
+    with torch.no_grad():
+        want = encoder.visual.eval()(torch.stack([pil_eval_input(f, encoder.input_size, encoder.mean, encoder.std)
+                                           for f in files])).numpy()
+    assert folder.features.shape == want.shape == (12, 32)
+    assert np.abs(folder.features - want).max() < 1e-5 * np.abs(want).max()  # seen: 6e-8 of 0.34
+    assert np.abs(beton.features - want).max() > 1e-2 * np.abs(want).max()  # seen: 0.012 of 0.34
+    wnids = sorted(tree.counts["train"])
+    assert [IMAGENET[i] for i in folder.labels] == [f.parent.name for f in files]
+    classes, relabel = train_classes(train)
+    assert classes == wnids and relabel[folder.labels].tolist() == np.asarray(beton.labels).tolist()
+    write_set(list_set("imagenet-val", train, IMAGENET), train, tmp_path / "shards", workers=1)  # train shards
+    shards = extract(encoder, tmp_path / "shards" / "imagenet-val", tmp_path / "cache", batch_size=8, num_workers=0,
+                     precision="fp32")
+    assert np.array_equal(shards.features, folder.features) and np.array_equal(shards.labels, folder.labels)
+    assert train_classes(tmp_path / "shards" / "imagenet-val")[0] == wnids
+    meta_path = tmp_path / "shards" / "imagenet-val" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["per_class"]  # shards written before the field: every class counts as present
+    meta_path.write_text(json.dumps(meta))
+    assert train_classes(tmp_path / "shards" / "imagenet-val")[0] == IMAGENET
+
+
+def test_cli_probe_and_eval_train_on_the_folder_by_default_recorded(tmp_path, capsys):
+    from fastfc.cli import main
+
+    make_imagenet_tree(tmp_path / "imagenet", n_classes=3, train_per_class=4, val_per_class=1, quirks=False)
+    train, val = tmp_path / "imagenet" / "train", tmp_path / "imagenet" / "val"
+    common = ["--encoder", "tiny", "--cache", str(tmp_path / "cache"), "--batch-size", "8", "--workers", "0"]
+    assert main(["probe", *common, "--train", str(train), "--epochs", "2", "--warmup", "2",
+                 "--out", str(tmp_path / "p" / "probe.pt")]) == 0
+    w, _, info = load_probe(tmp_path / "p" / "probe.pt")
+    assert w.shape == (3, 32) and info["classes"] == sorted(p.name for p in train.iterdir())
+    assert info["train"]["kind"] == "folder" and "CenterCrop" in info["train"]["transform"]
+    assert info["train"]["decoding"] == {"exif_upright": False, "border_crop": 0}
+    assert main(["eval", *common, "--probe", str(tmp_path / "p" / "probe.pt"), "--val", str(val),
+                 "--train", str(train), "--out", str(tmp_path / "run")]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["train"]["n"] == 12 and results["train"]["top1"] == pytest.approx(info["train_top1"])
+    with pytest.raises(SystemExit, match="--from-images reads a train beton"):
+        main(["probe", *common, "--train", str(train), "--from-images", "--out", str(tmp_path / "q.pt")])
+    (tmp_path / "objectnet").mkdir()
+    (tmp_path / "objectnet" / "meta.json").write_text('{"set": "objectnet"}')  # shards of a test set
+    assert main(["probe", *common, "--train", str(tmp_path / "objectnet"), "--out", str(tmp_path / "q.pt")]) == 1
+    assert "shards of objectnet; give the ImageNet train folder" in capsys.readouterr().err

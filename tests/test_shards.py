@@ -299,8 +299,8 @@ def test_objectnet_border_crop():
     assert cropped.size == (36, 26) and np.array_equal(arr, np.asarray(inner))
     edges = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
     assert not np.any(np.all(edges == (255, 0, 0), axis=1))
-    # through the eval transform (mean 0, std 1 = the un-normalised crop): inner size -> exact inner pixels
-    x = eval_transform(26, (0, 0, 0), (1, 1, 1), border_crop=2)(framed.convert("RGB"))
+    # then the eval transform (mean 0, std 1 = the un-normalised crop): inner size -> exact inner pixels
+    x = eval_transform(26, (0, 0, 0), (1, 1, 1))(crop_border(framed.convert("RGB"), 2))
     want = torch.from_numpy(np.asarray(inner)[:, 5:31].copy()).permute(2, 0, 1).float() / 255
     assert x.dtype == torch.float32 and x.shape == (3, 26, 26) and torch.allclose(x, want, rtol=0, atol=1e-6)
     # without the crop the frame reaches the output edge

@@ -16,7 +16,7 @@ from PIL import Image
 from data_prep.beton import ConversionError
 from data_prep.shifts import list_set, main, read_imagenet_classes, write_set
 from fastfc import shifts
-from fastfc.data.shards import crop_border, decode_image, eval_transform, iter_samples, make_shard_loader
+from fastfc.data.shards import ShardReader, decode_image, eval_transform, iter_samples, make_shard_loader
 from fastfc.demo.photos import source_photos
 
 IMAGENET = read_imagenet_classes()  # the 1000 sorted WNIDs timm ships
@@ -68,9 +68,9 @@ class ColourStub(torch.nn.Module):
         return logits
 
 
-def score(set_dir: Path, model: torch.nn.Module, border_crop: int = 0) -> tuple[int, int]:
+def score(set_dir: Path, model: torch.nn.Module) -> tuple[int, int]:
     meta = json.loads((set_dir / "meta.json").read_text())
-    loader = make_shard_loader(set_dir, transform=eval_transform(32, MEAN, STD, border_crop=border_crop),
+    loader = make_shard_loader(set_dir, transform=eval_transform(32, MEAN, STD),
                                batch_size=4, num_workers=0)
     correct = n = 0
     for images, labels, _ in loader:
@@ -191,20 +191,36 @@ def test_objectnet_max_over_mapped_logits_drops_unmapped_classes(tmp_path):
     assert meta["imagenet_indices"] == [[409, 530], [954]] and meta["projection"] == "objectnet-max"
     assert meta["count"] == 2 and meta["dropped"] == {"folders": {"air_freshener": 1}, "images": 1}
     set_dir = tmp_path / "out" / "objectnet"
-    assert score(set_dir, ColourStub(954, 954), border_crop=2) == (2, 2)
-    assert score(set_dir, ColourStub(530, 530), border_crop=2) == (0, 2)  # a clock is not a banana
+    assert score(set_dir, ColourStub(954, 954)) == (2, 2)
+    assert score(set_dir, ColourStub(530, 530)) == (0, 2)  # a clock is not a banana
 
 
-def test_objectnet_border_crop_removes_the_red_frame(tmp_path):
-    convert("objectnet", make_objectnet(tmp_path / "objectnet-1.0"), tmp_path / "out")
-    for s in read_all(tmp_path / "out" / "objectnet"):
-        img = decode_image(s)
-        cropped = np.asarray(crop_border(img, 2)).astype(int)
-        assert cropped.shape[:2] == (img.height - 4, img.width - 4)
-        edges = np.concatenate([cropped[0], cropped[-1], cropped[:, 0], cropped[:, -1]])
-        red = (edges[:, 0] > 200) & (edges[:, 1] < 60) & (edges[:, 2] < 60)
-        assert not red.any()
-        assert np.asarray(img)[0, 0].tolist() == [255, 0, 0]  # the stored image keeps its frame
+def test_objectnet_border_crop_is_off_by_default_and_recorded_when_asked(tmp_path):
+    """Default: the images as stored, frame and all (the released code's test set); with
+    --objectnet-border-crop, meta.json says 2 px and the reader gives the stored pixels without the frame."""
+    src = make_objectnet(tmp_path / "objectnet-1.0")
+    want = {f"images/banana/{i:016x}.png": np.asarray(framed(i)) for i in range(2)}  # the PNGs hold these pixels
+    assert main(["--set", "objectnet", "--src", str(src), "--out", str(tmp_path / "plain"), "--workers", "1"]) == 0
+    assert main(["--set", "objectnet", "--src", str(src), "--out", str(tmp_path / "crop"), "--workers", "1",
+                 "--objectnet-border-crop"]) == 0
+    for out, crop in (("plain", 0), ("crop", 2)):
+        set_dir = tmp_path / out / "objectnet"
+        assert json.loads((set_dir / "meta.json").read_text())["border_crop"] == crop
+        paths = [s.info["path"] for s in read_all(set_dir)]
+        got = [np.asarray(img) for img, _, _ in ShardReader(set_dir)]
+        assert [g.shape for g in got] == [(80 - 2 * crop, 100 - 2 * crop, 3)] * 2
+        for path, pixels in zip(paths, got):
+            stored = want[path]
+            assert np.array_equal(pixels, stored[crop:80 - crop, crop:100 - crop])
+            assert (pixels[0, 0].tolist() == [255, 0, 0]) == (crop == 0)  # the red frame, or none left
+
+
+def test_border_crop_refused_for_a_set_without_a_frame(tmp_path, capsys):
+    src = make_ra(tmp_path / "r")
+    assert main(["--set", "imagenet-r", "--src", str(src), "--out", str(tmp_path / "out"),
+                 "--objectnet-border-crop"]) == 1
+    assert "--objectnet-border-crop: imagenet-r has no border to crop" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "imagenet-r" / "meta.json").exists()
 
 
 @pytest.mark.parametrize("missing", ["objectnet_to_imagenet_1k.json", "pytorch_to_imagenet_2012_id.json"])

@@ -1,4 +1,4 @@
-"""ImageNet val read straight from its folder, through the shift sets' evaluation path.
+"""ImageNet val (or train) read straight from its folder, through the shift sets' evaluation path.
 
 The paper scores ImageNet val exactly as it scores the shift sets (docs/recipe.md): the original
 JPEG, shorter side resized to the encoder's input (bicubic), centre crop, normalisation. A folder
@@ -6,7 +6,10 @@ laid out as ``<wnid>/*`` (the layout ``python -m data_prep.shifts --set imagenet
 is read here with the shard reader's own decode (:func:`fastfc.data.shards.decode_image`) and
 transform (:func:`fastfc.data.shards.eval_transform`), so it gives the same embeddings as the
 ``imagenet-val`` shards written from it. Label = index of the WNID in the 1000 sorted ImageNet
-WNIDs, as in every 1000-way set.
+WNIDs, as in every 1000-way set. The probe reads the ImageNet train folder the same way
+(:func:`fastfc.probe.train_classes`), as the released code did (``datasets/imagenet.py``,
+``ImageNet.populate_train``: ``ImageFolder`` with the evaluation ``preprocess``). Images are
+read as stored (the EXIF orientation tag ignored, as ``pil_loader``) and uncropped.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class FolderSet:
         files: image paths relative to ``root``, in set order (classes by ImageNet index, names sorted).
         labels: int ImageNet index per file.
         meta: the fields of a shard set's ``meta.json`` that scoring reads (``set``, ``classes``,
-            ``imagenet_indices``, ``projection``, ``count``).
+            ``imagenet_indices``, ``projection``, ``count``, ``per_class``: images per class).
     """
 
     root: Path
@@ -68,7 +71,10 @@ def read_folder(root: str | Path) -> FolderSet:
     except (ListingError, shifts.LabelSpaceError) as e:
         raise ValueError(str(e)) from None
     meta = {"set": SET_NAME, "classes": listing.classes, "imagenet_indices": listing.imagenet_indices,
-            "projection": shifts.get(SET_NAME).projection, "count": len(listing.files)}
+            "projection": shifts.get(SET_NAME).projection, "count": len(listing.files),
+            "per_class": [0] * len(listing.classes)}
+    for label in listing.labels:
+        meta["per_class"][label] += 1
     return FolderSet(root, listing.files, listing.labels, meta)
 
 

@@ -25,7 +25,10 @@ skip it and name it in ``meta.json`` too.
 
 * the format is sniffed from the content (Pillow), never taken from the extension (one ImageNet
   train "JPEG" is a PNG); truncated data is an error, never padded with grey;
-* the EXIF orientation is applied (a malformed EXIF block is ignored);
+* the pixels are taken as stored, the EXIF orientation tag ignored, as torchvision's ``pil_loader``
+  (the released code's loader, and every published ImageNet number) reads them; ``exif_upright=True``
+  (the converters' ``--exif-upright``, recorded in their ``meta.json``) turns a tagged image upright
+  instead (a malformed EXIF block is then ignored);
 * any mode becomes ``H x W x 3 uint8`` RGB: 16-bit and 32-bit integer greyscale (``I;16*``,
   ``I``) are scaled by 255/65535, not clipped (a mid-grey 32768 reads 128, not 255); CMYK
   (Pillow undoes Adobe's inverted CMYK), grey, palette, bilevel and YCbCr are converted; alpha is
@@ -323,9 +326,10 @@ def shrink(image: np.ndarray, max_side: int | None = None, short_side: int | Non
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def load_rgb(path: str | Path, max_resolution: int | None = None, short_side: int | None = None) -> np.ndarray:
-    """Decode ``path`` to an upright RGB image whose longer side is at most ``max_resolution``
-    and whose shorter side is at most ``short_side`` (the converters' decode).
+def load_rgb(path: str | Path, max_resolution: int | None = None, short_side: int | None = None, *,
+             exif_upright: bool = False) -> np.ndarray:
+    """Decode ``path`` to an RGB image whose longer side is at most ``max_resolution`` and whose
+    shorter side is at most ``short_side`` (the converters' decode).
 
     Args:
         path: any image file Pillow reads (JPEG, PNG, ...), whatever its extension.
@@ -333,9 +337,10 @@ def load_rgb(path: str | Path, max_resolution: int | None = None, short_side: in
         short_side: bound on the shorter side in px; ``None`` or 0: no bound.
             Larger images are first decoded at a reduced DCT scale (JPEG draft mode, never below
             the target), then shrunk by :func:`shrink` (ffcv's rule, cv2 INTER_AREA).
+        exif_upright: turn the image by its EXIF orientation (:func:`upright`); default: as stored.
 
     Returns:
-        ``np.ndarray`` of shape ``(H, W, 3)``, dtype ``uint8``, C-contiguous, EXIF orientation applied.
+        ``np.ndarray`` of shape ``(H, W, 3)``, dtype ``uint8``, C-contiguous.
 
     Raises:
         BadImageError: zero-byte, non-image, truncated or corrupt file, or an unconvertible mode.
@@ -346,13 +351,13 @@ def load_rgb(path: str | Path, max_resolution: int | None = None, short_side: in
         if scale < 1:  # draft keeps both sides >= the requested size, so no detail is lost
             im.draft(None, (int(np.ceil(im.size[0] * scale)), int(np.ceil(im.size[1] * scale))))
     _load(path, im)
-    arr = to_rgb_array(upright(im), path)
+    arr = to_rgb_array(upright(im) if exif_upright else im, path)
     return np.ascontiguousarray(shrink(arr, max_resolution, short_side))
 
 
-def decode_rgb(data: bytes, name: str) -> tuple[Image.Image, str]:
-    """Decode a stored image's bytes to an upright RGB PIL image at full size (the shard reader's
-    decode; same pixels as :func:`load_rgb` without a size bound).
+def decode_rgb(data: bytes, name: str, *, exif_upright: bool = False) -> tuple[Image.Image, str]:
+    """Decode a stored image's bytes to an RGB PIL image at full size (the shard reader's decode;
+    same pixels as :func:`load_rgb` without a size bound; ``exif_upright`` as there).
 
     Returns:
         ``(image in mode RGB, the format Pillow sniffed, e.g. "JPEG")``.
@@ -363,7 +368,8 @@ def decode_rgb(data: bytes, name: str) -> tuple[Image.Image, str]:
     im = open_image(data, name)
     fmt = im.format
     _load(name, im)
-    im = upright(im)
+    if exif_upright:
+        im = upright(im)
     if im.mode != "RGB":
         im = Image.fromarray(to_rgb_array(im, name))
     return im, fmt

@@ -99,6 +99,20 @@ def shard_paths(set_dir: str | Path, meta: dict | None = None) -> list[tuple[Pat
     return out
 
 
+def set_decoding(meta: dict) -> dict:
+    """How a set's images are decoded before the evaluation transform, as its ``meta.json`` says
+    (``data_prep.shifts`` records both at conversion):
+
+    * ``exif_upright`` (bool): turn images by their EXIF orientation tag (``--exif-upright``);
+    * ``border_crop`` (int, px): cut off every border first (``--objectnet-border-crop``: 2 px).
+
+    A ``meta.json`` written before these fields existed reads as the default of both, the released
+    code's: as stored, no crop (fastfc then turned images upright and cropped ObjectNet: convert
+    again with the options to keep that). Returns ``{"exif_upright": bool, "border_crop": int}``.
+    """
+    return {"exif_upright": bool(meta.get("exif_upright", False)), "border_crop": int(meta.get("border_crop", 0))}
+
+
 def crop_border(img: Image.Image, px: int) -> Image.Image:
     """Cut ``px`` pixels off every border: a W x H image becomes (W - 2px) x (H - 2px).
 
@@ -113,19 +127,6 @@ def crop_border(img: Image.Image, px: int) -> Image.Image:
     if w <= 2 * px or h <= 2 * px:
         raise ValueError(f"cannot crop {px} px off each border of a {w}x{h} image")
     return img.crop((px, px, w - px, h - px))
-
-
-class BorderCrop:
-    """Picklable transform wrapper of :func:`crop_border` (DataLoader workers may be spawned)."""
-
-    def __init__(self, px: int):
-        self.px = int(px)
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        return crop_border(img, self.px)
-
-    def __repr__(self) -> str:
-        return f"BorderCrop(px={self.px})"
 
 
 class ResizeCenterCrop:
@@ -175,22 +176,20 @@ class ToNormalizedTensor:
         return f"ToNormalizedTensor(mean={self.mean}, std={self.std})"
 
 
-def eval_transform(resolution: int, mean: Sequence[float], std: Sequence[float],
-                   border_crop: int = 0) -> transforms.Compose:
+def eval_transform(resolution: int, mean: Sequence[float], std: Sequence[float]) -> transforms.Compose:
     """Evaluation transform for an RGB PIL image: the paper's (and CLIP's) Resize + CenterCrop.
 
-    ``crop_border(border_crop)`` first (ObjectNet: 2 px, docs/recipe.md), then bicubic
-    ``Resize(resolution)`` of the short side and ``CenterCrop(resolution)``
+    Bicubic ``Resize(resolution)`` of the short side and ``CenterCrop(resolution)``
     (:class:`ResizeCenterCrop`), then ``ToTensor`` (0..1) and ``Normalize(mean, std)``
     (:class:`ToNormalizedTensor`; per-channel, RGB, 0..1 scale). Same output as torchvision's
     ``Compose([Resize, CenterCrop, ToTensor, Normalize])`` (see :class:`ResizeCenterCrop`),
-    about 1.2x faster per image on ImageNet-sized photos.
+    about 1.2x faster per image on ImageNet-sized photos. A set's own decoding (EXIF, border crop)
+    comes before it, from its ``meta.json`` (:func:`set_decoding`).
 
     Returns:
         A callable mapping a PIL image to a float32 tensor ``(3, resolution, resolution)``.
     """
-    ops = [BorderCrop(border_crop)] if border_crop else []
-    return transforms.Compose(ops + [ResizeCenterCrop(resolution), ToNormalizedTensor(mean, std)])
+    return transforms.Compose([ResizeCenterCrop(resolution), ToNormalizedTensor(mean, std)])
 
 
 def _iter_shard(shard: Path, expected: int, keep=None) -> Iterator[tuple[str, dict]]:
@@ -274,16 +273,16 @@ def iter_samples(set_dir: str | Path, *, rank: int = 0, world_size: int = 1, wor
             yield _parse(path, key, members)
 
 
-def decode_image(sample: RawSample) -> Image.Image:
-    """Decode the image bytes to an upright RGB PIL image by :mod:`fastfc.data.images`'s policy, the
-    one the ImageNet converter applies too (EXIF orientation; 16-bit grey scaled, not clipped; CMYK,
-    palette, alpha: see there).
+def decode_image(sample: RawSample, *, exif_upright: bool = False) -> Image.Image:
+    """Decode the image bytes to an RGB PIL image by :mod:`fastfc.data.images`'s policy, the one the
+    ImageNet converter applies too (as stored, or turned by the EXIF orientation with
+    ``exif_upright``; 16-bit grey scaled, not clipped; CMYK, palette, alpha: see there).
 
     Raises:
         ShardFormatError: undecodable bytes, or a format that differs from the extension.
     """
     try:
-        rgb, fmt = decode_rgb(sample.image, f"{sample.key}.{sample.ext}")
+        rgb, fmt = decode_rgb(sample.image, f"{sample.key}.{sample.ext}", exif_upright=exif_upright)
     except BadImageError as exn:
         raise ShardFormatError(f"{sample.shard}: cannot decode {exn.path}: {exn.reason}") from None
     if fmt not in IMAGE_FORMATS[sample.ext]:
@@ -302,7 +301,8 @@ class ShardReader(IterableDataset):
     """Iterable over this rank's (and DataLoader worker's) share of a shard set.
 
     Yields ``(image, label, key)``: ``image`` is ``transform(rgb_pil)`` (the PIL image itself when
-    ``transform`` is None), ``label`` an int in the set's label space, ``key`` the ``%08d`` string.
+    ``transform`` is None; ``rgb_pil`` decoded as the set's ``meta.json`` says, :func:`set_decoding`),
+    ``label`` an int in the set's label space, ``key`` the ``%08d`` string.
     ``rank``/``world_size`` default to the initialised process group (else 0/1) and are fixed at
     construction; the worker split comes from ``get_worker_info()``. Every rank must use the same
     number of DataLoader workers. A rank or worker with no data yields nothing.
@@ -315,6 +315,7 @@ class ShardReader(IterableDataset):
             raise ValueError("give both rank and world_size, or neither")
         self.set_dir = Path(set_dir)
         self.meta = read_meta(self.set_dir)
+        self.decoding = set_decoding(self.meta)
         self.transform = transform
         self.rank, self.world_size = dist_rank_world() if rank is None else (rank, world_size)
         if not 0 <= self.rank < self.world_size:
@@ -325,7 +326,7 @@ class ShardReader(IterableDataset):
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
         for s in iter_samples(self.set_dir, rank=self.rank, world_size=self.world_size,
                               worker=worker, num_workers=num_workers):
-            img = decode_image(s)
+            img = crop_border(decode_image(s, exif_upright=self.decoding["exif_upright"]), self.decoding["border_crop"])
             yield (img if self.transform is None else self.transform(img)), s.label, s.key
 
 
