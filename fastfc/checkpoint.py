@@ -9,6 +9,10 @@ A run folder (``train.out_dir``) holds:
 - ``weights_epochNNN.pt`` (every ``keep_weights_every_epochs`` epochs) and ``weights.pt`` (at the
   end): the student's ``state_dict``.
 
+A run starts in its folder by :meth:`Checkpointer.start`: a folder holding a checkpoint is never
+started over by accident (refused without ``--resume`` or ``--fresh``), and a torchrun restart or
+SLURM requeue continues the run by itself (torchtitan/Lightning-style auto-resume).
+
 Everything in them is a tensor or a plain Python value (the RNG states too), so every file loads
 with ``torch.load(weights_only=True)``, and ``checkpoint.pt`` also serves as ``--weights`` (it is
 ``{"model": state_dict, ...}``). No non-finite weights are ever written. A file that cannot be
