@@ -9,6 +9,10 @@ A run folder (``train.out_dir``) holds:
 - ``weights_epochNNN.pt`` (every ``keep_weights_every_epochs`` epochs) and ``weights.pt`` (at the
   end): the student's ``state_dict``.
 
+A run starts in its folder by :meth:`Checkpointer.start`: a folder holding a checkpoint is never
+started over by accident (refused without ``--resume`` or ``--fresh``), and a torchrun restart or
+SLURM requeue continues the run by itself (torchtitan/Lightning-style auto-resume).
+
 Everything in them is a tensor or a plain Python value (the RNG states too), so every file loads
 with ``torch.load(weights_only=True)``, and ``checkpoint.pt`` also serves as ``--weights`` (it is
 ``{"model": state_dict, ...}``). No non-finite weights are ever written. A file that cannot be
@@ -21,6 +25,7 @@ import json
 import os
 import random
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,10 @@ CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
 _REQUIRED = ("model", "optimizer", "step")
 _PLAN_KEYS = ("train_images", "global_batch", "steps_per_epoch", "total_steps")  # what a resume must keep
 # Settings a resumed run may change without a note: how it is run, not what it computes.
+# What a run writes into its folder: what --fresh moves aside (weights_epochNNN.pt too).
+_RUN_FILES = {CHECKPOINT, PREVIOUS, "metrics.jsonl", "summary.json", "config.json", "weights.pt", "tb"}
+_RESTART_COUNTS = (("TORCHELASTIC_RESTART_COUNT", "torchrun restart"), ("SLURM_RESTART_COUNT", "SLURM requeue"))
+_START_OVER = "start over with --fresh (moves the old run aside)"
 _RUN_CONTROL = {"stop_after", "out_dir", "log_every", "checkpoint_every", "compile", "num_workers",
                 "keep_weights_every_epochs"}
 
@@ -104,8 +113,7 @@ def read_file(path: str | Path, *, what_to_do: str = "check the path, or copy th
         raise CheckpointError(f"{path}: cannot be read: {_reason(first)}; {what_to_do}") from None
 
 
-def load_checkpoint(path: str | Path, *, what_to_do: str = "resume from checkpoint.prev.pt "
-                                                          "or drop --resume to start afresh") -> dict:
+def load_checkpoint(path: str | Path, *, what_to_do: str = f"resume from checkpoint.prev.pt or {_START_OVER}") -> dict:
     """A training checkpoint written by :class:`Checkpointer` (see the module docstring).
 
     Raises:
@@ -164,6 +172,25 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def relaunch() -> str | None:
+    """How this process was relaunched: ``"torchrun restart N"`` (``TORCHELASTIC_RESTART_COUNT`` > 0,
+    torchrun ``--max-restarts``) or ``"SLURM requeue N"`` (``SLURM_RESTART_COUNT`` > 0); None for a
+    first launch."""
+    for var, what in _RESTART_COUNTS:
+        count = os.environ.get(var, "").strip()
+        if count.isdigit() and int(count) > 0:
+            return f"{what} {count}"
+    return None
+
+
+def _step_of(path: Path) -> str:
+    """The step a checkpoint holds, for a message ("?" when it cannot be read)."""
+    try:
+        return str(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:
+        return "?"
+
+
 # ----------------------------------------------------------------------------- the checkpointer
 
 class Checkpointer:
@@ -190,6 +217,69 @@ class Checkpointer:
         if self.rt.is_main:
             print(f"[checkpoint] {text}", flush=True)
 
+    # -- starting
+
+    def start(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, resume: bool = False,
+              fresh: bool = False) -> int:
+        """Begin the run in ``out_dir`` and return its first step: 0, or the checkpoint's (:meth:`resume`).
+        Collective: rank 0 decides from the folder, every rank follows.
+
+        - a relaunch (:func:`relaunch`: torchrun restart, SLURM requeue) or ``resume``: continue
+          from the checkpoint, or start when none was saved yet (said in one line);
+        - ``fresh`` on a first launch: move the old run's files to ``out_dir/replaced-<UTC time>/``
+          (nothing is deleted), then start;
+        - neither, with a checkpoint in ``out_dir``: refused, nothing touched.
+
+        Raises:
+            CheckpointError: a checkpoint exists and neither ``resume`` nor ``fresh`` was given (one
+                line naming it and both choices); or what :meth:`resume` raises.
+        """
+        decision = [self._choose(resume, fresh) if self.rt.is_main else None]
+        if self.rt.distributed:
+            dist.broadcast_object_list(decision, src=0)
+        action = decision[0]
+        if action.startswith("refuse:"):
+            raise CheckpointError(action[len("refuse:"):])
+        if action == "fresh" and self.rt.is_main:
+            self._move_aside()
+        return self.resume(model, optimizer) if action == "resume" else 0
+
+    def _choose(self, resume: bool, fresh: bool) -> str:
+        """``"resume"``, ``"start"``, ``"fresh"`` or ``"refuse:<message>"`` (rank 0, reads the folder only)."""
+        saved = [p for p in (self.path, self.prev) if p.is_file()]
+        again = relaunch()
+        if again and fresh:
+            self.note(f"{again}: --fresh applies to the first launch only; continuing this run")
+        if again or resume:
+            if not saved:
+                self.note(f"{again or '--resume'}: no checkpoint in {self.out} yet; starting the run")
+            return "resume" if saved else "start"
+        if fresh:
+            return "fresh"
+        if saved:
+            return (f"refuse:{saved[0]} holds this run's progress (step {_step_of(saved[0])}); continue it with "
+                    f"--resume, or start over with --fresh (moves the old run to {self.out}/replaced-<time>/)")
+        return "start"
+
+    def _move_aside(self) -> None:
+        """Move the run's files (:data:`_RUN_FILES`, ``weights_epochNNN.pt``) into a new
+        ``replaced-<UTC time>`` folder inside ``out_dir``."""
+        if not self.out.is_dir():
+            return
+        old = sorted(p.name for p in self.out.iterdir()
+                     if p.name in _RUN_FILES or re.fullmatch(r"weights_epoch\d+\.pt", p.name))
+        if not old:
+            return
+        stamp, n = time.strftime("replaced-%Y%m%d-%H%M%S", time.gmtime()), 0
+        dest = self.out / stamp
+        while dest.exists():
+            n += 1
+            dest = self.out / f"{stamp}-{n}"
+        dest.mkdir()
+        for name in old:
+            os.replace(self.out / name, dest / name)
+        self.note(f"--fresh: moved the previous run ({', '.join(old)}) to {dest}")
+
     # -- resuming
 
     def resume(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -210,7 +300,7 @@ class Checkpointer:
             lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
             detail = lines[min(1, len(lines) - 1)][:160]
             raise CheckpointError(f"{used}: does not fit this run's model or optimiser ({detail}): it comes "
-                                  "from another run; point train.out_dir elsewhere or drop --resume") from None
+                                  f"from another run; point train.out_dir elsewhere or {_START_OVER}") from None
         step = int(state["step"])
         self._restore_rng(state.get("rng"), step)
         self.last_good, self._saved_step, self._rotate = (used, step), step, used == self.path
@@ -231,9 +321,8 @@ class Checkpointer:
                 self.note(f"{problems[0]}; resuming from {path} (step {state['step']}) instead")
             return state, path
         if not self.path.is_file() and not self.prev.is_file():
-            raise FileNotFoundError(f"{self.path}: no checkpoint to resume from (drop --resume to start afresh)")
-        raise CheckpointError(f"nothing to resume from in {self.out}: {'; '.join(problems)}; "
-                              "drop --resume to start afresh")
+            raise FileNotFoundError(f"{self.path}: no checkpoint to resume from ({_START_OVER})")
+        raise CheckpointError(f"nothing to resume from in {self.out}: {'; '.join(problems)}; {_START_OVER}")
 
     def _check_fits(self, state: dict, path: Path) -> None:
         """Refuse another plan or another run (one line); note another world size or changed settings."""
@@ -243,7 +332,7 @@ class Checkpointer:
         elif any(saved.get(k) != self.plan[k] for k in _PLAN_KEYS):
             raise CheckpointError(f"{path}: planned for {_show(saved)}; this run plans {_show(self.plan)}: resuming "
                                   "would change the schedule; resume with the data, epochs, max_steps and "
-                                  "global_batch_size it was started with, or drop --resume")
+                                  f"global_batch_size it was started with, or {_START_OVER}")
         elif saved.get("world_size") != self.rt.world_size:
             self.note(f"{path} was written by {saved.get('world_size')} processes, this run has "
                       f"{self.rt.world_size}: the schedule continues (step {state['step']} of "
@@ -253,8 +342,8 @@ class Checkpointer:
         for section in sorted((set(theirs) | set(self.config)) - {"train", "data"}):
             if theirs.get(section) != self.config.get(section):
                 raise CheckpointError(f"{path}: comes from another run ({section}: {theirs.get(section)} there, "
-                                      f"{self.config.get(section)} here); point train.out_dir elsewhere or drop "
-                                      "--resume to start afresh")
+                                      f"{self.config.get(section)} here); point train.out_dir elsewhere or "
+                                      f"{_START_OVER}")
         changed = [f"{section}.{k} {a!r} -> {self.config[section].get(k)!r}"
                    for section in ("train", "data") if section in theirs and section in self.config
                    for k, a in theirs[section].items() if k not in _RUN_CONTROL and self.config[section].get(k) != a]

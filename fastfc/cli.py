@@ -351,6 +351,8 @@ def _demo_parser(sub) -> None:
 
 
 def _distill_parser(sub) -> None:
+    from fastfc.train_config import start_args
+
     t = sub.add_parser(
         "distill", help="representation distillation: a frozen teacher teaches a random-init student",
         description="Distil a frozen teacher's image embedding into a random-init student (MSE).",
@@ -363,7 +365,7 @@ def _distill_parser(sub) -> None:
                                                "runs: launch/configs/); without it, the defaults: RN50, openai "
                                                "teacher, data/betons/train.beton")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
-    t.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoint.pt")
+    start_args(t, "train.out_dir")
     t.add_argument("--dry-run", action="store_true",
                    help="print the resolved config, per-rank batch and number of steps; do not train")
     t.set_defaults(func=distill)

@@ -203,8 +203,9 @@ def plan(cfg: DistillConfig, world_size: int) -> dict:
             "lr_first": lr_at(0, base=cfg.train.lr, warmup=cfg.train.warmup_steps, total=counts["total_steps"])}
 
 
-def run(cfg: DistillConfig, *, resume: bool = False, rt: Runtime | None = None) -> dict:
-    """Distil on the beton under torchrun (or one process). Returns :func:`fastfc.train.train`'s summary."""
+def run(cfg: DistillConfig, *, resume: bool = False, fresh: bool = False, rt: Runtime | None = None) -> dict:
+    """Distil on the beton under torchrun (or one process). Returns :func:`fastfc.train.train`'s summary;
+    ``resume``/``fresh``: how the run begins (:meth:`fastfc.checkpoint.Checkpointer.start`)."""
     from fastfc.data.ffcv import check_stored_size, make_loader
 
     if not Path(cfg.data.train_beton).is_file():  # before the teacher is built (and maybe downloaded)
@@ -219,7 +220,7 @@ def run(cfg: DistillConfig, *, resume: bool = False, rt: Runtime | None = None) 
                          num_workers=cfg.data.num_workers, device=rt.device, distributed=rt.distributed,
                          seed=cfg.train.seed,
                          dtype=np.float16 if rt.device.type == "cuda" and cfg.train.precision == "bf16" else np.float32)
-    return train(task, loader, cfg.train, rt, resume=resume, run_config=configlib.to_dict(cfg))
+    return train(task, loader, cfg.train, rt, resume=resume, fresh=fresh, run_config=configlib.to_dict(cfg))
 
 
 def main(args) -> int:
@@ -231,7 +232,7 @@ def main(args) -> int:
         if rank == 0:
             print(json.dumps(summary, indent=2, default=str))
         return 0
-    summary = run(cfg, resume=args.resume)
+    summary = run(cfg, resume=args.resume, fresh=args.fresh)
     out = Path(cfg.train.out_dir)
     if int(os.environ.get("RANK", "0")) != 0:  # one line per run, not one per rank
         return 0

@@ -28,6 +28,7 @@ from fastfc.runtime import Runtime, prepare_model
 from fastfc.stage_config import FeaturesConfig
 
 CACHE_DTYPES = {"bf16": np.float16, "fp32": np.float32}  # precision -> the cache's dtype
+_CHUNK = 65_536  # rows per finiteness check of a cache
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -132,9 +133,15 @@ def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Run
         :class:`Features` with ``features`` ``[N, D]`` (float16, or float32 for ``"fp32"``) and
         ``labels`` int64 ``[N]`` in set order.
 
+    Every value cached equals a finite float32 embedding: a cache holding ``inf``/``NaN`` (an older
+    fastfc's) is rebuilt, and nothing is cached (temporaries removed) when the encoder gives a
+    non-finite embedding or one beyond float16's range (65504) under ``"bf16"``.
+
     Raises:
         ValueError: unknown ``precision``, a beton stored below the encoder's input size
-            (:func:`fastfc.data.ffcv.check_stored_size`), or an image folder not in ``<wnid>/*`` layout.
+            (:func:`fastfc.data.ffcv.check_stored_size`), an image folder not in ``<wnid>/*`` layout,
+            non-finite embeddings, or embeddings too large for a float16 cache (names the largest
+            magnitude; use ``precision="fp32"``).
     """
     if precision not in CACHE_DTYPES:
         raise ValueError(f"precision must be one of {', '.join(CACHE_DTYPES)}, got {precision!r}")
@@ -179,12 +186,15 @@ def _fill(encoder: Encoder, source: Path, folder: Path, rt: Runtime, *, precisio
     gpu = rt.device.type == "cuda"  # bf16 on GPU; fp32 on CPU, where bf16 ran 3-4x slower here (no AVX512-BF16)
     model = prepare_model(encoder.visual, rt, training=False, precision=precision if gpu else "fp32",
                           channels_last=gpu, compile=compile)
-    seen = 0
+    seen, bad, peak = 0, 0, 0.0
     with torch.no_grad(), model.autocast(), \
             tqdm(total=n, desc=f"features {source.name}", unit="img", disable=not rt.is_main) as bar:
         for rows, images, y in _batches(encoder, source, rt, batch_size=batch_size, num_workers=num_workers):
-            emb = model.module(model.inputs(images))
-            feats[rows.numpy()] = emb.float().cpu().numpy().astype(dtype)
+            emb = model.module(model.inputs(images)).float().cpu().numpy()
+            finite = np.isfinite(emb).all(axis=1)
+            bad += int((~finite).sum())
+            peak = max(peak, float(np.abs(emb[finite]).max(initial=0.0)))
+            feats[rows.numpy()] = emb.astype(dtype)
             labels[rows.numpy()] = y.cpu().numpy()
             seen += len(rows)
             bar.update(len(rows) * rt.world_size)
@@ -196,10 +206,47 @@ def _fill(encoder: Encoder, source: Path, folder: Path, rt: Runtime, *, precisio
         dist.all_reduce(total)
     if int(total) != n:
         raise RuntimeError(f"{source}: extracted {int(total)} embeddings, expected {n}")
+    problem = _range_problem(source, n, dtype, bad, peak, rt)
+    if problem:
+        if rt.is_main:
+            feats_tmp.unlink(missing_ok=True)
+            labels_tmp.unlink(missing_ok=True)
+        raise ValueError(problem)
     if rt.is_main:
         publish(feats_tmp, folder / "features.npy")
         publish(labels_tmp, folder / "labels.npy")
     return n
+
+
+def _range_problem(source: Path, n: int, dtype, bad: int, peak: float, rt: Runtime) -> str | None:
+    """Over all ranks: why the embeddings cannot be cached in ``dtype`` (non-finite ones, or a
+    magnitude beyond float16's range), or None. Collective under torchrun."""
+    stats = torch.tensor([float(bad), peak], dtype=torch.float64)
+    if rt.distributed:
+        counts, peaks = stats[:1].clone(), stats[1:].clone()
+        dist.all_reduce(counts)
+        dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+        stats = torch.cat([counts, peaks])
+    bad, peak = int(stats[0]), float(stats[1])
+    if bad:
+        return (f"{source}: the encoder gave non-finite (NaN/inf) embeddings for {bad} of {n} images; nothing "
+                "cached; check its weights (a diverged or damaged --weights file?)")
+    limit = float(np.finfo(dtype).max)
+    if peak > limit:
+        return (f"{source}: embeddings reach |x| = {peak:.4g}, beyond the {np.dtype(dtype).name} cache's range "
+                f"({limit:g}); nothing cached; extract with --precision fp32 (--set extract.precision=fp32), "
+                "a float32 cache")
+    return None
+
+
+def first_nonfinite(array: np.ndarray) -> int | None:
+    """The first row of ``array`` ``[N, D]`` holding a NaN or inf, or None; read in chunks (memory-mapped
+    caches stay out of memory)."""
+    for start in range(0, len(array), _CHUNK):
+        rows = ~np.isfinite(np.asarray(array[start:start + _CHUNK])).all(axis=1)
+        if rows.any():
+            return start + int(rows.argmax())
+    return None
 
 
 def _load(folder: Path, want: dict) -> Features | None:
@@ -212,7 +259,12 @@ def _load(folder: Path, want: dict) -> Features | None:
         return None
     if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in want.items()):
         return None
-    return Features(np.load(folder / "features.npy", mmap_mode="r"), np.load(folder / "labels.npy"), meta, folder)
+    features = np.load(folder / "features.npy", mmap_mode="r")
+    row = first_nonfinite(features)
+    if row is not None:  # an older fastfc's float16 overflow, or a damaged file: rebuilt
+        print(f"[features] {folder / 'features.npy'}: row {row} is not finite; extracting again", flush=True)
+        return None
+    return Features(features, np.load(folder / "labels.npy"), meta, folder)
 
 
 def run(cfg: FeaturesConfig, rt: Runtime | None = None) -> list[Features]:

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fastfc.atomic import atomic_path, read_json, write_json
-from fastfc.checkpoint import read_file
+from fastfc.checkpoint import Diverged, read_file
 from fastfc.data.betons import read_beton_meta
 from fastfc.features import extract
 from fastfc.models import Encoder
@@ -184,8 +184,16 @@ def sweep(features, labels, num_classes: int, weight_decays: Sequence[float], re
 # ----------------------------------------------------------------------------- probe files
 
 def save_probe(path: str | Path, weight: torch.Tensor, bias: torch.Tensor, info: dict) -> None:
-    """Write ``{"weight": [C, D], "bias": [C]}`` (the original probe files' keys) and ``<path>.json``."""
+    """Write ``{"weight": [C, D], "bias": [C]}`` (the original probe files' keys) and ``<path>.json``.
+
+    Raises:
+        Diverged: a weight or bias is not finite (training diverged; nothing is written).
+    """
     path = Path(path)
+    bad = int((~torch.isfinite(weight)).sum() + (~torch.isfinite(bias)).sum())
+    if bad:
+        raise Diverged(f"{path}: the trained probe has {bad} non-finite weights (NaN/inf); stopped without saving; "
+                       "train again with a lower --lr (non-finite features are refused by `fastfc features`)")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save({"weight": weight.contiguous(), "bias": bias.contiguous()}, tmp)
@@ -198,8 +206,8 @@ def load_probe(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is unreadable (a ``CheckpointError``) or holds no ``weight``/``bias``
-            pair; the message names it.
+        ValueError: the file is unreadable (a ``CheckpointError``), holds no ``weight``/``bias``
+            pair, or non-finite ones; the message names it.
     """
     path = Path(path)
     state = read_file(path, what_to_do="train the probe again with `fastfc probe`")
@@ -207,6 +215,9 @@ def load_probe(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     found = {key.rsplit(".", 1)[-1]: value for key, value in state.items() if key.rsplit(".", 1)[-1] in ("weight", "bias")}
     if set(found) != {"weight", "bias"} or found["weight"].ndim != 2:
         raise ValueError(f"{path}: not a linear probe file (expected keys weight [C, D] and bias [C])")
+    if not (torch.isfinite(found["weight"]).all() and torch.isfinite(found["bias"]).all()):
+        raise ValueError(f"{path}: the probe's weights are not finite (NaN/inf), so its scores would be chance; "
+                         "train it again with `fastfc probe`")
     info_path = path.with_suffix(".json")
     info = read_json(info_path, f"the probe's record; rewrite it with `fastfc probe --out {path}`") \
         if info_path.is_file() else {}
@@ -251,7 +262,7 @@ def train_from_images(encoder: Encoder, beton: Path, num_classes: int, recipe: P
     loader = make_loader(beton, train=True, augment=False, batch_size=cfg.per_rank_batch(rt.world_size),
                          resolution=encoder.input_size, mean=encoder.mean, std=encoder.std, num_workers=num_workers,
                          device=rt.device, distributed=rt.distributed, seed=recipe.seed)
-    train(task, loader, cfg, rt)
+    train(task, loader, cfg, rt, fresh=True)  # a new probe each time; a torchrun restart resumes it
     return task.model.weight.detach().cpu(), task.model.bias.detach().cpu()
 
 

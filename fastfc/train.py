@@ -42,6 +42,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from fastfc.atomic import atomic_path
 from fastfc.checkpoint import Checkpointer
 from fastfc.runtime import Prepared, Runtime, peak_flops, prepare_model
 from fastfc.train_config import TrainConfig  # re-exported: the config lives apart, torch-free
@@ -94,13 +95,19 @@ class Task(Protocol):
 class Metrics:
     """The run's record on rank 0: ``config.json`` (the resolved config), ``metrics.jsonl`` (and
     TensorBoard when installed; keys are namespaced, ``train/loss``), ``summary.json``. Every
-    metrics line is strict JSON: a non-finite value is written as ``null``."""
+    metrics line is strict JSON: a non-finite value is written as ``null``. A run starting at
+    ``first_step`` (a resume, or 0) first drops the lines logged after it (:func:`trim_metrics`),
+    so no step is ever logged twice."""
 
-    def __init__(self, out_dir: Path, enabled: bool, config: dict):
+    def __init__(self, out_dir: Path, enabled: bool, config: dict, first_step: int = 0):
         self.out, self.enabled, self.tb = out_dir, enabled, None
         if enabled:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+            dropped = trim_metrics(out_dir / "metrics.jsonl", first_step)
+            if dropped:
+                print(f"[metrics] {out_dir / 'metrics.jsonl'}: dropped {dropped} line(s) logged after step "
+                      f"{first_step} (not in the checkpoint the run continues from)", flush=True)
             self.file = (out_dir / "metrics.jsonl").open("a")
             with contextlib.suppress(ImportError):
                 from torch.utils.tensorboard import SummaryWriter
@@ -126,6 +133,25 @@ class Metrics:
             self.file.close()
             if self.tb is not None:
                 self.tb.close()
+
+
+def trim_metrics(path: Path, step: int) -> int:
+    """Atomically keep only the lines of ``path`` (metrics.jsonl) logged at ``step`` or before (a
+    line cut short by a crash goes too). Returns the number of lines dropped (0: file untouched)."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if (at := _step_of_line(line)) is not None and at <= step]
+    if len(keep) < len(lines):
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in keep))
+    return len(lines) - len(keep)
+
+
+def _step_of_line(line: str) -> int | None:
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        return int(json.loads(line)["step"])
+    return None
 
 
 class Meter:
@@ -283,7 +309,7 @@ def train_step(task: Task, model: Prepared, optimizer, images: torch.Tensor, *, 
 
 # ----------------------------------------------------------------------------- the loop
 
-def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: bool = False,
+def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: bool = False, fresh: bool = False,
           run_config: dict | None = None) -> dict:
     """Train ``task.model`` on ``loader`` (yielding ``(images [B,3,H,W], labels)`` per rank).
 
@@ -292,12 +318,13 @@ def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: boo
     partial (ffcv pads every rank to ``ceil(N / ranks)`` images). A resume restores model, optimiser,
     step and RNG state and skips the batches of the epoch already seen: the lr at every later step equals the
     uninterrupted run's, on any number of ranks (with the same ranks and deterministic data and
-    algorithms, so do the losses). Returns (and writes to summary.json) ``{"step", "epoch",
-    "total_steps", "stopped_early", "replica_checksums", "final_loss"}``.
+    algorithms, so do the losses). How the run begins in ``cfg.out_dir`` (``resume``, ``fresh``, a
+    torchrun restart or SLURM requeue, or a refusal) is :meth:`Checkpointer.start`'s. Returns (and
+    writes to summary.json) ``{"step", "epoch", "total_steps", "stopped_early", "replica_checksums", "final_loss"}``.
 
     Raises:
         Diverged: a non-finite loss, gradient norm or weights (nothing non-finite is written).
-        CheckpointError, FileNotFoundError: ``resume`` without a usable checkpoint of this run.
+        CheckpointError: see :meth:`Checkpointer.start` (a refused start, an unusable checkpoint).
     """
     out, original_model = Path(cfg.out_dir), task.model
     model, optimizer = prepare(task, cfg, rt)
@@ -305,8 +332,8 @@ def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: boo
     per_epoch, total = plan["steps_per_epoch"], plan["total_steps"]
     config = run_config or {"train": asdict(cfg)}
     ckpt = Checkpointer(out, rt, plan=plan, config=config)
-    step = ckpt.resume(model.raw, optimizer) if resume else 0
-    metrics, meter, preempt = Metrics(out, rt.is_main, config), Meter(rt, task.flops_per_image), _Preemption()
+    step = ckpt.start(model.raw, optimizer, resume=resume, fresh=fresh)
+    metrics, meter, preempt = Metrics(out, rt.is_main, config, step), Meter(rt, task.flops_per_image), _Preemption()
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not rt.is_main, dynamic_ncols=True)
     stopped_early, last_loss, lr = False, float("nan"), cfg.lr
     try:

@@ -22,6 +22,18 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def start_args(parser, folder: str) -> None:
+    """``--resume`` / ``--fresh`` (exclusive) on an argparse ``parser`` whose run folder is ``folder``:
+    how a run begins when the folder already holds one (:meth:`fastfc.checkpoint.Checkpointer.start`)."""
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true",
+                     help=f"continue from {folder}/checkpoint.pt; with no checkpoint there yet, start the run (so a "
+                          "launcher may always pass it). A torchrun restart or SLURM requeue resumes by itself")
+    how.add_argument("--fresh", action="store_true",
+                     help=f"start over: move the run already in {folder} to {folder}/replaced-<UTC time>/ (nothing is "
+                          "deleted). Without --resume or --fresh a folder holding a checkpoint is refused")
+
+
 @dataclass
 class TrainConfig:
     """How to train. Units: lr per step; batch sizes in images; steps are optimiser steps.

@@ -101,7 +101,8 @@ def test_unusable_checkpoints_are_refused_in_one_line(stopped_run, beton63, tmp_
         run(issue_config(beton63, out), rt=Runtime(), resume=True)
     message = str(e.value)
     assert "\n" not in message and "checkpoint.pt: cannot be read: cut short" in message
-    assert "checkpoint.prev.pt: cannot be read" in message and message.endswith("drop --resume to start afresh")
+    assert "checkpoint.prev.pt: cannot be read" in message
+    assert message.endswith("start over with --fresh (moves the old run aside)")
 
     out = copy_run(stopped_run, tmp_path / "b")  # a bare state_dict under the checkpoint's name
     torch.save(build_task(issue_config(beton63, out)).model.state_dict(), out / "checkpoint.pt")

@@ -285,7 +285,8 @@ def test_resume_refuses_a_different_plan_or_another_run_in_one_line(beton63, tmp
         assert "checkpoint.pt" in str(e.value) and "\n" not in str(e.value)
     other = issue_config(beton63, tmp_path)
     other.model.student_seed = 1
-    with pytest.raises(ValueError, match=r"checkpoint\.pt: comes from another run \(model: .*drop --resume") as e:
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: comes from another run \(model: .*start over with --fresh") \
+            as e:
         run(other, rt=one_process(), resume=True)
     assert "\n" not in str(e.value)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3  # nothing was overwritten

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from fastfc import config as configlib
 from fastfc.atomic import read_json
+from fastfc.train_config import start_args
 from fastfc.cifar.config import (PRESETS, VARIANTS, VISUALIZE_PRESETS, CifarConfig, DataConfig, VisualizeConfig, plan,
                                  resolve)
 
@@ -66,8 +67,9 @@ def _datasets(cfg: DataConfig, rt):
     return sets if rt.is_main else build()
 
 
-def train_run(cfg: CifarConfig, *, resume: bool = False, rt=None) -> dict:
-    """Train one model of the experiment; returns :func:`fastfc.train.train`'s summary."""
+def train_run(cfg: CifarConfig, *, resume: bool = False, fresh: bool = False, rt=None) -> dict:
+    """Train one model of the experiment; returns :func:`fastfc.train.train`'s summary (``resume``/
+    ``fresh``: :meth:`fastfc.checkpoint.Checkpointer.start`)."""
     import torch
 
     from fastfc.cifar.attack import SmoothedPGDTask
@@ -87,7 +89,7 @@ def train_run(cfg: CifarConfig, *, resume: bool = False, rt=None) -> dict:
     loader = EpochLoader(train_set, cfg.train.per_rank_batch(rt.world_size), rank=rt.rank,
                          world_size=rt.world_size, seed=cfg.train.seed, num_workers=cfg.data.num_workers,
                          pin_memory=rt.device.type == "cuda", on_epoch=[task.set_epoch])
-    return train(task, loader, cfg.train, rt, resume=resume, run_config=configlib.to_dict(cfg))
+    return train(task, loader, cfg.train, rt, resume=resume, fresh=fresh, run_config=configlib.to_dict(cfg))
 
 
 # ----------------------------------------------------------------------------- visualisation
@@ -189,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "smoke: CPU, offline, ~1 min")
     t.add_argument("--config", type=Path, help="TOML with [data] [attack] [train] sections (launch/configs/cifar_*.toml)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override (repeatable)")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    start_args(t, "OUT")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan; do not train")
     v = sub.add_parser("visualize", help="feature visualisation of both models, one figure, and the measures",
                        formatter_class=fmt, description=
@@ -216,7 +218,7 @@ def _train(args, parser) -> int:
             print(json.dumps({"config": configlib.to_dict(cfg),
                               "plan": plan(cfg, int(os.environ.get("WORLD_SIZE", "1")))}, indent=2, default=str))
         return 0
-    summary = train_run(cfg, resume=args.resume)
+    summary = train_run(cfg, resume=args.resume, fresh=args.fresh)
     out = Path(cfg.train.out_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         state = (f"stopped at step {summary['step']}; resume with --resume" if summary["stopped_early"]

@@ -116,8 +116,8 @@ def prepare_data(data: Path, *, train_per_class: int = 30, val_per_class: int = 
 
 
 def distill(out: Path, beton: Path, recipe: DemoRecipe, nproc: int) -> Path:
-    """Distil the shipped MobileNetV2 into a random-init one under torchrun (gloo), once per recipe.
-    Returns the student's ``weights.pt``."""
+    """Distil the shipped MobileNetV2 into a random-init one under torchrun (gloo), once per recipe
+    (an interrupted distillation continues: ``--resume``). Returns the student's ``weights.pt``."""
     run_dir = out / "distill" / recipe.key()
     if (run_dir / "weights.pt").is_file():
         print(f"[demo] reusing the student distilled by an earlier run with this recipe: {run_dir / 'weights.pt'}")
@@ -128,7 +128,7 @@ def distill(out: Path, beton: Path, recipe: DemoRecipe, nproc: int) -> Path:
     toml = run_dir / "distill.toml"
     toml.write_text(DISTILL_TOML.format(beton=beton, r=recipe, out=run_dir))
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                    "-m", "fastfc", "distill", "--config", str(toml)],
+                    "-m", "fastfc", "distill", "--config", str(toml), "--resume"],
                    check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return run_dir / "weights.pt"
 
