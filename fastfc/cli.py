@@ -253,15 +253,35 @@ def _id_source(e) -> Path | None:
     return None
 
 
+def _shard_sets(shards: Path) -> dict:
+    """The shift sets under ``--shards``, by the set their ``meta.json`` names (not the folder's name).
+
+    Raises:
+        FileNotFoundError: no set folder. ValueError: two folders hold the same set (both named).
+    """
+    from fastfc.data.shards import read_meta
+
+    found: dict[str, Path] = {}
+    for meta in sorted(shards.glob("*/meta.json")):
+        name = read_meta(meta.parent).get("set")
+        if name in found:
+            raise ValueError(f"--shards {shards}: {found[name]} and {meta.parent} both hold {name} (their "
+                             "meta.json); move one out of --shards, so that each set is scored once")
+        if name != meta.parent.name:
+            print(f"note: {meta.parent} holds {name} (its meta.json); scored as {name}", file=sys.stderr)
+        found[name] = meta.parent
+    if not found:
+        raise FileNotFoundError(f"--shards {shards}: no shift-set folders (<set>/meta.json) in it; "
+                                "write them with `python -m data_prep.shifts`")
+    return found
+
+
 def _eval_sets(e) -> dict:
     """The sets ``fastfc eval`` scores, by name; every path checked first."""
     sets = {}
     if e.shards:
         shards = Path(e.shards)
-        found = {m.parent.name: m.parent for m in sorted(shards.glob("*/meta.json"))}
-        if not found:
-            raise FileNotFoundError(f"--shards {shards}: no shift-set folders (<set>/meta.json) in it; "
-                                    "write them with `python -m data_prep.shifts`")
+        found = _shard_sets(shards)
         missing = sorted(set(e.sets or ()) - set(found))
         if missing:
             raise FileNotFoundError(f"--sets {','.join(missing)}: not in {shards} (it has {', '.join(found)})")
