@@ -37,7 +37,7 @@ import numpy as np
 
 import fastfc
 from fastfc import shifts
-from fastfc.atomic import atomic_path, exit_cleanly_on_sigterm
+from fastfc.atomic import atomic_path, check_apart, exit_cleanly_on_sigterm
 from fastfc.cpus import fit_workers
 from fastfc.data import images
 from fastfc.data.betons import read_beton_meta
@@ -247,6 +247,7 @@ def convert(src: str | Path, out: str | Path, *, splits=SPLITS, settings: Writer
         raise ConversionError(f"--workers {workers}: must be >= 1 (omit it to use every usable CPU)")
     workers = fit_workers(workers, "--workers", cap=None)
     val_labels = Path(val_labels).resolve() if val_labels else None
+    check_apart(out, [("--src", src)], "--out")
     existing = [p for p in [out / f"{s}.beton" for s in splits] + [out / "meta.json"] if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it "

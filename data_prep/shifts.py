@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 import fastfc
 from fastfc import shifts
-from fastfc.atomic import exit_cleanly_on_sigterm, publish, tmp_name, write_json
+from fastfc.atomic import check_apart, exit_cleanly_on_sigterm, publish, tmp_name, write_json
 from fastfc.cpus import fit_workers
 from fastfc.data import images
 from fastfc.shifts import SetListing
@@ -123,6 +123,7 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
     if workers is not None and workers < 1:
         raise ConversionError(f"--workers {workers}: must be >= 1 (omit it to use every usable CPU)")
     set_dir = out / listing.name
+    check_apart(set_dir, [("--src", src)], "the set folder")
     if (set_dir / "meta.json").exists() and not overwrite:
         raise FileExistsError(f"{set_dir / 'meta.json'} exists; pass --overwrite to replace the set")
     stored, bad = check_files(_probe, src, listing.files, workers=fit_workers(workers, "--workers", cap=None),

@@ -45,6 +45,23 @@ def publish(tmp: str | Path, final: str | Path) -> None:
     os.replace(tmp, final)
 
 
+def check_apart(out: str | Path, sources: list[tuple[str, str | Path]], what: str) -> None:
+    """Refuse, before anything is written, an output folder ``out`` that is, contains or is inside
+    one of ``sources`` (``(flag, path)`` pairs) of the same command: outputs would land among the inputs (a
+    converter's shards among the class folders it reads, a cache listed as a class folder).
+
+    Raises:
+        ValueError: one line naming ``what`` (the output's flag), both paths and the relation.
+    """
+    o = Path(out).resolve()
+    for flag, src in sources:
+        s = Path(src).resolve()
+        relation = "is" if o == s else "is inside" if s in o.parents else "contains" if o in s.parents else None
+        if relation:
+            raise ValueError(f"{what} {out} {relation} {flag} {src}: the output would land among the inputs of the "
+                             f"same command; choose an output outside {src} (nothing was written)")
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically."""
     with atomic_path(path) as tmp:

@@ -24,9 +24,12 @@ import os
 import sys
 from pathlib import Path
 
-# Answering fast: only the standard library is imported up here. --help, argument errors and each
-# command's input checks run before torch, ffcv or open_clip are imported (5-15 s on a busy
-# machine); a command imports them where its work starts (_start_work).
+from fastfc.atomic import check_apart
+
+# Answering fast: only the standard library (and fastfc.atomic, which needs no more) is imported
+# up here. --help, argument errors and each command's input checks run before torch, ffcv or
+# open_clip are imported (5-15 s on a busy machine); a command imports them where its work starts
+# (_start_work).
 
 
 ID_SET = "imagenet-val"  # fastfc.evaluate.ID_SET, named here without importing torch
@@ -184,6 +187,7 @@ def features(args) -> int:
     _require(args, {"--encoder": cfg.encoder.name, "source": cfg.sources})
     for source in cfg.sources:
         _check_source(Path(source))
+    check_apart(cfg.extract.cache, [("source", s) for s in cfg.sources], "--cache")
     _check_encoder_args(cfg)
     _start_work()
     from fastfc.features import run
@@ -205,6 +209,7 @@ def _check_probe_args(cfg) -> None:
                                 "lists the classes)")
     if Path(p.out).is_dir():
         raise IsADirectoryError(f"--out {p.out}: a folder; --out is the probe file to write, e.g. {Path(p.out) / 'probe.pt'}")
+    check_apart(cfg.extract.cache, [("--train", train)], "--cache")
     Path(p.out).parent.mkdir(parents=True, exist_ok=True)  # fail before training, not after
     _check_encoder_args(cfg)
 
@@ -312,6 +317,9 @@ def evaluate(args) -> int:
     if not e.probe or not cfg.encoder.name:
         raise SystemExit("fastfc eval: --encoder and --probe are required (or --compare RUN ...)")
     sets = _eval_sets(e)
+    sources = [("the set", path) for path in sets.values()] + ([("--train", e.train)] if e.train else [])
+    check_apart(e.out, sources, "--out")
+    check_apart(cfg.extract.cache, sources, "--cache")
     if not Path(e.probe).is_file():
         raise FileNotFoundError(f"--probe {e.probe}: no such file; give a probe written by `fastfc probe --out`")
     _check_encoder_args(cfg)

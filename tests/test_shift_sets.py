@@ -333,3 +333,32 @@ def test_each_registry_entry_carries_its_rules():
 def test_converter_listing_is_the_registry_entrys(tmp_path):
     src = make_ra(tmp_path / "r")
     assert list_set("imagenet-r", src, IMAGENET) == shifts.get("imagenet-r").list(src, IMAGENET)
+
+
+def test_an_output_folder_that_is_or_holds_or_sits_in_its_source_is_refused_before_writing(tmp_path, capsys):
+    from data_prep.imagenet import main as imagenet_main
+    from fastfc.cli import main as fastfc_main
+
+    data = tmp_path / "data"
+    src = make_ra(data / "imagenet-r")
+    before = sorted(p.name for p in src.iterdir())
+    # before: exit 0, shards and meta.json written among the source's class folders
+    assert main(["--set", "imagenet-r", "--src", str(src), "--out", str(data), "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"the set folder {src} is --src {src}: the output would land among the inputs" in err
+    assert sorted(p.name for p in src.iterdir()) == before and err.count("\n") == 1
+    assert main(["--set", "imagenet-r", "--src", str(src), "--out", str(src / "n01498041"), "--workers", "1"]) == 1
+    assert f"is inside --src {src}" in capsys.readouterr().err
+    assert imagenet_main(["--src", str(data), "--out", str(data / "betons")]) == 1
+    assert f"--out {data / 'betons'} is inside --src {data}" in capsys.readouterr().err
+    assert not (data / "betons").exists()
+    flags = ["--encoder", "tiny", "--workers", "1"]
+    assert fastfc_main(["features", *flags, "--cache", str(src / "cache"), str(src)]) == 1
+    assert f"--cache {src / 'cache'} is inside source {src}" in capsys.readouterr().err
+    assert main(["--set", "imagenet-r", "--src", str(src), "--out", str(tmp_path / "shards"), "--workers", "1"]) == 0
+    probe = tmp_path / "probe.pt"
+    probe.write_bytes(b"")
+    evalf = ["eval", *flags, "--probe", str(probe), "--shards", str(tmp_path / "shards"), "--cache", str(tmp_path / "c")]
+    assert fastfc_main([*evalf, "--out", str(tmp_path / "shards")]) == 1
+    assert f"--out {tmp_path / 'shards'} contains the set {tmp_path / 'shards' / 'imagenet-r'}" in capsys.readouterr().err
+    assert not (src / "cache").exists() and not (tmp_path / "shards" / "results.json").exists()
