@@ -17,8 +17,11 @@ scan before anything is written, then written by ffcv with the ffcv-imagenet rec
 Outputs (written under temporary names and renamed together at the end):
 
 * ``DIR/<split>.beton``: fields ``image`` (RGBImageField) and ``label`` (IntField), source order;
-* ``DIR/meta.json``: classes, counts per split and class, writer settings, every file seen but
-  not converted with its reason (``skipped``), listing options, fastfc version.
+* ``DIR/meta.json``: classes, counts per split and class, each beton's size in bytes, writer
+  settings, every file seen but not converted with its reason (``skipped``), listing options,
+  fastfc version. It describes every beton in ``DIR``: converting some ``--splits`` keeps the
+  others' records, and is refused when another beton was written with another class list (it would
+  no longer be described); readers check each beton against it (:mod:`fastfc.data.betons`).
 """
 
 from __future__ import annotations
@@ -258,12 +261,9 @@ def convert(src: str | Path, out: str | Path, *, splits=SPLITS, settings: Writer
         raise ConversionError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
     _remove_stale_temporaries(out, SPLITS)
     classes = list_classes(src)
+    kept = _kept_splits(out, splits, classes, src)
     listings = [list_split(src, s, classes, per_class=per_class, val_labels=val_labels) for s in splits]
     max_pixels = {l.split: scan(l, src, workers=workers, skip_bad=skip_bad) for l in listings}
-
-    previous = read_beton_meta(out) if (out / "meta.json").is_file() else {}
-    kept = {s: info for s, info in previous.get("splits", {}).items()  # splits not rewritten stay listed
-            if s not in splits and previous.get("classes") == classes and (out / f"{s}.beton").is_file()}
     from .beton import BetonWriter, ImageFiles  # ffcv: imported only to write
 
     with ExitStack() as stack:  # every output under a temporary name until all are complete
@@ -273,7 +273,7 @@ def convert(src: str | Path, out: str | Path, *, splits=SPLITS, settings: Writer
             writer = BetonWriter(tmp, settings, workers, max_pixels[l.split], desc=f"write {l.split}")
             writer.write(ImageFiles([str(src / f) for f in l.files], l.labels, settings))
             written[l.split] = {"count": len(l.files), "per_class": l.per_class(classes),
-                                "page_size": writer.page_size,
+                                "bytes": tmp.stat().st_size, "page_size": writer.page_size,
                                 "labels_without_file": l.labels_without_file, "skipped": l.skipped}
         meta = {
             "fastfc_version": fastfc.__version__,
@@ -286,6 +286,30 @@ def convert(src: str | Path, out: str | Path, *, splits=SPLITS, settings: Writer
         }
         stack.enter_context(atomic_path(out / "meta.json")).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def _kept_splits(out: Path, splits: tuple, classes: list[str], src: Path) -> dict:
+    """The ``meta.json`` records of the betons in ``out`` that this conversion does not rewrite (they
+    stay described). Raises :class:`ConversionError` before any work for such a beton written with
+    another class list than ``classes``, or not described by ``out/meta.json``: it would be left
+    beside a ``meta.json`` that does not describe it."""
+    previous = read_beton_meta(out) if (out / "meta.json").is_file() else {}
+    kept = {}
+    for split in SPLITS:
+        beton = out / f"{split}.beton"
+        if split in splits or not beton.is_file():
+            continue
+        record = (previous.get("splits") or {}).get(split)
+        written = list((record or {}).get("per_class") or previous.get("classes") or [])
+        if record is None or written != classes:
+            why = ("is not described by its meta.json" if record is None else
+                   f"was written with {len(written)} classes, and {src / 'train'} now has {len(classes)}")
+            raise ConversionError(f"{beton} {why}: converting only --splits {','.join(splits)} would leave it "
+                                  f"beside a meta.json that does not describe it; convert every split: --splits "
+                                  f"{','.join(s for s in SPLITS if s in splits or (out / f'{s}.beton').is_file())} "
+                                  "(nothing was changed)")
+        kept[split] = record
+    return kept
 
 
 def _remove_stale_temporaries(out: Path, splits) -> None:

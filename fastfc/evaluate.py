@@ -35,7 +35,7 @@ import torch
 from fastfc import shifts
 from fastfc.atomic import atomic_path, read_json, write_json
 from fastfc.data import shards
-from fastfc.data.betons import read_beton_meta
+from fastfc.data.betons import check_beton
 from fastfc.features import encoder_fingerprint, extract, source_fingerprint
 from fastfc.models import Encoder
 from fastfc.runtime import Runtime
@@ -121,7 +121,7 @@ def set_space(source: Path) -> dict:
     meta = source_meta(source)
     if meta is not None:
         return {k: meta[k] for k in ("set", "classes", "imagenet_indices", "projection")}
-    classes = read_beton_meta(source.parent)["classes"]
+    classes = check_beton(source)["classes"]
     return {"set": source.name, "classes": classes, "imagenet_indices": None, "projection": "none"}
 
 

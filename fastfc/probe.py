@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from fastfc.atomic import atomic_path, read_json, write_json
 from fastfc.checkpoint import read_file
-from fastfc.data.betons import read_beton_meta
+from fastfc.data.betons import check_beton
 from fastfc.features import extract
 from fastfc.models import Encoder
 from fastfc.runtime import Runtime
@@ -262,7 +262,7 @@ def run(cfg: ProbeConfig, rt: Runtime | None = None) -> None:
 
     p, rt = cfg.probe, rt or setup_runtime()
     encoder = None if p.epochs == 0 else cfg.encoder.build()  # a zero-shot head needs no image features
-    classes = read_beton_meta(Path(p.train).parent)["classes"]
+    classes = check_beton(p.train)["classes"]
     recipe = ProbeRecipe(p.epochs, cfg.extract.batch_size, p.lr, p.warmup,
                          p.wd if p.wd is not None else WEIGHT_DECAY[p.kind], p.seed)
     info = {"encoder": canonical_name(cfg.encoder.name), "classes": classes}
