@@ -40,7 +40,7 @@ import numpy as np
 
 import fastfc
 from fastfc import shifts
-from fastfc.atomic import atomic_path, check_apart, exit_cleanly_on_sigterm
+from fastfc.atomic import WriteError, atomic_path, check_apart, exit_cleanly_on_sigterm, output_lock
 from fastfc.cpus import fit_workers
 from fastfc.data import images
 from fastfc.data.betons import read_beton_meta
@@ -259,33 +259,34 @@ def convert(src: str | Path, out: str | Path, *, splits=SPLITS, settings: Writer
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConversionError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
-    _remove_stale_temporaries(out, SPLITS)
-    classes = list_classes(src)
-    kept = _kept_splits(out, splits, classes, src)
-    listings = [list_split(src, s, classes, per_class=per_class, val_labels=val_labels) for s in splits]
-    max_pixels = {l.split: scan(l, src, workers=workers, skip_bad=skip_bad) for l in listings}
-    from .beton import BetonWriter, ImageFiles  # ffcv: imported only to write
+    with output_lock(out):  # one conversion into out at a time
+        _remove_stale_temporaries(out, SPLITS)
+        classes = list_classes(src)
+        kept = _kept_splits(out, splits, classes, src)
+        listings = [list_split(src, s, classes, per_class=per_class, val_labels=val_labels) for s in splits]
+        max_pixels = {l.split: scan(l, src, workers=workers, skip_bad=skip_bad) for l in listings}
+        from .beton import BetonWriter, ImageFiles  # ffcv: imported only to write
 
-    with ExitStack() as stack:  # every output under a temporary name until all are complete
-        written = {}
-        for l in listings:
-            tmp = stack.enter_context(atomic_path(out / f"{l.split}.beton"))
-            writer = BetonWriter(tmp, settings, workers, max_pixels[l.split], desc=f"write {l.split}")
-            writer.write(ImageFiles([str(src / f) for f in l.files], l.labels, settings))
-            written[l.split] = {"count": len(l.files), "per_class": l.per_class(classes),
-                                "bytes": tmp.stat().st_size, "page_size": writer.page_size,
-                                "labels_without_file": l.labels_without_file, "skipped": l.skipped}
-        meta = {
-            "fastfc_version": fastfc.__version__,
-            "source": str(src.resolve()),
-            "classes": classes,
-            "splits": {**kept, **written},
-            "writer": settings.as_dict(),
-            "listing": {"per_class": per_class, "val_labels": str(val_labels) if val_labels else None,
-                        "order": "classes in label order, files sorted by name"},
-        }
-        stack.enter_context(atomic_path(out / "meta.json")).write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
+        with ExitStack() as stack:  # every output under a temporary name until all are complete
+            written = {}
+            for l in listings:
+                tmp = stack.enter_context(atomic_path(out / f"{l.split}.beton"))
+                writer = BetonWriter(tmp, settings, workers, max_pixels[l.split], desc=f"write {l.split}")
+                writer.write(ImageFiles([str(src / f) for f in l.files], l.labels, settings))
+                written[l.split] = {"count": len(l.files), "per_class": l.per_class(classes),
+                                    "bytes": tmp.stat().st_size, "page_size": writer.page_size,
+                                    "labels_without_file": l.labels_without_file, "skipped": l.skipped}
+            meta = {
+                "fastfc_version": fastfc.__version__,
+                "source": str(src.resolve()),
+                "classes": classes,
+                "splits": {**kept, **written},
+                "writer": settings.as_dict(),
+                "listing": {"per_class": per_class, "val_labels": str(val_labels) if val_labels else None,
+                            "order": "classes in label order, files sorted by name"},
+            }
+            stack.enter_context(atomic_path(out / "meta.json")).write_text(json.dumps(meta, indent=2) + "\n")
+        return meta
 
 
 def _kept_splits(out: Path, splits: tuple, classes: list[str], src: Path) -> dict:
@@ -508,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = convert(args.src, args.out, splits=splits, settings=settings, workers=args.workers,
                        per_class=args.per_class, val_labels=args.val_labels, skip_bad=args.skip_bad,
                        overwrite=args.overwrite)
-    except (ConversionError, VerifyError, FileExistsError, ValueError) as e:
+    except (ConversionError, VerifyError, FileExistsError, ValueError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         if new_out and args.out.is_dir() and not any(args.out.iterdir()):
             args.out.rmdir()  # a failed first conversion leaves no empty --out folder behind

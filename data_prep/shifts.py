@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 from PIL import Image
@@ -33,7 +34,8 @@ from tqdm import tqdm
 
 import fastfc
 from fastfc import shifts
-from fastfc.atomic import check_apart, exit_cleanly_on_sigterm, publish, tmp_name, write_json
+from fastfc.atomic import (WriteError, check_apart, exit_cleanly_on_sigterm, is_out_of_room, output_lock, publish,
+                           room_message, tmp_name, write_json)
 from fastfc.cpus import fit_workers
 from fastfc.data import images
 from fastfc.shifts import SetListing
@@ -130,6 +132,12 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
                               skip_bad=skip_bad, desc=f"scan {listing.name}")
     samples = [(rel, label, how) for rel, label, how in zip(listing.files, listing.labels, stored) if how]
     set_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(set_dir):  # one conversion into set_dir at a time
+        return _write_set(listing, samples, src, set_dir, shard_bytes, bad)
+
+
+def _write_set(listing: SetListing, samples: list, src: Path, set_dir: Path, shard_bytes: int, bad: list) -> dict:
+    """The shards and ``meta.json`` of :func:`write_set`, once its images are checked."""
     shards = _write_shards(listing, samples, src, set_dir, shard_bytes)
     expected = {s["name"] for s in shards}
     for stale in set_dir.glob(f"{listing.name}-*.tar"):  # from an earlier, larger conversion
@@ -151,6 +159,7 @@ def _write_shards(listing: SetListing, samples: list, src: Path, set_dir: Path, 
 
     shards = []
     writer, stream, writer_bytes = None, None, 0
+    needed = sum((src / rel).stat().st_size + 3 * 512 for rel, _, _ in samples)  # the bytes, the headers
     try:
         for key, (rel, label, (ext, reencode)) in enumerate(tqdm(samples, desc=f"write {listing.name}", unit="img",
                                                                  dynamic_ncols=True)):
@@ -173,9 +182,16 @@ def _write_shards(listing: SetListing, samples: list, src: Path, set_dir: Path, 
             writer = None
         for s in shards:  # all complete: publish them
             publish(tmp_name(set_dir / s["name"]), set_dir / s["name"])
+    except OSError as e:
+        if is_out_of_room(e):
+            raise WriteError(room_message(tmp_name(set_dir / shards[-1]["name"]), e, needed)) from None
+        raise
     finally:
         if writer is not None:
-            writer.close()
+            with suppress(OSError):  # closing writes the tar's end: on a full disk it fails again
+                writer.close()
+            with suppress(OSError):
+                stream.close()
         for s in shards:
             tmp_name(set_dir / s["name"]).unlink(missing_ok=True)
     return shards

@@ -449,3 +449,20 @@ def test_meta_json_describes_every_beton_and_readers_refuse_one_it_does_not(tmp_
                                          r"\(it describes val\)"):
         make_loader(y / "train.beton", train=False, batch_size=2, resolution=32, mean=(0, 0, 0), std=(1, 1, 1))
     assert not (tmp_path / "p.pt").exists()
+
+
+def test_a_full_disk_mid_write_is_one_line_naming_the_beton_and_leaves_nothing(small_tree, tmp_path):
+    from .conftest import file_size_limit
+
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "data_prep.imagenet", "--src", str(small_tree.root), "--out", str(out),
+                           "--workers", "2", "--write-mode", "raw"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, preexec_fn=file_size_limit(200_000))
+    # before: "a writer process died (out of memory?) without naming a file", with a worker's traceback
+    assert proc.returncode == 1, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {out / 'train.beton'}: could not write it: file too large (the file-size limit")
+    assert "nothing was published and no temporary is left" in line and "MB free there" in line
+    assert "Traceback" not in proc.stderr and "died" not in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == []
