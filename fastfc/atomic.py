@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,11 +42,11 @@ ROOM_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk 
 
 def room_message(path: str | Path, e: OSError, needed: int | None = None) -> str:
     """One line for a write that ran out of room (``e.errno`` in :data:`ROOM_ERRNOS`): the file
-    (its final name when ``path`` is a temporary of :func:`tmp_name`), the errno's meaning, how much
+    (its final name when ``path`` is a temporary, ``.<name>.tmp[-<pid>]``), the errno's meaning, how much
     was written when it failed, how much the whole file needed when known (``needed``, bytes) and
     how much is free."""
     path = Path(path)
-    final = path.with_name(path.name[1:].rsplit(".tmp-", 1)[0]) if ".tmp-" in path.name else path
+    final = path.with_name(re.sub(r"^\.(.+)\.tmp(-\d+)?$", r"\1", path.name))  # a temporary's final name
     written = path.stat().st_size if path.is_file() else 0
     try:
         free = f", {size_text(shutil.disk_usage(path.parent).free)} free there"
@@ -113,6 +114,28 @@ def check_apart(out: str | Path, sources: list[tuple[str, str | Path]], what: st
         if relation:
             raise ValueError(f"{what} {out} {relation} {flag} {src}: the output would land among the inputs of the "
                              f"same command; choose an output outside {src} (nothing was written)")
+
+
+def allocate_npy(path: str | Path, dtype, shape: tuple[int, ...]) -> None:
+    """Create the ``.npy`` file ``path`` of ``shape``/``dtype`` (zeros) with every block allocated,
+    so that a full disk fails here, as one line, and not later as SIGBUS in a memory-mapped write.
+
+    Raises:
+        WriteError: no room (:func:`room_message`, with the size needed); ``path`` is removed.
+    """
+    import numpy as np
+
+    path = Path(path)
+    try:
+        np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, path.stat().st_size)
+    except OSError as e:
+        if not is_out_of_room(e):
+            raise
+        message = room_message(path, e, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        path.unlink(missing_ok=True)
+        raise WriteError(message) from None
 
 
 @contextmanager
