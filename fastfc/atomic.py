@@ -71,12 +71,12 @@ def is_out_of_room(e: BaseException) -> bool:
 
 
 @contextmanager
-def atomic_path(final: str | Path, needed: int | None = None) -> Iterator[Path]:
+def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path; on success rename it to ``final``, on any exception delete it.
 
     The caller writes the whole file to the yielded path. Raises whatever the body raises, except
     that running out of room (disk full, file-size limit) is raised as :class:`WriteError`, one line
-    naming ``final`` (:func:`room_message`; ``needed``: the file's expected size in bytes, if known).
+    naming ``final`` (:func:`room_message`).
     """
     final = Path(final)
     tmp = tmp_name(final)
@@ -85,7 +85,7 @@ def atomic_path(final: str | Path, needed: int | None = None) -> Iterator[Path]:
         publish(tmp, final)
     except OSError as e:
         if is_out_of_room(e):
-            raise WriteError(room_message(tmp, e, needed)) from None
+            raise WriteError(room_message(tmp, e)) from None
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -128,14 +128,26 @@ def allocate_npy(path: str | Path, dtype, shape: tuple[int, ...]) -> None:
     path = Path(path)
     try:
         np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
-        with open(path, "r+b") as f:
-            os.posix_fallocate(f.fileno(), 0, path.stat().st_size)
+        _reserve(path)
     except OSError as e:
         if not is_out_of_room(e):
             raise
         message = room_message(path, e, int(np.prod(shape)) * np.dtype(dtype).itemsize)
         path.unlink(missing_ok=True)
         raise WriteError(message) from None
+
+
+def _reserve(path: Path) -> None:
+    """Allocate every block of ``path`` (``posix_fallocate``), where the system and file system can;
+    where they cannot, a full disk shows at the write instead."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, path.stat().st_size)
+        except OSError as e:
+            if e.errno in ROOM_ERRNOS:
+                raise
 
 
 @contextmanager
