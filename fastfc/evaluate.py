@@ -347,11 +347,11 @@ def summarize(runs: list[Path], baselines: list[Path] = ()) -> dict:
         FileNotFoundError / ValueError: a run without ``results.json`` or without an ID result (named),
             or runs whose ID sets differ in label space.
     """
-    loaded = [_load_run(r) for r in runs]
-    ood_names, notes = shared_sets(loaded + [_load_run(b) for b in baselines])
+    loaded, base = [_load_run(r) for r in runs], [_load_run(b) for b in baselines]
+    ood_names, notes = shared_sets(loaded + base)
     trend = None
-    if len(baselines) >= 2:
-        pts = [_id_ood(_load_run(b)[1]["sets"], ood_names) for b in baselines]
+    if len(base) >= 2:
+        pts = [_id_ood(results["sets"], ood_names) for _, results in base]
         trend = np.polyfit([_logit(i) for i, _ in pts], [_logit(o) for _, o in pts], 1)
     teacher_id, teacher_ood = _id_ood(loaded[0][1]["sets"], ood_names)
     out = []

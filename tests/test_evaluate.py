@@ -210,6 +210,11 @@ def test_compare_computes_every_gap_over_the_shared_sets_and_names_the_others(tm
     assert summary["runs"][1]["id_gap"] == 0 and summary["runs"][1]["ood_gap"] == 0
     assert summary["notes"] == ["note: imagenet-sketch is not in S; left out of every figure (gaps and OOD "
                                 "averages are over the sets all runs share)"]
+    bases = [_results(tmp_path / f"B{i}", {"imagenet-val": (id_, 100), "imagenet-r": (r, 100), "imagenet-a": (5, 100)})
+             for i, (id_, r) in enumerate([(40, 10), (80, 50)])]
+    with_bases = evallib.summarize([t, s], bases)  # the baselines' trend over imagenet-r alone, too
+    assert with_bases["ood_sets"] == ["imagenet-r"] and len(with_bases["notes"]) == 2
+    assert with_bases["runs"][0]["eff_robustness"] == with_bases["runs"][1]["eff_robustness"] is not None
     assert main(["eval", "--compare", str(t), str(s)]) == 0
     out = capsys.readouterr().out
     assert "| S | 60.0 (50.2–69.1) | 25.0 (17.5–34.3) | 25.0 | +0.0 | +0.0 | — |" in out
