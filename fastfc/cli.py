@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from fastfc.atomic import check_apart
+from fastfc.atomic import check_apart, read_json
 
 # Answering fast: only the standard library (and fastfc.atomic, which needs no more) is imported
 # up here. --help, argument errors and each command's input checks run before torch, ffcv or
@@ -264,11 +264,9 @@ def _shard_sets(shards: Path) -> dict:
     Raises:
         FileNotFoundError: no set folder. ValueError: two folders hold the same set (both named).
     """
-    from fastfc.data.shards import read_meta
-
     found: dict[str, Path] = {}
     for meta in sorted(shards.glob("*/meta.json")):
-        name = read_meta(meta.parent).get("set")
+        name = read_json(meta, "write the set with `python -m data_prep.shifts`", keys=("set",))["set"]
         if name in found:
             raise ValueError(f"--shards {shards}: {found[name]} and {meta.parent} both hold {name} (their "
                              "meta.json); move one out of --shards, so that each set is scored once")
