@@ -22,6 +22,7 @@ from ffcv.memory_allocator import MemoryAllocator
 from ffcv.writer import DatasetWriter, worker_job_indexed_dataset
 from tqdm import tqdm
 
+from fastfc.atomic import is_out_of_room, room_message
 from fastfc.data.images import BadImageError, load_rgb
 
 from .scan import ConversionError
@@ -67,6 +68,20 @@ class ImageFiles:
             raise
 
 
+def _writer_job(*args) -> None:
+    """ffcv's writer process (``worker_job_indexed_dataset``), whose running out of room (disk full,
+    file-size limit) is put on the dataset's error queue as one line naming the beton, instead of a
+    traceback and "a writer process died"."""
+    allocator, dataset = args[4], args[-1]
+    try:
+        worker_job_indexed_dataset(*args)
+    except OSError as e:
+        if not is_out_of_room(e):
+            raise
+        dataset.errors.put(room_message(allocator.fname, e))
+        raise SystemExit(1) from None  # quietly: the message is the supervisor's to show
+
+
 class BetonWriter(DatasetWriter):
     """ffcv ``DatasetWriter`` whose supervisor stops on the first worker error instead of hanging.
 
@@ -89,7 +104,7 @@ class BetonWriter(DatasetWriter):
         self._errors = dataset.errors
         indices = list(enumerate(range(len(dataset))))
         chunks = [indices[i:i + chunksize] for i in range(0, len(indices), chunksize)]
-        self._write_common(len(indices), chunks, worker_job_indexed_dataset, (dataset,))
+        self._write_common(len(indices), chunks, _writer_job, (dataset,))
 
     # Same protocol as ffcv 1.0.2's ``_write_common``; only the supervision differs.
     def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):

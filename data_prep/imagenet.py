@@ -18,8 +18,11 @@ scan before anything is written, then written by ffcv with the ffcv-imagenet rec
 Outputs (written under temporary names and renamed together at the end):
 
 * ``DIR/<split>.beton``: fields ``image`` (RGBImageField) and ``label`` (IntField), source order;
-* ``DIR/meta.json``: classes, counts per split and class, writer settings, every file seen but
-  not converted with its reason (``skipped``), listing options, fastfc version.
+* ``DIR/meta.json``: classes, counts per split and class, each beton's size in bytes, writer
+  settings, every file seen but not converted with its reason (``skipped``), listing options,
+  fastfc version. It describes every beton in ``DIR``: converting some ``--splits`` keeps the
+  others' records, and is refused when another beton was written with another class list (it would
+  no longer be described); readers check each beton against it (:mod:`fastfc.data.betons`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import numpy as np
 
 import fastfc
 from fastfc import shifts
-from fastfc.atomic import atomic_path, exit_cleanly_on_sigterm
+from fastfc.atomic import WriteError, atomic_path, check_apart, exit_cleanly_on_sigterm, output_lock
 from fastfc.cpus import fit_workers
 from fastfc.data import images
 from fastfc.data.betons import read_beton_meta
@@ -248,6 +251,7 @@ def convert(src: str | Path, out: str | Path, *, splits=SPLITS, settings: Writer
         raise ConversionError(f"--workers {workers}: must be >= 1 (omit it to use every usable CPU)")
     workers = fit_workers(workers, "--workers", cap=None)
     val_labels = Path(val_labels).resolve() if val_labels else None
+    check_apart(out, [("--src", src)], "--out")
     existing = [p for p in [out / f"{s}.beton" for s in splits] + [out / "meta.json"] if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it "
@@ -256,36 +260,58 @@ def convert(src: str | Path, out: str | Path, *, splits=SPLITS, settings: Writer
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConversionError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
-    _remove_stale_temporaries(out, SPLITS)
-    classes = list_classes(src)
-    listings = [list_split(src, s, classes, per_class=per_class, val_labels=val_labels) for s in splits]
-    max_pixels = {l.split: scan(l, src, workers=workers, skip_bad=skip_bad) for l in listings}
+    with output_lock(out):  # one conversion into out at a time
+        _remove_stale_temporaries(out, SPLITS)
+        classes = list_classes(src)
+        kept = _kept_splits(out, splits, classes, src)
+        listings = [list_split(src, s, classes, per_class=per_class, val_labels=val_labels) for s in splits]
+        max_pixels = {l.split: scan(l, src, workers=workers, skip_bad=skip_bad) for l in listings}
+        from .beton import BetonWriter, ImageFiles  # ffcv: imported only to write
 
+        with ExitStack() as stack:  # every output under a temporary name until all are complete
+            written = {}
+            for l in listings:
+                tmp = stack.enter_context(atomic_path(out / f"{l.split}.beton"))
+                writer = BetonWriter(tmp, settings, workers, max_pixels[l.split], desc=f"write {l.split}")
+                writer.write(ImageFiles([str(src / f) for f in l.files], l.labels, settings))
+                written[l.split] = {"count": len(l.files), "per_class": l.per_class(classes),
+                                    "bytes": tmp.stat().st_size, "page_size": writer.page_size,
+                                    "labels_without_file": l.labels_without_file, "skipped": l.skipped}
+            meta = {
+                "fastfc_version": fastfc.__version__,
+                "source": str(src.resolve()),
+                "classes": classes,
+                "splits": {**kept, **written},
+                "writer": settings.as_dict(),
+                "listing": {"per_class": per_class, "val_labels": str(val_labels) if val_labels else None,
+                            "order": "classes in label order, files sorted by name"},
+            }
+            stack.enter_context(atomic_path(out / "meta.json")).write_text(json.dumps(meta, indent=2) + "\n")
+        return meta
+
+
+def _kept_splits(out: Path, splits: tuple, classes: list[str], src: Path) -> dict:
+    """The ``meta.json`` records of the betons in ``out`` that this conversion does not rewrite (they
+    stay described). Raises :class:`ConversionError` before any work for such a beton written with
+    another class list than ``classes``, or not described by ``out/meta.json``: it would be left
+    beside a ``meta.json`` that does not describe it."""
     previous = read_beton_meta(out) if (out / "meta.json").is_file() else {}
-    kept = {s: info for s, info in previous.get("splits", {}).items()  # splits not rewritten stay listed
-            if s not in splits and previous.get("classes") == classes and (out / f"{s}.beton").is_file()}
-    from .beton import BetonWriter, ImageFiles  # ffcv: imported only to write
-
-    with ExitStack() as stack:  # every output under a temporary name until all are complete
-        written = {}
-        for l in listings:
-            tmp = stack.enter_context(atomic_path(out / f"{l.split}.beton"))
-            writer = BetonWriter(tmp, settings, workers, max_pixels[l.split], desc=f"write {l.split}")
-            writer.write(ImageFiles([str(src / f) for f in l.files], l.labels, settings))
-            written[l.split] = {"count": len(l.files), "per_class": l.per_class(classes),
-                                "page_size": writer.page_size,
-                                "labels_without_file": l.labels_without_file, "skipped": l.skipped}
-        meta = {
-            "fastfc_version": fastfc.__version__,
-            "source": str(src.resolve()),
-            "classes": classes,
-            "splits": {**kept, **written},
-            "writer": settings.as_dict(),
-            "listing": {"per_class": per_class, "val_labels": str(val_labels) if val_labels else None,
-                        "order": "classes in label order, files sorted by name"},
-        }
-        stack.enter_context(atomic_path(out / "meta.json")).write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
+    kept = {}
+    for split in SPLITS:
+        beton = out / f"{split}.beton"
+        if split in splits or not beton.is_file():
+            continue
+        record = (previous.get("splits") or {}).get(split)
+        written = list((record or {}).get("per_class") or previous.get("classes") or [])
+        if record is None or written != classes:
+            why = ("is not described by its meta.json" if record is None else
+                   f"was written with {len(written)} classes, and {src / 'train'} now has {len(classes)}")
+            raise ConversionError(f"{beton} {why}: converting only --splits {','.join(splits)} would leave it "
+                                  f"beside a meta.json that does not describe it; convert every split: --splits "
+                                  f"{','.join(s for s in SPLITS if s in splits or (out / f'{s}.beton').is_file())} "
+                                  "(nothing was changed)")
+        kept[split] = record
+    return kept
 
 
 def _remove_stale_temporaries(out: Path, splits) -> None:
@@ -488,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = convert(args.src, args.out, splits=splits, settings=settings, workers=args.workers,
                        per_class=args.per_class, val_labels=args.val_labels, skip_bad=args.skip_bad,
                        overwrite=args.overwrite)
-    except (ConversionError, VerifyError, FileExistsError, ValueError) as e:
+    except (ConversionError, VerifyError, FileExistsError, ValueError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         if new_out and args.out.is_dir() and not any(args.out.iterdir()):
             args.out.rmdir()  # a failed first conversion leaves no empty --out folder behind

@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,8 @@ from tqdm import tqdm
 
 import fastfc
 from fastfc import shifts
-from fastfc.atomic import exit_cleanly_on_sigterm, publish, tmp_name, write_json
+from fastfc.atomic import (WriteError, check_apart, exit_cleanly_on_sigterm, is_out_of_room, output_lock, publish,
+                           room_message, tmp_name, write_json)
 from fastfc.cpus import fit_workers
 from fastfc.data import images
 from fastfc.shifts import SetListing
@@ -135,23 +137,31 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
     if workers is not None and workers < 1:
         raise ConversionError(f"--workers {workers}: must be >= 1 (omit it to use every usable CPU)")
     set_dir = out / listing.name
+    check_apart(set_dir, [("--src", src)], "the set folder")
     if (set_dir / "meta.json").exists() and not overwrite:
         raise FileExistsError(f"{set_dir / 'meta.json'} exists; pass --overwrite to replace the set")
     stored, bad = check_files(_probe, src, listing.files, workers=fit_workers(workers, "--workers", cap=None),
                               skip_bad=skip_bad, desc=f"scan {listing.name}")
     samples = [(rel, label, how) for rel, label, how in zip(listing.files, listing.labels, stored) if how]
-    per_class = np.bincount(np.array([label for _, label, _ in samples], dtype=np.int64), minlength=len(listing.classes))
+    decoding = {"exif_upright": exif_upright, "border_crop": crop if border_crop else 0}
     set_dir.mkdir(parents=True, exist_ok=True)
-    shards = _write_shards(listing, samples, src, set_dir, shard_bytes, exif_upright)
+    with output_lock(set_dir):  # one conversion into set_dir at a time
+        return _write_set(listing, samples, src, set_dir, shard_bytes, bad, decoding)
+
+
+def _write_set(listing: SetListing, samples: list, src: Path, set_dir: Path, shard_bytes: int, bad: list,
+               decoding: dict) -> dict:
+    """The shards and ``meta.json`` of :func:`write_set`, once its images are checked."""
+    shards = _write_shards(listing, samples, src, set_dir, shard_bytes, decoding["exif_upright"])
     expected = {s["name"] for s in shards}
     for stale in set_dir.glob(f"{listing.name}-*.tar"):  # from an earlier, larger conversion
         if stale.name not in expected:
             stale.unlink()
+    per_class = np.bincount(np.array([label for _, label, _ in samples], dtype=np.int64), minlength=len(listing.classes))
     meta = {"set": listing.name, "fastfc_version": fastfc.__version__, "source": str(src.resolve()),
             "projection": shifts.get(listing.name).projection, "classes": listing.classes,
             "imagenet_indices": listing.imagenet_indices, "count": len(samples),
-            "per_class": per_class.tolist(),
-            "exif_upright": exif_upright, "border_crop": crop if border_crop else 0, "shards": shards,
+            "per_class": per_class.tolist(), **decoding, "shards": shards,
             "skipped": sorted(listing.skipped + bad, key=lambda s: s["file"]),
             "dropped": {"folders": listing.dropped, "images": sum(listing.dropped.values())}}
     write_json(set_dir / "meta.json", meta)
@@ -166,6 +176,7 @@ def _write_shards(listing: SetListing, samples: list, src: Path, set_dir: Path, 
 
     shards = []
     writer, stream, writer_bytes = None, None, 0
+    needed = sum((src / rel).stat().st_size + 3 * 512 for rel, _, _ in samples)  # the bytes, the headers
     try:
         for key, (rel, label, (ext, reencode)) in enumerate(tqdm(samples, desc=f"write {listing.name}", unit="img",
                                                                  dynamic_ncols=True)):
@@ -188,9 +199,16 @@ def _write_shards(listing: SetListing, samples: list, src: Path, set_dir: Path, 
             writer = None
         for s in shards:  # all complete: publish them
             publish(tmp_name(set_dir / s["name"]), set_dir / s["name"])
+    except OSError as e:
+        if is_out_of_room(e):
+            raise WriteError(room_message(tmp_name(set_dir / shards[-1]["name"]), e, needed)) from None
+        raise
     finally:
         if writer is not None:
-            writer.close()
+            with suppress(OSError):  # closing writes the tar's end: on a full disk it fails again
+                writer.close()
+            with suppress(OSError):
+                stream.close()
         for s in shards:
             tmp_name(set_dir / s["name"]).unlink(missing_ok=True)
     return shards

@@ -24,9 +24,12 @@ import os
 import sys
 from pathlib import Path
 
-# Answering fast: only the standard library is imported up here. --help, argument errors and each
-# command's input checks run before torch, ffcv or open_clip are imported (5-15 s on a busy
-# machine); a command imports them where its work starts (_start_work).
+from fastfc.atomic import check_apart, read_json
+
+# Answering fast: only the standard library (and fastfc.atomic, which needs no more) is imported
+# up here. --help, argument errors and each command's input checks run before torch, ffcv or
+# open_clip are imported (5-15 s on a busy machine); a command imports them where its work starts
+# (_start_work).
 
 
 ID_SET = "imagenet-val"  # fastfc.evaluate.ID_SET, named here without importing torch
@@ -184,6 +187,7 @@ def features(args) -> int:
     _require(args, {"--encoder": cfg.encoder.name, "source": cfg.sources})
     for source in cfg.sources:
         _check_source(Path(source))
+    check_apart(cfg.extract.cache, [("source", s) for s in cfg.sources], "--cache")
     _check_encoder_args(cfg)
     _start_work()
     from fastfc.features import run
@@ -224,6 +228,7 @@ def _check_probe_args(cfg) -> None:
         raise SystemExit("fastfc probe: --from-images reads a train beton; drop it to train on the folder's features")
     if Path(p.out).is_dir():
         raise IsADirectoryError(f"--out {p.out}: a folder; --out is the probe file to write, e.g. {Path(p.out) / 'probe.pt'}")
+    check_apart(cfg.extract.cache, [("--train", train)], "--cache")
     Path(p.out).parent.mkdir(parents=True, exist_ok=True)  # fail before training, not after
     _check_encoder_args(cfg)
 
@@ -272,15 +277,33 @@ def _id_source(e) -> Path | None:
     return None
 
 
+def _shard_sets(shards: Path) -> dict:
+    """The shift sets under ``--shards``, by the set their ``meta.json`` names (not the folder's name).
+
+    Raises:
+        FileNotFoundError: no set folder. ValueError: two folders hold the same set (both named).
+    """
+    found: dict[str, Path] = {}
+    for meta in sorted(shards.glob("*/meta.json")):
+        name = read_json(meta, "write the set with `python -m data_prep.shifts`", keys=("set",))["set"]
+        if name in found:
+            raise ValueError(f"--shards {shards}: {found[name]} and {meta.parent} both hold {name} (their "
+                             "meta.json); move one out of --shards, so that each set is scored once")
+        if name != meta.parent.name:
+            print(f"note: {meta.parent} holds {name} (its meta.json); scored as {name}", file=sys.stderr)
+        found[name] = meta.parent
+    if not found:
+        raise FileNotFoundError(f"--shards {shards}: no shift-set folders (<set>/meta.json) in it; "
+                                "write them with `python -m data_prep.shifts`")
+    return found
+
+
 def _eval_sets(e) -> dict:
     """The sets ``fastfc eval`` scores, by name; every path checked first."""
     sets = {}
     if e.shards:
         shards = Path(e.shards)
-        found = {m.parent.name: m.parent for m in sorted(shards.glob("*/meta.json"))}
-        if not found:
-            raise FileNotFoundError(f"--shards {shards}: no shift-set folders (<set>/meta.json) in it; "
-                                    "write them with `python -m data_prep.shifts`")
+        found = _shard_sets(shards)
         missing = sorted(set(e.sets or ()) - set(found))
         if missing:
             raise FileNotFoundError(f"--sets {','.join(missing)}: not in {shards} (it has {', '.join(found)})")
@@ -311,6 +334,9 @@ def evaluate(args) -> int:
     if not e.probe or not cfg.encoder.name:
         raise SystemExit("fastfc eval: --encoder and --probe are required (or --compare RUN ...)")
     sets = _eval_sets(e)
+    sources = [("the set", path) for path in sets.values()] + ([("--train", e.train)] if e.train else [])
+    check_apart(e.out, sources, "--out")
+    check_apart(cfg.extract.cache, sources, "--cache")
     if not Path(e.probe).is_file():
         raise FileNotFoundError(f"--probe {e.probe}: no such file; give a probe written by `fastfc probe --out`")
     _check_encoder_args(cfg)

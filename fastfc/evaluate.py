@@ -26,6 +26,7 @@ sense (2020): the OOD average above a logit-linear fit of OOD on ID over the bas
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -35,7 +36,7 @@ import torch
 from fastfc import shifts
 from fastfc.atomic import atomic_path, read_json, write_json
 from fastfc.data import shards
-from fastfc.data.betons import read_beton_meta
+from fastfc.data.betons import check_beton
 from fastfc.features import encoder_fingerprint, extract, source_fingerprint
 from fastfc.models import Encoder
 from fastfc.runtime import Runtime
@@ -122,21 +123,42 @@ def source_decoding(source: Path) -> dict:
     meta = source_meta(source)
     if meta is not None:
         return shards.set_decoding(meta)
-    writer = read_beton_meta(source.parent).get("writer", {})
+    writer = check_beton(source).get("writer", {})
     return {"exif_upright": bool(writer.get("exif_upright", True)), "border_crop": 0}
 
 
-def set_columns(source: Path, probe_classes: list[str]) -> tuple[list[list[int]], str]:
-    """For each class of ``source`` (a beton with its ``meta.json`` beside it, a shard set or an
-    image folder), the probe columns it is scored on, and the projection kind."""
-    col = {w: i for i, w in enumerate(probe_classes)}
+def set_space(source: Path) -> dict:
+    """The label space of ``source``: ``{"set", "classes", "imagenet_indices", "projection"}``, from a
+    shard set's or image folder's meta, or for a beton the classes of the ``meta.json`` beside it
+    (``set`` is then the beton's file name)."""
     meta = source_meta(source)
     if meta is not None:
+        return {k: meta[k] for k in ("set", "classes", "imagenet_indices", "projection")}
+    classes = check_beton(source)["classes"]
+    return {"set": source.name, "classes": classes, "imagenet_indices": None, "projection": "none"}
+
+
+def space_id(space: dict) -> str:
+    """A short fingerprint of a label space (:func:`set_space`: classes, ImageNet indices,
+    projection): two results of one set are comparable only when these agree. A 1000-way space
+    (class k ↔ ImageNet index k) is the same whether read from shards, a folder or a beton."""
+    indices = space["imagenet_indices"]
+    identity = indices is None or indices == [[k] for k in range(len(space["classes"]))]
+    key = json.dumps([space["classes"], None if identity else indices, space["projection"]])
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def set_columns(source: Path, probe_classes: list[str], space: dict | None = None) -> tuple[list[list[int]], str]:
+    """For each class of ``source`` (a beton with its ``meta.json`` beside it, a shard set or an
+    image folder), the probe columns it is scored on, and the projection kind. ``space``: its
+    :func:`set_space`, when already read."""
+    col = {w: i for i, w in enumerate(probe_classes)}
+    space = space or set_space(source)
+    if space["imagenet_indices"] is not None:
         wnids = shifts.imagenet_wnids()
-        return ([[col[wnids[i]] for i in ix if wnids[i] in col] for ix in meta["imagenet_indices"]],
-                meta["projection"])
-    classes = read_beton_meta(source.parent)["classes"]
-    return [[col[w]] if w in col else [] for w in classes], "none"
+        return ([[col[wnids[i]] for i in ix if wnids[i] in col] for ix in space["imagenet_indices"]],
+                space["projection"])
+    return [[col[w]] if w in col else [] for w in space["classes"]], "none"
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor, columns: list[list[int]]) -> int:
@@ -194,10 +216,11 @@ def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_c
     entries, data_fp = {}, {}
     for name, source in sources.items():
         feats = extract(encoder, source, cache_dir, rt, **kw)
-        columns, projection = set_columns(source, probe_classes)
+        space = set_space(source)
+        columns, projection = set_columns(source, probe_classes, space)
         correct = count_correct(feats.features, feats.labels, weight, bias, columns, rt.device, normalize=normalize)
         entries[name] = {**_entry(correct, len(feats.labels), columns, projection, source),
-                         "decoding": source_decoding(source)}
+                         "label_space": space_id(space), "decoding": source_decoding(source)}
         if teacher is not None:
             entries[name]["fit"] = fit(feats.features, extract(teacher, source, cache_dir, rt, **kw).features)
         data_fp[name] = source_fingerprint(source)
@@ -292,34 +315,65 @@ def _logit(p: float) -> float:
 
 
 def _id_ood(sets: dict, ood_names: list[str]) -> tuple[float, float]:
-    ood = [sets[n]["top1"] for n in ood_names if n in sets]
+    ood = [sets[n]["top1"] for n in ood_names]
     return sets[ID_SET]["top1"], (sum(ood) / len(ood) if ood else float("nan"))
+
+
+def _load_run(run: Path) -> tuple[str, dict]:
+    path = Path(run) / "results.json"
+    results = read_json(path, f"run `fastfc eval ... --out {run}` first", keys=("sets",))
+    if ID_SET not in results["sets"]:
+        raise ValueError(f"{path}: no {ID_SET} (ID) result; evaluate with imagenet-val shards or --val")
+    return Path(run).name, results
+
+
+def shared_sets(loaded: list[tuple[str, dict]]) -> tuple[list[str], list[str]]:
+    """The OOD sets every run scored in the same label space (in the first run's order), and one
+    line per set left out saying why (missing from a run, or scored in another label space).
+
+    Raises:
+        ValueError: the runs' ID sets differ in label space (no gap can be computed).
+    """
+    notes, shared = [], []
+    names = list(dict.fromkeys(n for _, r in loaded for n in r["sets"]))
+    for name in names:
+        missing = [run for run, r in loaded if name not in r["sets"]]
+        spaces = {r["sets"][name].get("label_space") for _, r in loaded if name in r["sets"]} - {None}
+        if len(spaces) > 1:
+            why = (f"{name} was scored in different label spaces ("
+                   + ", ".join(f"{run}: {r['sets'][name].get('label_space')}" for run, r in loaded if name in r["sets"])
+                   + "): the same name, other classes; re-evaluate on one conversion of the set")
+            if name == ID_SET:
+                raise ValueError(f"--compare: {why}")
+            notes.append(f"note: {why}; left out of every figure")
+        elif missing:
+            notes.append(f"note: {name} is not in {', '.join(missing)}; left out of every figure "
+                         f"(gaps and OOD averages are over the sets all runs share)")
+        elif name != ID_SET:
+            shared.append(name)
+    return shared, notes
 
 
 def summarize(runs: list[Path], baselines: list[Path] = ()) -> dict:
     """Every figure of the comparison of ``runs`` (folders holding ``results.json``; the first is the
     teacher), machine-readable. Fractions in [0, 1]; gaps are teacher minus run (positive = a drop).
+    Every figure is over the OOD sets all runs and baselines share in the same label space
+    (:func:`shared_sets`); the others are named in ``notes``, never averaged in.
 
     Returns:
-        ``{"id_set", "ood_sets", "teacher", "runs": [{"name", "sets", "train", "id_top1", "ood_avg",
+        ``{"id_set", "ood_sets", "notes", "teacher", "runs": [{"name", "sets", "train", "id_top1", "ood_avg",
         "id_gap", "ood_gap", "drop_ratio", "eff_robustness"}]}``. ``drop_ratio`` = ``ood_gap / id_gap``
         (``None`` unless ``id_gap > 0``); ``eff_robustness`` needs ≥ 2 ``baselines`` (else ``None``).
 
     Raises:
-        FileNotFoundError / ValueError: a run without ``results.json`` or without an ID result (named).
+        FileNotFoundError / ValueError: a run without ``results.json`` or without an ID result (named),
+            or runs whose ID sets differ in label space.
     """
-    loaded = []
-    for r in runs:
-        path = Path(r) / "results.json"
-        results = read_json(path, f"run `fastfc eval ... --out {r}` first", keys=("sets",))
-        if ID_SET not in results["sets"]:
-            raise ValueError(f"{path}: no {ID_SET} (ID) result; evaluate with imagenet-val shards or --val")
-        loaded.append((Path(r).name, results))
-    ood_names = [n for n in loaded[0][1]["sets"] if n != ID_SET]
+    loaded, base = [_load_run(r) for r in runs], [_load_run(b) for b in baselines]
+    ood_names, notes = shared_sets(loaded + base)
     trend = None
-    if len(baselines) >= 2:
-        pts = [_id_ood(read_json(Path(b) / "results.json", f"run `fastfc eval ... --out {b}` first",
-                                 keys=("sets",))["sets"], ood_names) for b in baselines]
+    if len(base) >= 2:
+        pts = [_id_ood(results["sets"], ood_names) for _, results in base]
         trend = np.polyfit([_logit(i) for i, _ in pts], [_logit(o) for _, o in pts], 1)
     teacher_id, teacher_ood = _id_ood(loaded[0][1]["sets"], ood_names)
     out = []
@@ -330,7 +384,7 @@ def summarize(runs: list[Path], baselines: list[Path] = ()) -> dict:
         out.append({"name": name, "sets": results["sets"], "train": results.get("train"), "id_top1": id_acc,
                     "ood_avg": ood_avg, "id_gap": id_gap, "ood_gap": ood_gap,
                     "drop_ratio": ood_gap / id_gap if id_gap > 0 else None, "eff_robustness": eff})
-    return {"id_set": ID_SET, "ood_sets": ood_names, "teacher": loaded[0][0], "runs": out}
+    return {"id_set": ID_SET, "ood_sets": ood_names, "notes": notes, "teacher": loaded[0][0], "runs": out}
 
 
 def check_finding(summary: dict, run: int = 1) -> dict:
@@ -391,12 +445,13 @@ def fit_table(summary: dict, labels: dict[str, str] | None = None, run: int = 1)
 
 def compare(runs: list[Path], baselines: list[Path] = (), plot: Path | None = None,
             labels: dict[str, str] | None = None) -> str:
-    """:func:`comparison_table` of :func:`summarize` (the CLI's ``--compare``); draws OOD average
+    """:func:`comparison_table` of :func:`summarize` (the CLI's ``--compare``), then its notes (the
+    sets left out, one line each); draws OOD average
     against ID top-1 to ``plot`` (PNG) when given."""
     summary = summarize(runs, baselines)
     if plot is not None:
         plot_id_vs_ood(summary, plot)
-    return comparison_table(summary, labels)
+    return "\n".join([comparison_table(summary, labels)] + summary["notes"])
 
 
 # ----------------------------------------------------------------------------- plots

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from fastfc.atomic import publish, write_json
+from fastfc.atomic import allocate_npy, output_lock, publish, write_json
 from fastfc.models import Encoder
 from fastfc.runtime import Runtime, prepare_model
 from fastfc.stage_config import FeaturesConfig
@@ -142,6 +143,9 @@ def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Run
             (:func:`fastfc.data.ffcv.check_stored_size`), an image folder not in ``<wnid>/*`` layout,
             non-finite embeddings, or embeddings too large for a float16 cache (names the largest
             magnitude; use ``precision="fp32"``).
+        FileExistsError: another command is filling the same cache folder (its lock names it).
+        fastfc.atomic.WriteError: no room for the cache (disk full, file-size limit); its
+            temporaries are removed, as on any error.
     """
     if precision not in CACHE_DTYPES:
         raise ValueError(f"precision must be one of {', '.join(CACHE_DTYPES)}, got {precision!r}")
@@ -158,13 +162,29 @@ def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Run
     cached = _load(folder, want)
     if cached is not None:
         return cached
-    n = _fill(encoder, source, folder, rt, precision=precision, batch_size=batch_size, num_workers=num_workers,
-              compile=compile)
     if rt.is_main:
-        write_json(folder / "meta.json", {**want, "count": n, "dim": encoder.embed_dim})
+        folder.mkdir(parents=True, exist_ok=True)
+    with output_lock(folder) if rt.is_main else nullcontext(), _temporaries_removed(folder, rt):
+        n = _fill(encoder, source, folder, rt, precision=precision, batch_size=batch_size, num_workers=num_workers,
+                  compile=compile)
+        if rt.is_main:
+            write_json(folder / "meta.json", {**want, "count": n, "dim": encoder.embed_dim})
     if rt.distributed:
         dist.barrier()
     return _load(folder, want)
+
+
+@contextmanager
+def _temporaries_removed(folder: Path, rt: Runtime):
+    """On an error while filling ``folder`` (one command at a time: :func:`fastfc.atomic.output_lock`),
+    the main rank removes the cache's temporaries."""
+    try:
+        yield
+    except BaseException:
+        if rt.is_main:
+            for tmp in (folder / ".features.npy.tmp", folder / ".labels.npy.tmp"):
+                tmp.unlink(missing_ok=True)
+        raise
 
 
 def _fill(encoder: Encoder, source: Path, folder: Path, rt: Runtime, *, precision: str, batch_size: int,
@@ -176,9 +196,8 @@ def _fill(encoder: Encoder, source: Path, folder: Path, rt: Runtime, *, precisio
     n, dim = _count(source), encoder.embed_dim
     feats_tmp, labels_tmp = folder / ".features.npy.tmp", folder / ".labels.npy.tmp"
     if rt.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        np.lib.format.open_memmap(feats_tmp, mode="w+", dtype=dtype, shape=(n, dim)).flush()
-        np.lib.format.open_memmap(labels_tmp, mode="w+", dtype=np.int64, shape=(n,)).flush()
+        allocate_npy(feats_tmp, dtype, (n, dim))
+        allocate_npy(labels_tmp, np.int64, (n,))
     if rt.distributed:
         dist.barrier()
     feats = np.lib.format.open_memmap(feats_tmp, mode="r+")

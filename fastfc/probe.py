@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from fastfc.atomic import atomic_path, read_json, write_json
 from fastfc.checkpoint import Diverged, read_file
-from fastfc.data.betons import read_beton_meta
+from fastfc.data.betons import check_beton
 from fastfc.features import extract
 from fastfc.models import Encoder
 from fastfc.runtime import Runtime
@@ -286,7 +286,7 @@ def train_classes(train: Path) -> tuple[list[str], np.ndarray | None]:
 
     meta = source_meta(train)
     if meta is None:
-        return read_beton_meta(train.parent)["classes"], None
+        return check_beton(train)["classes"], None
     if meta["set"] != "imagenet-val":
         raise ValueError(f"--train {train}: shards of {meta['set']}; a probe trains on the ImageNet train "
                          "folder (<wnid>/*), its imagenet-val-layout shards, or the train beton")

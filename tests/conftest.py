@@ -65,3 +65,16 @@ def beton63(tmp_path_factory):
     out = tmp_path_factory.mktemp("train63-beton")
     convert(root, out, splits=("train",), settings=WriterSettings(max_resolution=64), workers=2)
     return out / "train.beton"
+
+
+def file_size_limit(max_bytes: int):
+    """A ``preexec_fn`` giving a child process a real file-size limit (``RLIMIT_FSIZE``), as a full
+    disk stops a write: SIGXFSZ ignored, so a write past the limit raises ``EFBIG``."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return limit

@@ -166,11 +166,11 @@ def test_fit_matches_a_hand_computation():
         evallib.fit(s, t[:2])
 
 
-def _results(run: Path, top1: dict[str, tuple[int, int]], fit: dict | None = None) -> Path:
+def _results(run: Path, top1: dict[str, tuple[int, int]], fit: dict | None = None, spaces: dict | None = None) -> Path:
     sets = {}
     for name, (correct, n) in top1.items():
         sets[name] = {"top1": correct / n, "correct": correct, "n": n, "ci95": list(evallib.wilson(correct, n)),
-                      "chance": 0.1, "projection": "none", "source": name}
+                      "chance": 0.1, "projection": "none", "source": name, "label_space": (spaces or {}).get(name, name)}
         if fit:
             sets[name]["fit"] = fit[name]
     run.mkdir(parents=True)
@@ -199,6 +199,68 @@ def test_summary_gaps_drop_ratio_and_the_check(tmp_path):
     weak = _results(tmp_path / "weak", {"imagenet-val": (85, 100), "imagenet-r": (50, 100), "imagenet-a": (30, 80)})
     failed = evallib.check_finding(evallib.summarize([teacher, weak]))
     assert not failed["holds"] and not failed["id_gap_ok"]  # 13 points behind on ID
+
+
+def test_compare_computes_every_gap_over_the_shared_sets_and_names_the_others(tmp_path, capsys):
+    # the identical model scored on {val, r, sketch} (T) and with --sets imagenet-val,imagenet-r (S);
+    # before: S's OOD average 25.0 against T's 50.0, ΔOOD -25.0, ΔOOD ÷ ΔID ∞
+    t = _results(tmp_path / "T", {"imagenet-val": (60, 100), "imagenet-r": (25, 100), "imagenet-sketch": (75, 100)})
+    s = _results(tmp_path / "S", {"imagenet-val": (60, 100), "imagenet-r": (25, 100)})
+    summary = evallib.summarize([t, s])
+    assert summary["ood_sets"] == ["imagenet-r"]
+    assert [r["ood_avg"] for r in summary["runs"]] == [0.25, 0.25]
+    assert summary["runs"][1]["id_gap"] == 0 and summary["runs"][1]["ood_gap"] == 0
+    assert summary["notes"] == ["note: imagenet-sketch is not in S; left out of every figure (gaps and OOD "
+                                "averages are over the sets all runs share)"]
+    bases = [_results(tmp_path / f"B{i}", {"imagenet-val": (id_, 100), "imagenet-r": (r, 100), "imagenet-a": (5, 100)})
+             for i, (id_, r) in enumerate([(40, 10), (80, 50)])]
+    with_bases = evallib.summarize([t, s], bases)  # the baselines' trend over imagenet-r alone, too
+    assert with_bases["ood_sets"] == ["imagenet-r"] and len(with_bases["notes"]) == 2
+    assert with_bases["runs"][0]["eff_robustness"] == with_bases["runs"][1]["eff_robustness"] is not None
+    assert main(["eval", "--compare", str(t), str(s)]) == 0
+    out = capsys.readouterr().out
+    assert "| S | 60.0 (50.2–69.1) | 25.0 (17.5–34.3) | 25.0 | +0.0 | +0.0 | — |" in out
+    assert "sketch" not in out.splitlines()[0] and "imagenet-sketch is not in S" in out
+
+
+def test_compare_leaves_out_a_set_scored_in_another_label_space_and_refuses_for_id(tmp_path, capsys):
+    t = _results(tmp_path / "T", {"imagenet-val": (60, 100), "imagenet-r": (25, 100), "imagenet-a": (10, 100)},
+                 spaces={"imagenet-r": "r200"})
+    s = _results(tmp_path / "S", {"imagenet-val": (60, 100), "imagenet-r": (90, 100), "imagenet-a": (10, 100)},
+                 spaces={"imagenet-r": "r10"})  # a 10-class conversion of R under the same name
+    summary = evallib.summarize([t, s])
+    assert summary["ood_sets"] == ["imagenet-a"] and summary["runs"][1]["ood_gap"] == 0
+    assert summary["notes"][0].startswith("note: imagenet-r was scored in different label spaces (T: r200, S: r10)")
+    u = _results(tmp_path / "U", {"imagenet-val": (60, 100)}, spaces={"imagenet-val": "val10"})
+    assert main(["eval", "--compare", str(t), str(u)]) == 1
+    err = capsys.readouterr().err
+    assert "imagenet-val was scored in different label spaces" in err and "Traceback" not in err
+
+
+def test_a_set_is_its_meta_json_not_its_folder_name(val_sources, tmp_path, capsys):
+    import shutil
+
+    folder, shards, _, meta = val_sources
+    twice = tmp_path / "twice"
+    shutil.copytree(shards, twice / "imagenet-val")
+    shutil.copytree(shards, twice / "my-val-copy")
+    probe = tmp_path / "probe.pt"
+    save_probe(probe, *init_head(32, len(meta["classes"]), 0), {"classes": meta["classes"]})
+    common = ["eval", "--encoder", "tiny", "--weights", str(_tiny_weights(tmp_path / "tiny.pt", 0)), "--probe",
+              str(probe), "--cache", str(tmp_path / "cache"), "--workers", "1"]
+    assert main([*common, "--shards", str(twice), "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert f"{twice / 'imagenet-val'} and {twice / 'my-val-copy'} both hold imagenet-val" in err
+    assert not (tmp_path / "a").exists()
+    shutil.rmtree(twice / "imagenet-val")  # the renamed copy alone is scored as the set it holds
+    assert main([*common, "--shards", str(twice), "--sets", "imagenet-val", "--out", str(tmp_path / "b")]) == 0
+    assert f"{twice / 'my-val-copy'} holds imagenet-val (its meta.json); scored as imagenet-val" in capsys.readouterr().err
+    results = json.loads((tmp_path / "b" / "results.json").read_text())["sets"]
+    assert list(results) == ["imagenet-val"] and results["imagenet-val"]["n"] == 100
+    assert main([*common, "--val", str(folder), "--out", str(tmp_path / "c")]) == 0  # the same set from its folder
+    from_folder = json.loads((tmp_path / "c" / "results.json").read_text())["sets"]["imagenet-val"]
+    assert from_folder["label_space"] == results["imagenet-val"]["label_space"]
+    assert evallib.summarize([tmp_path / "b", tmp_path / "c"])["runs"][1]["id_gap"] == 0
 
 
 def test_demo_report_says_what_it_is_and_carries_every_figure(tmp_path):

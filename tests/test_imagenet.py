@@ -407,3 +407,64 @@ def test_subfolders_and_broken_links_are_named_not_silently_dropped(small_tree, 
     assert meta["splits"]["train"]["skipped"] == [
         {"file": prefix + "dangling.JPEG", "reason": "broken symbolic link"},
         {"file": prefix + "extra/", "reason": "a folder inside a class folder (not descended into)"}]
+
+
+def test_meta_json_describes_every_beton_and_readers_refuse_one_it_does_not(tmp_path, capsys):
+    from fastfc.cli import main as fastfc_main
+    from fastfc.data.betons import beton_samples
+
+    root = tmp_path / "src"
+    tree = make_imagenet_tree(root, n_classes=3, train_per_class=3, val_per_class=1, quirks=False, max_side=200)
+    a, b, c = tree.classes
+    aside = tmp_path / "aside"
+    for split in ("train", "val"):
+        (aside / split).mkdir(parents=True)
+        shutil.move(root / split / b, aside / split / b)
+    x = tmp_path / "x"
+    assert main(["--src", str(root), "--out", str(x), "--workers", "1"]) == 0  # classes {A, C}
+    for split in ("train", "val"):
+        shutil.move(aside / split / b, root / split / b)  # B added to the source
+    meta_before, train_before = (x / "meta.json").read_bytes(), (x / "train.beton").read_bytes()
+    # before: exit 0, train.beton (A=0, C=1) left beside a meta.json listing [A, B, C]
+    assert main(["--src", str(root), "--out", str(x), "--splits", "val", "--overwrite", "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert (f"{x / 'train.beton'} was written with 2 classes, and {root / 'train'} now has 3: converting only "
+            "--splits val would leave it") in err and "--splits train,val (nothing was changed)" in err
+    assert (x / "meta.json").read_bytes() == meta_before and (x / "train.beton").read_bytes() == train_before
+    y = tmp_path / "y"
+    meta = convert(root, y, workers=1)  # {A, B, C}
+    assert meta["splits"]["train"]["bytes"] == (y / "train.beton").stat().st_size
+    assert list(meta["splits"]["train"]["per_class"]) == [a, b, c] and beton_samples(y / "train.beton") == 9
+    record = dict(meta["splits"]["train"])
+    del record["bytes"]  # a meta.json of an earlier conversion: no sizes; accepted, counts still checked
+    (y / "meta.json").write_text(json.dumps({**meta, "splits": {**meta["splits"], "train": record}}))
+    assert beton_samples(y / "train.beton") == 9
+    shutil.copy(x / "train.beton", y / "train.beton")  # a beton of another conversion under the name
+    probe = ["probe", "--encoder", "tiny", "--train", str(y / "train.beton"), "--out", str(tmp_path / "p.pt"),
+             "--cache", str(tmp_path / "cache"), "--workers", "1", "--epochs", "1"]
+    assert fastfc_main(probe) == 1
+    err = capsys.readouterr().err
+    assert (f"{y / 'train.beton'}: 6 samples in {(x / 'train.beton').stat().st_size} bytes, but {y / 'meta.json'} "
+            "records 9 in") in err and "--splits train --overwrite" in err and "Traceback" not in err
+    (y / "meta.json").write_text(json.dumps({**meta, "splits": {"val": meta["splits"]["val"]}}))  # the old state
+    with pytest.raises(ValueError, match=f"{y / 'train.beton'}: not described by {y / 'meta.json'} "
+                                         r"\(it describes val\)"):
+        make_loader(y / "train.beton", train=False, batch_size=2, resolution=32, mean=(0, 0, 0), std=(1, 1, 1))
+    assert not (tmp_path / "p.pt").exists()
+
+
+def test_a_full_disk_mid_write_is_one_line_naming_the_beton_and_leaves_nothing(small_tree, tmp_path):
+    from .conftest import file_size_limit
+
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "data_prep.imagenet", "--src", str(small_tree.root), "--out", str(out),
+                           "--workers", "2", "--write-mode", "raw"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, preexec_fn=file_size_limit(200_000))
+    # before: "a writer process died (out of memory?) without naming a file", with a worker's traceback
+    assert proc.returncode == 1, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {out / 'train.beton'}: could not write it: file too large (the file-size limit")
+    assert "nothing was published and no temporary is left" in line and " free there" in line
+    assert "Traceback" not in proc.stderr and "died" not in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == []

@@ -104,6 +104,35 @@ def test_feature_cache_is_reused_and_a_stale_one_rebuilt(converted, tmp_path):
     assert json.loads((rebuilt.path / "meta.json").read_text())["count"] == meta["splits"]["val"]["count"]
 
 
+def test_a_cache_being_filled_is_refused_to_a_second_command_and_a_full_disk_leaves_no_temporary(converted, tmp_path):
+    import shutil
+    import socket
+
+    from fastfc.atomic import output_lock
+
+    from .conftest import file_size_limit
+
+    out, meta = converted
+    encoder = build_student("tiny", seed=0)
+    first = extract(encoder, out / "val.beton", tmp_path, batch_size=16, num_workers=1)
+    (first.path / "meta.json").unlink()  # the record is written last: a cache still being filled
+    with output_lock(first.path):  # this test process: the first command, still filling it
+        with pytest.raises(FileExistsError, match=f"another process \\({os.getpid()}@{socket.gethostname()}\\) is writing"):
+            extract(encoder, out / "val.beton", tmp_path, batch_size=16, num_workers=1)
+    again = extract(encoder, out / "val.beton", tmp_path, batch_size=16, num_workers=1)
+    assert np.array_equal(again.features, first.features)
+    shutil.rmtree(tmp_path / "full", ignore_errors=True)
+    proc = subprocess.run([sys.executable, "-m", "fastfc", "features", "--encoder", "tiny", "--cache",
+                           str(tmp_path / "full"), "--workers", "1", str(out / "val.beton")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit(2_000))
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-2]
+    need = meta["splits"]["val"]["count"] * 32 * 2
+    assert "features.npy: could not write it: file too large" in line and f"it needs about {need / 1e3:.1f} kB" in line
+    assert "Traceback" not in proc.stderr
+    assert [p.name for p in (tmp_path / "full").rglob("*")] == [first.path.name]  # the folder, empty
+
+
 @pytest.mark.slow
 def test_probe_on_the_real_teacher_beats_chance_and_a_random_encoder(converted, tmp_path):
     out, meta = converted

@@ -349,3 +349,72 @@ def test_each_registry_entry_carries_its_rules():
 def test_converter_listing_is_the_registry_entrys(tmp_path):
     src = make_ra(tmp_path / "r")
     assert list_set("imagenet-r", src, IMAGENET) == shifts.get("imagenet-r").list(src, IMAGENET)
+
+
+def test_an_output_folder_that_is_or_holds_or_sits_in_its_source_is_refused_before_writing(tmp_path, capsys):
+    from data_prep.imagenet import main as imagenet_main
+    from fastfc.cli import main as fastfc_main
+
+    data = tmp_path / "data"
+    src = make_ra(data / "imagenet-r")
+    before = sorted(p.name for p in src.iterdir())
+    # before: exit 0, shards and meta.json written among the source's class folders
+    assert main(["--set", "imagenet-r", "--src", str(src), "--out", str(data), "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"the set folder {src} is --src {src}: the output would land among the inputs" in err
+    assert sorted(p.name for p in src.iterdir()) == before and err.count("\n") == 1
+    assert main(["--set", "imagenet-r", "--src", str(src), "--out", str(src / "n01498041"), "--workers", "1"]) == 1
+    assert f"is inside --src {src}" in capsys.readouterr().err
+    assert imagenet_main(["--src", str(data), "--out", str(data / "betons")]) == 1
+    assert f"--out {data / 'betons'} is inside --src {data}" in capsys.readouterr().err
+    assert not (data / "betons").exists()
+    flags = ["--encoder", "tiny", "--workers", "1"]
+    assert fastfc_main(["features", *flags, "--cache", str(src / "cache"), str(src)]) == 1
+    assert f"--cache {src / 'cache'} is inside source {src}" in capsys.readouterr().err
+    assert main(["--set", "imagenet-r", "--src", str(src), "--out", str(tmp_path / "shards"), "--workers", "1"]) == 0
+    probe = tmp_path / "probe.pt"
+    probe.write_bytes(b"")
+    evalf = ["eval", *flags, "--probe", str(probe), "--shards", str(tmp_path / "shards"), "--cache", str(tmp_path / "c")]
+    assert fastfc_main([*evalf, "--out", str(tmp_path / "shards")]) == 1
+    assert f"--out {tmp_path / 'shards'} contains the set {tmp_path / 'shards' / 'imagenet-r'}" in capsys.readouterr().err
+    assert not (src / "cache").exists() and not (tmp_path / "shards" / "results.json").exists()
+
+
+def test_a_full_disk_mid_shard_is_one_line_naming_the_shard_and_leaves_no_temporary(tmp_path):
+    from fastfc.atomic import size_text
+
+    from .conftest import file_size_limit
+
+    src = make_ra(tmp_path / "imagenet-r")
+    needed = size_text(sum(f.stat().st_size + 3 * 512 for f in src.rglob("*.jpg")))
+    out = tmp_path / "shards"
+    proc = subprocess.run([sys.executable, "-m", "data_prep.shifts", "--set", "imagenet-r", "--src", str(src), "--out",
+                           str(out), "--workers", "1"], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=120, preexec_fn=file_size_limit(8_000))
+    # before: exit 1 with "[Errno 27] File too large", and imagenet-r/.imagenet-r-000000.tar.tmp-<pid> left behind
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {out / 'imagenet-r' / 'imagenet-r-000000.tar'}: could not write it: file too large")
+    assert f"after 8.0 kB; it needs about {needed}" in line and "Traceback" not in proc.stderr
+    assert list((out / "imagenet-r").iterdir()) == []
+
+
+def test_a_second_writer_of_the_same_set_is_refused_and_a_dead_writers_lock_taken_over(tmp_path, capsys):
+    import os
+    import socket
+
+    from fastfc.atomic import output_lock
+
+    src = make_ra(tmp_path / "imagenet-r")
+    set_dir = tmp_path / "out" / "imagenet-r"
+    set_dir.mkdir(parents=True)
+    argv = ["--set", "imagenet-r", "--src", str(src), "--out", str(tmp_path / "out"), "--workers", "1"]
+    with output_lock(set_dir):  # this test process is a first writer, still at work
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"another process ({os.getpid()}@{socket.gethostname()}) is writing it, as {set_dir / '.fastfc.lock'}" in err
+        assert sorted(p.name for p in set_dir.iterdir()) == [".fastfc.lock"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (set_dir / ".fastfc.lock").write_text(f"{dead.stdout.strip()}@{socket.gethostname()}")  # a killed writer's
+    assert main(argv) == 0
+    assert sorted(p.name for p in set_dir.iterdir()) == ["imagenet-r-000000.tar", "meta.json"]

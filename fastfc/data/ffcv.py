@@ -20,7 +20,7 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from fastfc.cpus import fit_workers
-from fastfc.data.betons import read_beton_meta
+from fastfc.data.betons import beton_samples, read_beton_meta
 
 from .resize import random_resized_crop_decoder
 
@@ -142,11 +142,13 @@ def make_loader(beton: str | Path, *, train: bool, batch_size: int, resolution: 
 
     Raises:
         FileNotFoundError: ``beton`` does not exist.
-        ValueError: ``beton`` is stored below ``resolution`` (:func:`check_stored_size`).
+        ValueError: ``beton`` is stored below ``resolution`` (:func:`check_stored_size`), or the
+            ``meta.json`` beside it does not describe it (:func:`fastfc.data.betons.beton_samples`).
     """
     beton = Path(beton)
     if not beton.is_file():
         raise FileNotFoundError(f"{beton}: no such beton; create it with `python -m data_prep.imagenet`")
+    beton_samples(beton)
     check_stored_size(beton, resolution)
     return Loader(
         str(beton), batch_size=batch_size, num_workers=fit_workers(num_workers or None, "num_workers"),
