@@ -228,7 +228,7 @@ def _check_probe_args(cfg) -> None:
         raise SystemExit("fastfc probe: --from-images reads a train beton; drop it to train on the folder's features")
     if Path(p.out).is_dir():
         raise IsADirectoryError(f"--out {p.out}: a folder; --out is the probe file to write, e.g. {Path(p.out) / 'probe.pt'}")
-    check_apart(cfg.extract.cache, [("--train", train)], "--cache")
+    check_apart(cfg.extract.cache, [("--train", Path(p.train))], "--cache")
     Path(p.out).parent.mkdir(parents=True, exist_ok=True)  # fail before training, not after
     _check_encoder_args(cfg)
 
