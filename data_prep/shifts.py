@@ -16,7 +16,7 @@ format; other formats, e.g. TIFF, as a lossless PNG of the decoded image), ``.cl
 set's label space) and ``.json`` (source path, ImageNet indices).
 Keys are the sample index, ``%08d``: unique and dot-free (webdataset splits keys at the first
 dot; ImageNet-A file names contain dots). Order is sorted and tars are written with fixed
-metadata, so a conversion is reproducible byte for byte. Label rules: :mod:`fastfc.shifts`.
+metadata, so a conversion is reproducible byte for byte. Label rules: :mod:`fastfc.data.shifts`.
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ from PIL import Image
 from tqdm import tqdm
 
 import fastfc
-from fastfc import shifts
 from fastfc.atomic import exit_cleanly_on_sigterm, publish, tmp_name, write_json
 from fastfc.cpus import fit_workers
-from fastfc.data import images
-from fastfc.shifts import SetListing
+from fastfc.data import images, shifts
+from fastfc.data.shifts import SetListing
 
 from .scan import ConversionError, check_files
 
@@ -74,7 +73,7 @@ def read_imagenet_classes(path: Path | None = None) -> list[str]:
 
 def list_set(name: str, src: Path, imagenet_classes: list[str]) -> SetListing:
     """The files and labels of set ``name`` under ``src``, by the set's registry entry
-    (:meth:`fastfc.shifts.ShiftSet.list`: its layout and label rule).
+    (:meth:`fastfc.data.shifts.ShiftSet.list`: its layout and label rule).
 
     Raises:
         ConversionError: ``src`` does not have the set's layout (named, with what to pass instead).

@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from fastfc import shifts
 from fastfc.atomic import publish, write_json
+from fastfc.data import shifts
 from fastfc.models import Encoder
 from fastfc.runtime import Runtime, prepare_model
 from fastfc.stage_config import FeaturesConfig

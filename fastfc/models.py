@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastfc.checkpoint import CheckpointError, read_file
+from fastfc.safe_load import CheckpointError, read_file
 from fastfc.encoders import (ALIASES, CLIP_MEAN, CLIP_STD, ENCODERS, IMAGENET_MEAN,  # noqa: F401 (re-exported)
                              IMAGENET_STD, INITS, canonical_name)
 

@@ -22,12 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from fastfc.atomic import atomic_path, read_json, write_json
-from fastfc.checkpoint import read_file
 from fastfc.cpus import one_thread
 from fastfc.data.betons import read_beton_meta
 from fastfc.features import extract
 from fastfc.models import Encoder
+from fastfc.probe_files import load_probe, save_probe  # noqa: F401  (load_probe re-exported)
 from fastfc.runtime import Runtime
 from fastfc.stage_config import ProbeConfig
 from fastfc.train import lr_at
@@ -169,38 +168,6 @@ def sweep(features, labels, num_classes: int, weight_decays: Sequence[float], re
     weights, biases = train_heads(x[kept], y[kept], num_classes, weight_decays, recipe, device, init=init)
     scores = {wd: top1(x[held], y[held], weights[i], biases[i]) for i, wd in enumerate(weight_decays)}
     return max(scores, key=lambda wd: (scores[wd], -wd)), scores
-
-
-# ----------------------------------------------------------------------------- probe files
-
-def save_probe(path: str | Path, weight: torch.Tensor, bias: torch.Tensor, info: dict) -> None:
-    """Write ``{"weight": [C, D], "bias": [C]}`` (the original probe files' keys) and ``<path>.json``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save({"weight": weight.contiguous(), "bias": bias.contiguous()}, tmp)
-    write_json(path.with_suffix(".json"), info)
-
-
-def load_probe(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Read a probe file, fastfc's or the original code's (``weight`` [C, D], ``bias`` [C], possibly
-    under ``state_dict`` or with ``module.``/``head.`` prefixes). Returns ``(weight, bias, info)``.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is unreadable (a ``CheckpointError``) or holds no ``weight``/``bias``
-            pair; the message names it.
-    """
-    path = Path(path)
-    state = read_file(path, what_to_do="train the probe again with `fastfc probe`")
-    state = state.get("state_dict", state) if isinstance(state, dict) else {}
-    found = {key.rsplit(".", 1)[-1]: value for key, value in state.items() if key.rsplit(".", 1)[-1] in ("weight", "bias")}
-    if set(found) != {"weight", "bias"} or found["weight"].ndim != 2:
-        raise ValueError(f"{path}: not a linear probe file (expected keys weight [C, D] and bias [C])")
-    info_path = path.with_suffix(".json")
-    info = read_json(info_path, f"the probe's record; rewrite it with `fastfc probe --out {path}`") \
-        if info_path.is_file() else {}
-    return found["weight"].float(), found["bias"].float(), info
 
 
 class ProbeTask:

@@ -168,7 +168,7 @@ def test_an_error_raised_in_a_loader_worker_is_reported_by_its_own_message():
 def test_features_of_a_val_folder_with_a_random_encoder_land_in_one_cache_folder(tmp_path):
     # `features --help` lists an ImageNet val folder as a source (it was refused: "no meta.json"); an
     # encoder without weights is a seeded random baseline, so a second run reuses the first one's cache
-    from fastfc.demo.photos import make_imagenet_tree
+    from fastfc.fixtures.photos import make_imagenet_tree
 
     make_imagenet_tree(tmp_path / "src", n_classes=3, train_per_class=2, val_per_class=2, quirks=False)
     argv = FASTFC + ["features", "--encoder", "tiny", "--cache", str(tmp_path / "cache"), str(tmp_path / "src" / "val")]
