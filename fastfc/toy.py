@@ -40,11 +40,11 @@ from torch import nn
 from fastfc import config as configlib
 from fastfc.atomic import atomic_path, write_json
 from fastfc.cpus import one_thread
-from fastfc.toy_config import (OPTIMIZERS, PRESETS, SERIES, SWEEPS, ToyConfig, build_parser, describe, main,
+from fastfc.toy_config import (OPTIMIZERS, PRESETS, SERIES, SWEEPS, ToyConfig, build_parser, describe,
                                resolve_config)
 
 __all__ = ["ACTIVATIONS", "LOSSES", "OPTIMIZERS", "PRESETS", "SERIES", "SWEEPS", "ToyConfig", "ToyData", "ToyResult",
-           "build_parser", "main", "make_data", "resolve_config", "run", "summarize", "sweep"]
+           "build_parser", "make_data", "resolve_config", "run", "summarize", "sweep"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "leakyrelu": lambda: nn.LeakyReLU(0.1),
                "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "identity": nn.Identity}

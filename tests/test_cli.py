@@ -34,7 +34,7 @@ def run_with_importtime(argv: list[str], cwd: Path) -> tuple[int, set[str], list
 
 HELP = [FASTFC + ["--help"]] + [FASTFC + [c, "--help"] for c in ("distill", "features", "probe", "eval", "demo", "toy")] \
     + [FASTFC + ["cifar", *a, "--help"] for a in ([], ["train"], ["visualize"])] \
-    + [IMAGENET + ["--help"], SHIFTS + ["--help"]]
+    + [IMAGENET + ["--help"], SHIFTS + ["--help"]] + [FASTFC + ["convert", *a, "--help"] for a in ([], ["imagenet"], ["shifts"])]
 
 
 @pytest.mark.parametrize("argv", HELP, ids=lambda a: " ".join(a[2:]))
@@ -68,6 +68,10 @@ ERRORS = [  # argv, exit code, text of the one error line
     (IMAGENET + ["--src", "nope", "--out", "out"], 1, "nope: does not exist"),
     (SHIFTS + ["--set", "imagenet-r", "--out", "out"], 2, "the following arguments are required: --src"),
     (SHIFTS + ["--set", "imagenet-r", "--src", "nope", "--out", "out"], 1, "nope: folder not found"),
+    (FASTFC + ["convert"], 2, "the following arguments are required: converter"),
+    (FASTFC + ["convert", "beton"], 2, "argument converter: invalid choice: 'beton'"),
+    (FASTFC + ["convert", "imagenet", "--src", "nope", "--out", "out"], 1, "nope: does not exist"),
+    (FASTFC + ["convert", "shifts", "--set", "imagenet-r", "--src", "nope", "--out", "out"], 1, "nope: folder not found"),
 ]
 
 
