@@ -1,6 +1,6 @@
 """Benchmark: ImageNet → beton conversion throughput, img/s per core.
 
-Converts a real-photo ImageNet-style tree (:mod:`fastfc.demo.photos`, ImageNet-like sizes) with the
+Converts a real-photo ImageNet-style tree (:mod:`fastfc.fixtures.photos`, ImageNet-like sizes) with the
 default recipe (proportion, 500 px, p=0.5, q90) on all cores, and reports the scan (integrity
 check) and write phases separately. Target (issue 7): ≥ 100 img/s per core at 500 px. There is
 no baseline for this one; the figure is tracked over commits in ``results/history.jsonl``.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from data_prep.beton import BetonWriter, ImageFiles, WriterSettings
 from data_prep.imagenet import list_classes, list_split, scan
-from fastfc.demo.photos import make_imagenet_tree
+from fastfc.fixtures.photos import make_imagenet_tree
 
 from .common import Target, median_time, parser, print_table, record
 

@@ -30,7 +30,7 @@ def run(*, arch: str = "tiny", per_class: int = 40, steps: int = 60, batch: int 
     from fastfc.data.ffcv import TRAIN_SCALE
     from fastfc.distill import DistillConfig, run as distill
     from fastfc.models import ENCODERS, canonical_name
-    from fastfc.demo.photos import make_imagenet_tree
+    from fastfc.fixtures.photos import make_imagenet_tree
     from fastfc.runtime import Runtime
     from fastfc.train import TrainConfig
 

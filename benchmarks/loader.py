@@ -1,6 +1,6 @@
 """Benchmark: FFCV train-pipeline img/s against ImageFolder and the decode-only bound.
 
-All sides read the same real-photo JPEGs (:mod:`fastfc.demo.photos`, ImageNet-like sizes, longer side
+All sides read the same real-photo JPEGs (:mod:`fastfc.fixtures.photos`, ImageNet-like sizes, longer side
 160-500 px) with the paper's train transform: RandomResizedCrop 224 (scale 0.9–1.0) + flip +
 normalise, batch 32, the same workers. Two betons of the same images are read:
 
@@ -46,8 +46,8 @@ from data_prep.beton import WriterSettings
 from data_prep.imagenet import convert
 
 from fastfc.data.ffcv import TRAIN_SCALE, decode_ops, label_pipeline, make_loader
+from fastfc.fixtures.photos import make_imagenet_tree
 from fastfc.models import CLIP_MEAN, CLIP_STD
-from fastfc.demo.photos import make_imagenet_tree
 
 from .common import Target, interleaved_times, parser, print_table, record
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from fastfc.features import extract
+from fastfc.fixtures.photos import make_imagenet_tree
 from fastfc.models import build_teacher
-from fastfc.demo.photos import make_imagenet_tree
 from fastfc.probe import ProbeRecipe, top1, train_from_images, train_heads
 from fastfc.runtime import Runtime
 

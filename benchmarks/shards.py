@@ -30,8 +30,8 @@ from torchvision.datasets import ImageFolder
 
 from data_prep.shifts import list_set, read_imagenet_classes, write_set
 from fastfc.data.shards import eval_transform, make_shard_loader
+from fastfc.fixtures.photos import make_imagenet_tree
 from fastfc.models import CLIP_MEAN, CLIP_STD
-from fastfc.demo.photos import make_imagenet_tree
 
 from .common import Target, interleaved_times, parser, print_table, record
 

@@ -40,10 +40,9 @@ from pathlib import Path
 import numpy as np
 
 import fastfc
-from fastfc import shifts
 from fastfc.atomic import WriteError, atomic_path, check_apart, exit_cleanly_on_sigterm, output_lock
 from fastfc.cpus import fit_workers
-from fastfc.data import images
+from fastfc.data import images, shifts
 from fastfc.data.betons import read_beton_meta
 
 from .scan import ConversionError, check_files

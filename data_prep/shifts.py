@@ -18,7 +18,7 @@ format; other formats, e.g. TIFF, as a lossless PNG of the decoded image), ``.cl
 set's label space) and ``.json`` (source path, ImageNet indices).
 Keys are the sample index, ``%08d``: unique and dot-free (webdataset splits keys at the first
 dot; ImageNet-A file names contain dots). Order is sorted and tars are written with fixed
-metadata, so a conversion is reproducible byte for byte. Label rules: :mod:`fastfc.shifts`.
+metadata, so a conversion is reproducible byte for byte. Label rules: :mod:`fastfc.data.shifts`.
 """
 
 from __future__ import annotations
@@ -36,12 +36,11 @@ from PIL import Image
 from tqdm import tqdm
 
 import fastfc
-from fastfc import shifts
 from fastfc.atomic import (WriteError, check_apart, exit_cleanly_on_sigterm, is_out_of_room, output_lock, publish,
                            room_message, tmp_name, write_json)
 from fastfc.cpus import fit_workers
-from fastfc.data import images
-from fastfc.shifts import SetListing
+from fastfc.data import images, shifts
+from fastfc.data.shifts import SetListing
 
 from .scan import ConversionError, check_files
 
@@ -79,7 +78,7 @@ def read_imagenet_classes(path: Path | None = None) -> list[str]:
 
 def list_set(name: str, src: Path, imagenet_classes: list[str]) -> SetListing:
     """The files and labels of set ``name`` under ``src``, by the set's registry entry
-    (:meth:`fastfc.shifts.ShiftSet.list`: its layout and label rule).
+    (:meth:`fastfc.data.shifts.ShiftSet.list`: its layout and label rule).
 
     Raises:
         ConversionError: ``src`` does not have the set's layout (named, with what to pass instead).
@@ -115,7 +114,7 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
               exif_upright: bool = False, border_crop: bool = False) -> dict:
     """Check every image, then write ``out/<set>/`` shards and ``meta.json``. Returns the meta.
 
-    ``exif_upright`` and ``border_crop`` (the set's recommended crop, :attr:`fastfc.shifts.ShiftSet.border_crop`:
+    ``exif_upright`` and ``border_crop`` (the set's recommended crop, :attr:`fastfc.data.shifts.ShiftSet.border_crop`:
     ObjectNet's 2 px) are opt-ins recorded in ``meta.json``, which the reader follows
     (:func:`fastfc.data.shards.set_decoding`); off, the images read as the released code reads them.
 

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from fastfc.atomic import atomic_path
+from fastfc.safe_load import CheckpointError, read_file  # noqa: F401  (re-exported)
 from fastfc.runtime import Runtime
 
 CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
@@ -49,69 +50,12 @@ _RUN_CONTROL = {"stop_after", "out_dir", "log_every", "checkpoint_every", "compi
                 "keep_weights_every_epochs"}
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit; the message names the file and what to do."""
-
-
 class Diverged(ValueError):
     """The loss, the gradient norm or the weights became non-finite. A ValueError, so the command
     line reports it in one line (and exits non-zero), like other bad settings."""
 
 
 # ----------------------------------------------------------------------------- reading
-
-def _numpy_globals() -> list:
-    """What a numpy array inside a pickle needs (fastfc checkpoints before RNG states were stored
-    as plain values): array reconstruction and dtypes only, no arbitrary callables."""
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray
-    dtypes = [type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.float32)]
-    return [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar, *dtypes]
-
-
-def _reason(error: Exception) -> str:
-    """A one-line cause for a failed ``torch.load``."""
-    text = str(error)
-    if isinstance(error, EOFError) or not text.strip():
-        return "the file is empty or cut short"
-    if "central directory" in text or "zip archive" in text:
-        return "cut short or damaged (its zip index is missing)"
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if found:
-        return (f"it holds Python objects ({found.group(1)}) that a safe weights-only load refuses (save only "
-                "tensors and plain values, e.g. torch.save(model.state_dict(), path))")
-    if "Weights only load failed" in text:
-        return "not a file written by torch.save"
-    return text.strip().splitlines()[0][:200]
-
-
-def read_file(path: str | Path, *, what_to_do: str = "check the path, or copy the file again") -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)``, with one-line errors.
-
-    Checkpoints of older fastfc versions (numpy RNG state inside) load too: only numpy's array and
-    dtype reconstruction is allowed on top of the weights-only defaults.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        CheckpointError: damaged, cut short, empty, or not a weights file; names ``path`` and
-            ends with ``what_to_do``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as first:  # unpickling refused, damaged or cut-short file
-        if "numpy" in str(first):
-            try:
-                with torch.serialization.safe_globals(_numpy_globals()):
-                    return torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:
-                pass
-        raise CheckpointError(f"{path}: cannot be read: {_reason(first)}; {what_to_do}") from None
-
 
 def load_checkpoint(path: str | Path, *, what_to_do: str = f"resume from checkpoint.prev.pt or {_START_OVER}") -> dict:
     """A training checkpoint written by :class:`Checkpointer` (see the module docstring).

@@ -9,17 +9,19 @@
   cifar     the CIFAR-10 experiment: PGD-trained ResNet-32 with/without a brick-red background,
             feature visualisation (fastfc/cifar/)
   demo      the whole pipeline on the embedded real-photo data, on CPU, offline
+  convert   imagenet | shifts: the one-time converters (python -m data_prep.imagenet | shifts)
 
 distill, features, probe and eval read a TOML config (--config FILE, --set section.key=value; the
 flags of features, probe and eval are shorthands for its fields: fastfc/stage_config.py); each
-stage module's run() does the work. Each command has --help with examples. Bad input gives one
-error line; FASTFC_TRACEBACK=1 shows the traceback. Installed as .venv/bin/fastfc; python -m fastfc
-is the same.
+stage module's run() does the work; toy, cifar and convert read the rest of the command line with
+their own parser. Each command has --help with examples. Bad input gives one error line;
+FASTFC_TRACEBACK=1 shows the traceback. Installed as .venv/bin/fastfc; python -m fastfc is the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -346,6 +348,74 @@ def evaluate(args) -> int:
     return 0
 
 
+def toy(argv: list[str]) -> int:
+    """``fastfc toy`` with ``argv`` (without the ``toy`` word); 0 on success, 2 on a bad config
+    (argparse's message). Example: ``toy(["--preset", "paper", "--out", "runs/x"])``."""
+    from fastfc import config as configlib
+    from fastfc.toy_config import build_parser as toy_parser, describe, resolve_config
+
+    parser = toy_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+    except configlib.ConfigError as e:
+        parser.error(str(e))
+    from fastfc.toy import plot_run, run, save, summarize  # torch: imported only to run
+
+    name = args.preset + (f"-sweep-{args.sweep}" if args.sweep else "")
+    out = args.out or Path("runs/toy") / name
+    print(f"[toy] {args.preset}: {describe(cfg)}; {cfg.steps} steps -> {out}", flush=True)
+    if args.sweep:
+        return _toy_sweep(cfg, args, out)
+    result = run(cfg, log=lambda line: print(f"[toy] {line}", flush=True))
+    save(result, out)
+    plot_run(result, out / f"toy_{args.preset}.png", title=f"{args.preset}: {describe(cfg)}")
+    s = summarize(result)
+    print(f"[toy] background norm {s['background_norm_init']:.3f} -> {s['background_norm_end']:.3f} "
+          f"(x{s['background_growth']:.2f}); ID loss {s['id/loss_end']:.3g}, OOD loss "
+          f"{s['ood/loss_end']:.4f}; {s['seconds']:.1f} s; wrote {out}", flush=True)
+    return 0
+
+
+def _toy_sweep(cfg, args: argparse.Namespace, out: Path) -> int:
+    from fastfc.toy import plot_sweep, save, sweep
+
+    results = sweep(cfg, args.sweep, log=lambda line: print(f"[toy] {line}", flush=True))
+    for value, result in results.items():
+        save(result, out / f"{args.sweep}-{value}")
+    plot_sweep(results, args.sweep, out / f"toy_{args.preset}_sweep_{args.sweep}.png")
+    total = sum(r.seconds for r in results.values())
+    print(f"[toy] {len(results)} runs in {total:.1f} s; wrote {out}", flush=True)
+    return 0
+
+
+def cifar(argv: list[str]) -> int:
+    """``fastfc cifar train|visualize ...`` (:func:`fastfc.cifar.run.main`)."""
+    from fastfc.cifar.run import main as cifar_main
+    return cifar_main(argv)
+
+
+CONVERTERS = {"imagenet": "ImageNet JPEG folders -> betons", "shifts": "a shift set's release folder -> shards"}
+
+
+def convert(argv: list[str]) -> int:
+    """``fastfc convert imagenet|shifts ...``: the one-time converters, ``python -m data_prep.imagenet``
+    and ``python -m data_prep.shifts`` (the same ``main``, which reports its own input errors)."""
+    if not argv or argv[0] not in CONVERTERS:
+        p = argparse.ArgumentParser(prog="fastfc convert", formatter_class=_Help,
+                                    description="The one-time converters; each has --help.")
+        p.add_argument("converter", choices=CONVERTERS, help="; ".join(f"{k}: {v}" for k, v in CONVERTERS.items()))
+        p.parse_args(argv[:1])  # --help, or argparse's one line for a missing or unknown converter
+    import importlib
+
+    return importlib.import_module(f"data_prep.{argv[0]}").main(argv[1:])
+
+
+# Commands whose own parser reads the rest of the command line (each answers --help and bad input
+# before torch); the others are build_parser's sub-commands. All run through main()'s error path.
+_OWN_PARSER = {"toy": toy, "cifar": cifar, "convert": convert}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastfc", description=__doc__,
                                 formatter_class=_Help)
@@ -356,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the paper's synthetic feature-contamination experiment (see: fastfc toy --help)")
     sub.add_parser("cifar", add_help=False,
                    help="the CIFAR-10 experiment: train, visualize (see: fastfc cifar --help)")
+    sub.add_parser("convert", add_help=False,
+                   help="the one-time converters: imagenet (betons), shifts (shards) (see: fastfc convert --help)")
     _features_parser(sub)
     _probe_parser(sub)
     _eval_parser(sub)
@@ -531,23 +603,21 @@ def _end_process_group() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The one dispatcher: ``fastfc <command> ...``; returns the exit status. Bad input (a ValueError
+    or an OSError) is one line, ``fastfc <command>: error: ...``, and status 1."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["toy"]:  # the synthetic experiment has its own parser (fastfc toy --help)
-        from fastfc.toy_config import main as toy_main
-        return toy_main(argv[1:])
-    if argv[:1] == ["cifar"]:  # train | visualize, with their own parser (fastfc cifar --help)
-        from fastfc.cifar.run import main as cifar_main
-        try:
-            return cifar_main(argv[1:])
-        finally:
-            _end_process_group()
-    args = build_parser().parse_args(argv)
+    if argv[:1] and argv[0] in _OWN_PARSER:  # named with its action, if any: "cifar visualize", "convert shifts"
+        command = " ".join(argv[:2]) if len(argv) > 1 and not argv[1].startswith("-") else argv[0]
+        work = functools.partial(_OWN_PARSER[argv[0]], argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+        command, work = args.command, functools.partial(args.func, args)
     try:
-        return args.func(args)
+        return work()
     except (ValueError, OSError) as e:  # bad input: unknown encoder, missing or unwritable file, bad checkpoint
         if os.environ.get("FASTFC_TRACEBACK"):
             raise
-        print(f"fastfc {args.command}: error: {_message(e)}\n(FASTFC_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        print(f"fastfc {command}: error: {_message(e)}\n(FASTFC_TRACEBACK=1 shows the traceback)", file=sys.stderr)
         return 1
     finally:
         _end_process_group()

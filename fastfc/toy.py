@@ -28,10 +28,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,11 +39,12 @@ from torch import nn
 
 from fastfc import config as configlib
 from fastfc.atomic import atomic_path, write_json
-from fastfc.toy_config import (OPTIMIZERS, PRESETS, SERIES, SWEEPS, ToyConfig, build_parser, describe, main,
+from fastfc.cpus import one_thread
+from fastfc.toy_config import (OPTIMIZERS, PRESETS, SERIES, SWEEPS, ToyConfig, build_parser, describe,
                                resolve_config)
 
 __all__ = ["ACTIVATIONS", "LOSSES", "OPTIMIZERS", "PRESETS", "SERIES", "SWEEPS", "ToyConfig", "ToyData", "ToyResult",
-           "build_parser", "main", "make_data", "resolve_config", "run", "summarize", "sweep"]
+           "build_parser", "make_data", "resolve_config", "run", "summarize", "sweep"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "leakyrelu": lambda: nn.LeakyReLU(0.1),
                "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "identity": nn.Identity}
@@ -152,18 +152,6 @@ class ToyResult:
     def at(self, key: str, index: int = -1) -> float:
         """One recorded value, e.g. ``at("norm/background", 0)`` (initial) or ``at("ood/loss")`` (end)."""
         return float(self.series[key][index])
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread: a (1000, 256) x (256, 256) matmul gains nothing from more
-    (it loses badly on a busy machine), and a fixed thread count keeps the series bit-identical."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run(cfg: ToyConfig, log: Callable[[str], None] | None = None) -> ToyResult:

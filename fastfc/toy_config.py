@@ -1,8 +1,8 @@
-"""The synthetic experiment's settings, presets and command line (``fastfc toy``), without torch.
+"""The synthetic experiment's settings, presets and command-line parser, without torch.
 
 :class:`ToyConfig` and the presets are checked here, so ``fastfc toy --help`` and every config
-error answer before torch is imported; the experiment itself (data, MLP, training, records,
-plots) is :mod:`fastfc.toy`, imported when a run starts.
+error answer before torch is imported; the command is :func:`fastfc.cli.toy`, the experiment
+itself (data, MLP, training, records, plots) is :mod:`fastfc.toy`, imported when a run starts.
 """
 
 from __future__ import annotations
@@ -153,45 +153,3 @@ def resolve_config(args: argparse.Namespace) -> ToyConfig:
             data[name] = getattr(args, name)
     configlib.apply_overrides(data, args.set)
     return configlib.from_dict(ToyConfig, data)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``fastfc toy`` with ``argv`` (without the ``toy`` word); 0 on success, 2 on a
-    bad config (message on stderr). Example: ``main(["--preset", "paper", "--out", "runs/x"])``."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        cfg = resolve_config(args)
-    except configlib.ConfigError as e:
-        parser.error(str(e))
-    from fastfc.toy import plot_run, run, save, summarize  # torch: imported only to run
-
-    name = args.preset + (f"-sweep-{args.sweep}" if args.sweep else "")
-    out = args.out or Path("runs/toy") / name
-    print(f"[toy] {args.preset}: {describe(cfg)}; {cfg.steps} steps -> {out}", flush=True)
-    if args.sweep:
-        return _main_sweep(cfg, args, out)
-    result = run(cfg, log=lambda line: print(f"[toy] {line}", flush=True))
-    save(result, out)
-    plot_run(result, out / f"toy_{args.preset}.png", title=f"{args.preset}: {describe(cfg)}")
-    s = summarize(result)
-    print(f"[toy] background norm {s['background_norm_init']:.3f} -> {s['background_norm_end']:.3f} "
-          f"(x{s['background_growth']:.2f}); ID loss {s['id/loss_end']:.3g}, OOD loss "
-          f"{s['ood/loss_end']:.4f}; {s['seconds']:.1f} s; wrote {out}", flush=True)
-    return 0
-
-
-def _main_sweep(cfg: ToyConfig, args: argparse.Namespace, out: Path) -> int:
-    from fastfc.toy import plot_sweep, save, sweep
-
-    results = sweep(cfg, args.sweep, log=lambda line: print(f"[toy] {line}", flush=True))
-    for value, result in results.items():
-        save(result, out / f"{args.sweep}-{value}")
-    plot_sweep(results, args.sweep, out / f"toy_{args.preset}_sweep_{args.sweep}.png")
-    total = sum(r.seconds for r in results.values())
-    print(f"[toy] {len(results)} runs in {total:.1f} s; wrote {out}", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

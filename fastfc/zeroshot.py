@@ -33,7 +33,7 @@ def classnames_for(wnids: Sequence[str]) -> list[str]:
     """
     from open_clip import IMAGENET_CLASSNAMES
 
-    from fastfc.shifts import imagenet_wnids
+    from fastfc.data.shifts import imagenet_wnids
 
     index = {wnid: i for i, wnid in enumerate(imagenet_wnids())}
     unknown = [w for w in wnids if w not in index]

@@ -6,12 +6,8 @@
 set -euo pipefail
 CONFIG=${1:?usage: NNODES=N NODE_RANK=R MASTER=host:port launch/multi_node.sh CONFIG.toml [--set ...]}; shift
 : "${NNODES:?set NNODES}" "${NODE_RANK:?set NODE_RANK}" "${MASTER:?set MASTER=host:port}"
-source "$(dirname "$0")/gpus.sh"
-NGPU=${NGPU:-$(gpu_count)}
-NGPU=$(( NGPU > 0 ? NGPU : 1 ))
-PY=${PY:-.venv/bin/python}
-CMD=("$PY" -m torch.distributed.run --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$NGPU"
-     --rdzv-backend c10d --rdzv-endpoint "$MASTER" --rdzv-id "${RDZV_ID:-fastfc}"
-     -m fastfc distill --config "$CONFIG" "$@")
-echo "+ ${CMD[*]}"
-[ -n "${DRY:-}" ] || exec "${CMD[@]}"
+source "$(dirname "$0")/common.sh"
+need_config "$CONFIG"
+launch "$PY" -m torch.distributed.run --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$NGPU" \
+    --rdzv-backend c10d --rdzv-endpoint "$MASTER" --rdzv-id "${RDZV_ID:-fastfc}" \
+    -m fastfc distill --config "$CONFIG" "$@"

@@ -10,28 +10,23 @@
 #           or its shards, read through the evaluation transform (Resize bicubic + CenterCrop), as the
 #           paper's code trained its probes. FAST=1 takes $BETONS/train.beton instead, the fast path
 #           (ffcv's centre crop of the stored images; docs/recipe.md gives the measured difference).
-#   BETONS  for FAST=1, train.beton stored for this architecture's input: data/betons
-#           (--short-side 256) for the 224-px models, data/betons_320 for RN50x4 (288 px),
-#           data/betons_427 for RN50x16 (384 px); fastfc refuses a beton stored below the input.
+#   BETONS  for FAST=1, train.beton stored for this architecture's input: by default the folder of
+#           the architecture's launch config's train_beton (data/betons for the 224-px models,
+#           data/betons_320 for RN50x4, data/betons_427 for RN50x16); fastfc refuses a beton stored
+#           below the input.
 #   SHARDS  one folder per shift set plus imagenet-val (ID is read like the shift sets, from the
 #           original JPEGs: python -m data_prep.shifts --set imagenet-val --src /data/imagenet/val ...).
-# NGPU ranks extract features.
+# ARCH is known when a launch/configs/distill_<arch>.toml names it. NGPU ranks extract features.
 set -euo pipefail
-ARCH=${1:?usage: launch/probe_and_eval.sh ARCH   (RN50 RN101 RN50x4 RN50x16 ViT-B-16)}
-KEY=$(echo "$ARCH" | tr 'A-Z' 'a-z' | sed 's/vit-b-16/vit_b16/')
-case "$ARCH" in
-    RN50x4) DEFAULT_BETONS=data/betons_320 ;;
-    RN50x16) DEFAULT_BETONS=data/betons_427 ;;
-    *) DEFAULT_BETONS=data/betons ;;
-esac
-BETONS=${BETONS:-$DEFAULT_BETONS}; SHARDS=${SHARDS:-data/shards}; RUNS=${RUNS:-runs}
+ARCH=${1:?usage: launch/probe_and_eval.sh ARCH   (one launch/configs/distill_*.toml names it: RN50 RN101 RN50x4 RN50x16 ViT-B-16)}
+source "$(dirname "$0")/common.sh"
+CONFIG=$(arch_config "$ARCH")
+KEY=${CONFIG##*/distill_}; KEY=${KEY%.toml}
+DEFAULT_BETONS=$(config_value "$CONFIG" train_beton)
+BETONS=${BETONS:-${DEFAULT_BETONS%/*}}; SHARDS=${SHARDS:-data/shards}; RUNS=${RUNS:-runs}
 if [ -n "${FAST:-}" ]; then TRAIN=$BETONS/train.beton; else TRAIN=${TRAIN:-data/imagenet/train}; fi
 STUDENT=${STUDENT:-$RUNS/distill_$KEY/weights.pt}
-source "$(dirname "$0")/gpus.sh"
-NGPU=${NGPU:-$(gpu_count)}; NGPU=$(( NGPU > 0 ? NGPU : 1 ))
-PY=${PY:-.venv/bin/python}
 TORCHRUN=("$PY" -m torch.distributed.run --standalone --nproc-per-node "$NGPU" -m fastfc)
-run() { echo "+ $*"; [ -n "${DRY:-}" ] || "$@"; }
 
 run "${TORCHRUN[@]}" probe --encoder "$ARCH" --pretrained openai --kind clip \
     --train "$TRAIN" --out "$RUNS/clip_$KEY/probe.pt"

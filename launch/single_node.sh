@@ -7,10 +7,6 @@
 # batch stays 256 whatever NGPU is.
 set -euo pipefail
 CONFIG=${1:?usage: launch/single_node.sh CONFIG.toml [--set key=value ...] [--dry-run]}; shift
-source "$(dirname "$0")/gpus.sh"
-NGPU=${NGPU:-$(gpu_count)}
-NGPU=$(( NGPU > 0 ? NGPU : 1 ))
-PY=${PY:-.venv/bin/python}
-CMD=("$PY" -m torch.distributed.run --standalone --nproc-per-node "$NGPU" -m fastfc distill --config "$CONFIG" "$@")
-echo "+ ${CMD[*]}"
-[ -n "${DRY:-}" ] || exec "${CMD[@]}"
+source "$(dirname "$0")/common.sh"
+need_config "$CONFIG"
+launch "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NGPU" -m fastfc distill --config "$CONFIG" "$@"

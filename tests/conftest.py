@@ -10,7 +10,7 @@ from PIL import Image
 
 from data_prep.beton import WriterSettings
 from data_prep.imagenet import convert, list_classes, list_split
-from fastfc.demo.photos import make_imagenet_tree
+from fastfc.fixtures.photos import make_imagenet_tree
 
 RED_CMYK = "train/n01440764/red_cmyk.JPEG"
 

@@ -21,7 +21,8 @@ from fastfc.cifar.attack import AttackConfig, SmoothedPGDTask, epsilon_at, noisy
 from fastfc.cifar.data import BACKGROUND, EpochLoader, PhotoCIFAR10, train_transform
 from fastfc.cifar.data import test_transform as eval_transform  # not a test
 from fastfc.cifar.model import CifarResNet, resnet32
-from fastfc.cifar.run import main, resolve
+from fastfc.cifar.run import resolve
+from fastfc.cli import main as fastfc_main
 from fastfc.cifar.visualize import (background_tint, colour_measures, round_steps, uniform_response_ratio,
                                     visualize_channels)
 from fastfc.train import TrainConfig, build_optimizer, scheduled_lr
@@ -303,6 +304,11 @@ def test_uniform_response_ratio_is_red_over_grey():
 
 
 # ------------------------------------------------------------------ commands
+
+def main(argv: list[str]) -> int:
+    """``fastfc cifar ARGV`` through the one dispatcher and its error path."""
+    return fastfc_main(["cifar", *argv])
+
 
 @pytest.mark.parametrize("variant", ["raw", "background"])
 def test_launch_configs_resolve_to_the_papers_recipe(variant, capsys):

@@ -34,7 +34,7 @@ def run_with_importtime(argv: list[str], cwd: Path) -> tuple[int, set[str], list
 
 HELP = [FASTFC + ["--help"]] + [FASTFC + [c, "--help"] for c in ("distill", "features", "probe", "eval", "demo", "toy")] \
     + [FASTFC + ["cifar", *a, "--help"] for a in ([], ["train"], ["visualize"])] \
-    + [IMAGENET + ["--help"], SHIFTS + ["--help"]]
+    + [IMAGENET + ["--help"], SHIFTS + ["--help"]] + [FASTFC + ["convert", *a, "--help"] for a in ([], ["imagenet"], ["shifts"])]
 
 
 @pytest.mark.parametrize("argv", HELP, ids=lambda a: " ".join(a[2:]))
@@ -68,6 +68,10 @@ ERRORS = [  # argv, exit code, text of the one error line
     (IMAGENET + ["--src", "nope", "--out", "out"], 1, "nope: does not exist"),
     (SHIFTS + ["--set", "imagenet-r", "--out", "out"], 2, "the following arguments are required: --src"),
     (SHIFTS + ["--set", "imagenet-r", "--src", "nope", "--out", "out"], 1, "nope: folder not found"),
+    (FASTFC + ["convert"], 2, "the following arguments are required: converter"),
+    (FASTFC + ["convert", "beton"], 2, "argument converter: invalid choice: 'beton'"),
+    (FASTFC + ["convert", "imagenet", "--src", "nope", "--out", "out"], 1, "nope: does not exist"),
+    (FASTFC + ["convert", "shifts", "--set", "imagenet-r", "--src", "nope", "--out", "out"], 1, "nope: folder not found"),
 ]
 
 
@@ -169,7 +173,7 @@ def test_an_error_raised_in_a_loader_worker_is_reported_by_its_own_message():
 def test_features_of_a_val_folder_with_a_random_encoder_land_in_one_cache_folder(tmp_path):
     # `features --help` lists an ImageNet val folder as a source (it was refused: "no meta.json"); an
     # encoder without weights is a seeded random baseline, so a second run reuses the first one's cache
-    from fastfc.demo.photos import make_imagenet_tree
+    from fastfc.fixtures.photos import make_imagenet_tree
 
     make_imagenet_tree(tmp_path / "src", n_classes=3, train_per_class=2, val_per_class=2, quirks=False)
     argv = FASTFC + ["features", "--encoder", "tiny", "--cache", str(tmp_path / "cache"), str(tmp_path / "src" / "val")]

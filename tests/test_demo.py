@@ -9,7 +9,7 @@ import pytest
 
 from data_prep.shifts import list_set, read_imagenet_classes
 from fastfc.demo import SHIFT_DIRS, DemoRecipe, make_shift_sets, run
-from fastfc.demo.photos import IMAGENETTE_WNIDS
+from fastfc.fixtures.photos import IMAGENETTE_WNIDS
 
 IMAGENET = read_imagenet_classes()
 

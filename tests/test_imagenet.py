@@ -21,7 +21,7 @@ from data_prep.beton import ConversionError, WriterSettings, short_side_for
 from data_prep.imagenet import VerifyError, convert, list_split, main, psnr, read_images, verify
 from fastfc.data.betons import read_beton_meta
 from fastfc.data.ffcv import make_loader
-from fastfc.demo.photos import make_imagenet_tree
+from fastfc.fixtures.photos import make_imagenet_tree
 
 from .conftest import RED_CMYK, beton_index, mean_rgb, rel
 

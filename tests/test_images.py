@@ -23,7 +23,7 @@ from data_prep.imagenet import main as imagenet_main  # the --exif-upright flag
 from data_prep.shifts import list_set, read_imagenet_classes, write_set
 from fastfc.data.images import decode_rgb, label_lines, load_rgb
 from fastfc.data.shards import ShardReader, decode_image, iter_samples
-from fastfc.demo.photos import make_imagenet_tree, source_photos
+from fastfc.fixtures.photos import make_imagenet_tree, source_photos
 
 from .test_shift_sets import make_objectnet
 

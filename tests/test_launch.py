@@ -78,3 +78,42 @@ def test_multi_node_dry_run_rendezvous_on_cpu(tmp_path):
                   MASTER=f"127.0.0.1:{port}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout[done.stdout.index("{"):])["plan"]["world_size"] == 1
+
+
+ENV = {"NNODES": "2", "NODE_RANK": "0", "MASTER": "node0:29500", "SLURM_NNODES": "2", "SLURM_JOB_ID": "7"}
+
+
+@pytest.mark.parametrize("script", ["single_node.sh", "multi_node.sh", "slurm.sbatch"])
+def test_a_missing_config_is_refused_in_one_line(script, tmp_path):
+    done = launch(script, "launch/configs/distill_rn99.toml", path=tool_path(tmp_path), DRY="1", **ENV)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"{script}: config launch/configs/distill_rn99.toml not found; pass one of launch/configs/*.toml (or your own TOML file)\n"
+
+
+def test_an_unknown_architecture_is_refused_in_one_line_naming_the_known_ones(tmp_path):
+    done = launch("probe_and_eval.sh", "RN99", path=tool_path(tmp_path), DRY="1")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == ("probe_and_eval.sh: unknown architecture 'RN99'; known: RN101 RN50 RN50x16 RN50x4 "
+                           "ViT-B-16 (one launch/configs/distill_<arch>.toml each)\n")
+
+
+@pytest.mark.parametrize("arch, key, betons", [("RN50", "rn50", "data/betons"), ("RN50x4", "rn50x4", "data/betons_320"),
+                                               ("RN50x16", "rn50x16", "data/betons_427"),
+                                               ("ViT-B-16", "vit_b16", "data/betons")])
+def test_probe_and_eval_takes_its_run_names_and_betons_from_the_architectures_launch_config(arch, key, betons, tmp_path):
+    runs = commands(launch("probe_and_eval.sh", arch, path=tool_path(tmp_path), DRY="1", NGPU="2"))
+    assert f"--weights runs/distill_{key}/weights.pt --kind distilled --train {betons}/train.beton" in runs[1]
+    assert runs[4].endswith(f"--compare runs/clip_{key} runs/student_{key} --plot runs/id_vs_ood_{key}.png")
+    assert all("--nproc-per-node 2 " in line for line in runs[:4])
+
+
+def test_slurm_finds_the_launchers_common_block_from_the_copy_sbatch_runs(tmp_path):
+    """sbatch runs a copy of the script from its spool folder: common.sh comes from the submit folder."""
+    copy = tmp_path / "spool" / "slurm_script"
+    copy.parent.mkdir()
+    copy.write_text((REPO / "launch/slurm.sbatch").read_text())
+    done = subprocess.run(["bash", str(copy), CONFIG], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={"PATH": tool_path(tmp_path), "PY": sys.executable, "DRY": "1", "SLURM_SUBMIT_DIR": str(REPO),
+                               **ENV})
+    (slurm,) = commands(done)
+    assert "--nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint node0:29500 --rdzv-id 7" in slurm

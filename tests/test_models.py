@@ -15,7 +15,7 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fastfc.data.shards import eval_transform
-from fastfc.model_names import ALIASES, ENCODER_NAMES
+from fastfc.encoders import ALIASES
 from fastfc.models import (CLIP_MEAN, CLIP_STD, ENCODERS, IMAGENET_MEAN, IMAGENET_STD, CheckpointError,
                            build_encoder, build_student, build_teacher, canonical_name, load_weights,
                            mobilenet_v2_weights_path, open_clip_model_name, strip_prefixes)
@@ -40,8 +40,19 @@ def test_aliases_and_unknown_names():
         ["RN50", "RN101", "RN50x4", "RN50x16", "ViT-B-16", "ViT-B-16", "resnet50", "tiny"]
     with pytest.raises(ValueError, match="RN50.*mobilenet_v2.*tiny"):
         canonical_name("RN18")
-    # the torch-free names the CLI checks configs with are the registry's keys, every alias resolves
-    assert ENCODER_NAMES == tuple(ENCODERS) and all(target in ENCODERS for target in ALIASES.values())
+    assert ALIASES["CLIP_ViT-B-16"] == "ViT-B-16" and len(ALIASES) == 8
+
+
+def test_the_registry_is_torch_free_and_every_builder_path_resolves():
+    """Configs and the CLI read the registry before torch is imported; each entry's builder is importable."""
+    import subprocess
+    import sys
+
+    code = "import sys, fastfc.encoders as e; print(len(e.ENCODERS), 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [str(len(ENCODERS)), "False"]
+    assert all(callable(spec.builder_function()) for spec in ENCODERS.values())
+    assert [n for n, s in ENCODERS.items() if s.paper_init] == list(CLIP_FACTS)
 
 
 def test_registry_facts_match_paper_and_open_clip():

@@ -19,7 +19,7 @@ from data_prep.shifts import list_set, write_set
 from fastfc import evaluate as evallib
 from fastfc.features import extract
 from fastfc.models import build_student, build_teacher
-from fastfc.demo.photos import make_imagenet_tree
+from fastfc.fixtures.photos import make_imagenet_tree
 from fastfc.probe import ProbeRecipe, init_head, load_probe, save_probe, sweep, top1, train_classes, train_heads
 from fastfc.train import lr_at
 

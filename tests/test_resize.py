@@ -20,7 +20,7 @@ from data_prep.imagenet import convert, list_classes, list_split
 from fastfc.data.ffcv import decode_ops, label_pipeline
 from fastfc.data.images import load_rgb
 from fastfc.data.resize import AVAILABLE, LinearRandomResizedCropRGBImageDecoder, resize_crop
-from fastfc.demo.photos import make_imagenet_tree, source_photos
+from fastfc.fixtures.photos import make_imagenet_tree, source_photos
 
 SHORT = 80
 

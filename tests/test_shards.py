@@ -19,7 +19,7 @@ from PIL import Image
 
 from fastfc.data.shards import (ShardFormatError, check_count, crop_border, decode_image,
                                 eval_transform, iter_samples, make_shard_loader, read_meta)
-from fastfc.demo.photos import source_photos
+from fastfc.fixtures.photos import source_photos
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 PIL_FORMAT = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP"}

@@ -15,9 +15,9 @@ from PIL import Image
 
 from data_prep.beton import ConversionError
 from data_prep.shifts import list_set, main, read_imagenet_classes, write_set
-from fastfc import shifts
+from fastfc.data import shifts
 from fastfc.data.shards import ShardReader, decode_image, eval_transform, iter_samples, make_shard_loader
-from fastfc.demo.photos import source_photos
+from fastfc.fixtures.photos import source_photos
 
 IMAGENET = read_imagenet_classes()  # the 1000 sorted WNIDs timm ships
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastfc.toy import PRESETS, SERIES, ToyConfig, main, make_data, run, sweep
+from fastfc.cli import toy as main
+from fastfc.toy import PRESETS, SERIES, ToyConfig, make_data, run, sweep
 
 
 def test_background_is_label_free_and_only_it_shifts_ood():

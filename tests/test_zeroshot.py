@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 from fastfc.cli import main
-from fastfc.demo.photos import IMAGENETTE_WNIDS
+from fastfc.fixtures.photos import IMAGENETTE_WNIDS
 from fastfc.probe import ProbeRecipe, top1, train_heads
 from fastfc.train import lr_at
 from fastfc.zeroshot import build_clip, classnames_for, zero_shot_head

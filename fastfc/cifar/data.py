@@ -10,7 +10,7 @@ Recipe (``docs/recipe.md``, "CIFAR-10 experiment"):
 
 Sources: real CIFAR-10 through ``torchvision.datasets.CIFAR10`` (downloaded once when online), or,
 offline, :class:`PhotoCIFAR10`: 32×32 views of the photographs that ship inside packages
-(:mod:`fastfc.demo.photos`, the demo's source), 10 classes, with CIFAR10's own item access.
+(:mod:`fastfc.fixtures.photos`, the demo's source), 10 classes, with CIFAR10's own item access.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, VisionDataset
 
 from fastfc.cifar.config import SOURCES, VARIANTS
-from fastfc.demo.photos import class_sources, random_view, source_photos
+from fastfc.fixtures.photos import class_sources, random_view, source_photos
 
 BACKGROUND = (150, 50, 50)  # the paper's brick red, RGB 0-255
 PAD = 8
@@ -49,14 +49,14 @@ def test_transform() -> T.Compose:
 class PhotoCIFAR10(VisionDataset):
     """An offline stand-in for CIFAR-10: 32×32 views of the photographs shipped in packages.
 
-    Class ``c`` draws on its own photographs (:func:`fastfc.demo.photos.class_sources`); each image is a
+    Class ``c`` draws on its own photographs (:func:`fastfc.fixtures.photos.class_sources`); each image is a
     random crop (area 0.3–1.0, aspect 3/4–4/3) resized to 32×32 and randomly flipped. The train and
     test splits are different views (seeds ``seed`` and ``seed + 1``). The interface is
     ``torchvision.datasets.CIFAR10``'s: ``data`` ``[N, 32, 32, 3]`` uint8 RGB, ``targets`` (list of
     int), ``classes`` (10 names, each the photographs it comes from), items ``(PIL image, int)``.
 
     Raises:
-        RuntimeError: too few photographs installed (see :func:`fastfc.demo.photos.source_photos`).
+        RuntimeError: too few photographs installed (see :func:`fastfc.fixtures.photos.source_photos`).
     """
 
     def __init__(self, train: bool = True, transform=None, target_transform=None, *, per_class: int = 50,

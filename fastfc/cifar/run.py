@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -242,14 +241,9 @@ def _visualize(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``fastfc cifar ...`` with ``argv`` (without the ``cifar`` word). Bad input: one error
-    line on stderr and exit status 1 (2 for a bad command line); FASTFC_TRACEBACK=1 shows the traceback."""
+    """``fastfc cifar ...`` with ``argv`` (without the ``cifar`` word); run through
+    :func:`fastfc.cli.main`, whose error path turns bad input (ValueError, OSError) into one line and
+    exit status 1 (2 for a bad command line, from argparse)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return _train(args, parser) if args.action == "train" else _visualize(args)
-    except (ValueError, OSError) as e:
-        if os.environ.get("FASTFC_TRACEBACK"):
-            raise
-        print(f"fastfc cifar {args.action}: error: {e}\n(FASTFC_TRACEBACK=1 shows the traceback)", file=sys.stderr)
-        return 1
+    return _train(args, parser) if args.action == "train" else _visualize(args)

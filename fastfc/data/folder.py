@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from fastfc import shifts
+from fastfc.data import shifts
 from fastfc.data.images import ListingError
 from fastfc.data.shards import RawSample, decode_image
 
@@ -55,7 +55,7 @@ def is_image_folder(path: Path) -> bool:
 
 
 def read_folder(root: str | Path) -> FolderSet:
-    """List ``root/<wnid>/*`` with the ``imagenet-val`` registry entry's label rule (:mod:`fastfc.shifts`).
+    """List ``root/<wnid>/*`` with the ``imagenet-val`` registry entry's label rule (:mod:`fastfc.data.shifts`).
 
     Raises:
         ValueError: ``root`` holds no class folders (e.g. the flat official release), a folder

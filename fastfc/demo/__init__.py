@@ -6,7 +6,8 @@ in ``fastfc`` does (``tests/test_layers.py``). ``python -m fastfc demo`` / ``fas
 
 * :mod:`fastfc.demo.pipeline`: data, conversion, distillation, probes, evaluation, the report;
 * :mod:`fastfc.demo.standins`: the shift-like stand-in sets, one maker per registered set shown;
-* :mod:`fastfc.demo.photos`: the bundled real photographs and ImageNet-style trees (also a test fixture).
+
+on the real photographs of :mod:`fastfc.fixtures.photos`.
 """
 
 from fastfc.demo.pipeline import REAL_RUNS, WHAT, DemoRecipe, distill, prepare_data, report, run

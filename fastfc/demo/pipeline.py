@@ -2,7 +2,7 @@
 
 A small-scale demonstration on stand-in sets, not the paper's experiment (that is ``launch/``):
 
-1. data: an ImageNet-style tree (:func:`fastfc.demo.photos.make_imagenet_tree`) and five shift-like
+1. data: an ImageNet-style tree (:func:`fastfc.fixtures.photos.make_imagenet_tree`) and five shift-like
    stand-in sets in the real datasets' on-disk layouts (:func:`fastfc.demo.standins.make_shift_sets`:
    the registered sets with a stand-in maker), so the real converters run on them unchanged;
 2. conversion: ``data_prep.imagenet`` → betons (train), ``data_prep.shifts`` → shards (val, read
@@ -27,9 +27,9 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fastfc import shifts
-from fastfc.demo.photos import make_imagenet_tree
+from fastfc.data import shifts
 from fastfc.demo.standins import SHIFT_DIRS, STAND_INS, make_shift_sets
+from fastfc.fixtures.photos import make_imagenet_tree
 
 # ----------------------------------------------------------------------------- the pipeline
 
@@ -139,7 +139,8 @@ def _probe_and_eval(out: Path, name: str, kind: str, encoder, betons: Path, shar
     from fastfc import evaluate as evallib
     from fastfc.data.betons import read_beton_meta
     from fastfc.features import extract
-    from fastfc.probe import WEIGHT_DECAY, ProbeRecipe, save_probe, top1, train_heads
+    from fastfc.probe import WEIGHT_DECAY, ProbeRecipe, top1, train_heads
+    from fastfc.probe_files import save_probe
 
     classes = read_beton_meta(betons)["classes"]
     recipe = ProbeRecipe(epochs=10, batch_size=32, warmup_steps=20, weight_decay=WEIGHT_DECAY[kind], seed=seed)

@@ -1,6 +1,6 @@
 """The demo's shift-like stand-in sets: made from the bundled photographs, in the real releases' layouts.
 
-The sets shown are the :data:`fastfc.shifts.REGISTRY` entries that have a :class:`StandIn` in
+The sets shown are the :data:`fastfc.data.shifts.REGISTRY` entries that have a :class:`StandIn` in
 :data:`MAKERS` (in registry order); each is written under its registry entry's ``release`` folder
 and ``images_dir``, so the real converter (``data_prep.shifts``) reads it unchanged. Showing a new
 registered set in the demo takes one :class:`StandIn` here, keyed by its registry name.
@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from fastfc import shifts
-from fastfc.demo.photos import IMAGENETTE_WNIDS, class_sources, random_view
+from fastfc.data import shifts
+from fastfc.fixtures.photos import IMAGENETTE_WNIDS, class_sources, random_view
 
 
 @dataclass(frozen=True)
