@@ -36,8 +36,10 @@ import torch
 from fastfc.atomic import atomic_path, read_json, write_json
 from fastfc.data import shards, shifts
 from fastfc.data.betons import check_beton
+from fastfc.data.folder import source_decoding, source_meta
 from fastfc.features import encoder_fingerprint, extract, source_fingerprint
 from fastfc.models import Encoder
+from fastfc.probe_files import head_inputs, load_probe
 from fastfc.runtime import Runtime
 from fastfc.stage_config import EvalConfig
 
@@ -103,29 +105,6 @@ def fit(student: np.ndarray, teacher: np.ndarray, chunk: int = _CHUNK) -> dict:
 
 # ----------------------------------------------------------------------------- scoring
 
-def source_meta(source: Path) -> dict | None:
-    """The set meta of a shard folder (its ``meta.json``) or an image folder; ``None`` for a beton."""
-    from fastfc.data import folder
-
-    if folder.is_image_folder(source):
-        return folder.read_folder(source).meta
-    if source.is_dir():
-        return shards.read_meta(source)
-    return None
-
-
-def source_decoding(source: Path) -> dict:
-    """How ``source``'s images were decoded, for ``results.json``: ``{"exif_upright", "border_crop"}``.
-    A shard set or image folder: :func:`fastfc.data.shards.set_decoding` of its meta (a folder is
-    read as stored, uncropped); a beton: its writer's ``exif_upright`` (``True`` for a beton written
-    before the option existed, which was stored upright), never cropped."""
-    meta = source_meta(source)
-    if meta is not None:
-        return shards.set_decoding(meta)
-    writer = check_beton(source).get("writer", {})
-    return {"exif_upright": bool(writer.get("exif_upright", True)), "border_crop": 0}
-
-
 def set_space(source: Path) -> dict:
     """The label space of ``source``: ``{"set", "classes", "imagenet_indices", "projection"}``, from a
     shard set's or image folder's meta, or for a beton the classes of the ``meta.json`` beside it
@@ -171,8 +150,7 @@ def count_correct(features: np.ndarray, labels: np.ndarray, weight: torch.Tensor
                   normalize: bool = False) -> int:
     """:func:`score` of ``features [N, D] @ weight [C, D].T + bias [C]`` in chunks of rows (float32 on
     ``device``), so ImageNet train fits in memory. ``normalize``: each feature row L2-normalised first
-    (a head trained that way, :func:`fastfc.probe.head_inputs`)."""
-    from fastfc.probe import head_inputs
+    (a head trained that way, :func:`fastfc.probe_files.head_inputs`)."""
 
     weight, bias, correct = weight.to(device), bias.to(device), 0
     for i in range(0, len(labels), chunk):
@@ -243,7 +221,6 @@ def run(cfg: EvalConfig, sets: dict[str, Path], rt: Runtime | None = None) -> di
         FileNotFoundError / ValueError: an unreadable probe file (:func:`fastfc.probe_files.load_probe`), an
             unknown encoder or unreadable weights, a teacher of another width.
     """
-    from fastfc.probe_files import load_probe
     from fastfc.runtime import setup_runtime
 
     weight, bias, info = load_probe(cfg.eval.probe)

@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 from fastfc.cpus import one_thread
 from fastfc.data.betons import check_beton
+from fastfc.data.folder import source_decoding, source_meta
 from fastfc.features import extract
 from fastfc.models import Encoder
-from fastfc.probe_files import load_probe, save_probe  # noqa: F401  (load_probe re-exported)
+from fastfc.probe_files import head_inputs, load_probe, save_probe  # noqa: F401  (load_probe re-exported)
 from fastfc.runtime import Runtime
 from fastfc.stage_config import ProbeConfig
 from fastfc.train import lr_at
@@ -46,13 +47,6 @@ class ProbeRecipe:
     seed: int = 0
     grad_clip: float = 1.0
     normalize: bool = False  # L2-normalised features into the head, in training and evaluation
-
-
-def head_inputs(x: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """The head's input: ``x [N, D]`` as it is, or with ``normalize`` each row divided by its L2 norm
-    (``x / x.norm(dim=-1, keepdim=True)``, the original's ``ClassificationHead(normalize=True)``,
-    ``models/mlp.py``, which it builds around a zero-shot head in ``models/utils.py``)."""
-    return x / x.norm(dim=-1, keepdim=True) if normalize else x
 
 
 # ----------------------------------------------------------------------------- heads
@@ -240,8 +234,6 @@ def train_classes(train: Path) -> tuple[list[str], np.ndarray | None]:
     Raises:
         ValueError: shards of another set than ``imagenet-val`` (the 1000-way WNID layout).
     """
-    from fastfc.evaluate import source_meta
-
     meta = source_meta(train)
     if meta is None:
         return check_beton(train)["classes"], None
@@ -256,9 +248,8 @@ def train_classes(train: Path) -> tuple[list[str], np.ndarray | None]:
 
 def train_source_info(train: Path) -> dict:
     """The probe's record of its train source: path, kind (``beton`` / ``folder`` / ``shards``), how
-    its images became inputs and their decoding (:func:`fastfc.evaluate.source_decoding`)."""
+    its images became inputs and their decoding (:func:`fastfc.data.folder.source_decoding`)."""
     from fastfc.data.folder import is_image_folder
-    from fastfc.evaluate import source_decoding
 
     kind = "beton" if train.is_file() else "folder" if is_image_folder(train) else "shards"
     how = ("ffcv centre crop of the images stored in the beton (fast path, not the released code's)"

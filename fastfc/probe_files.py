@@ -1,6 +1,7 @@
 """Probe files: a linear head ``{"weight": [C, D], "bias": [C]}`` (the original probe files' keys)
-and its record ``<path>.json`` (classes, encoder, recipe). Written by :mod:`fastfc.probe` and the
-demo, read by :mod:`fastfc.evaluate`, which needs nothing else of the probe module.
+and its record ``<path>.json`` (classes, encoder, recipe), and how a head takes its inputs
+(:func:`head_inputs`). Written by :mod:`fastfc.probe` and the demo, read by :mod:`fastfc.evaluate`,
+which needs nothing else of the probe module.
 """
 
 from __future__ import annotations
@@ -53,3 +54,10 @@ def load_probe(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     info = read_json(info_path, f"the probe's record; rewrite it with `fastfc probe --out {path}`") \
         if info_path.is_file() else {}
     return found["weight"].float(), found["bias"].float(), info
+
+
+def head_inputs(x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """The head's input: ``x [N, D]`` as it is, or with ``normalize`` each row divided by its L2 norm
+    (``x / x.norm(dim=-1, keepdim=True)``, the original's ``ClassificationHead(normalize=True)``,
+    ``models/mlp.py``, which it builds around a zero-shot head in ``models/utils.py``)."""
+    return x / x.norm(dim=-1, keepdim=True) if normalize else x

@@ -101,7 +101,7 @@ def test_an_unknown_architecture_is_refused_in_one_line_naming_the_known_ones(tm
                                                ("RN50x16", "rn50x16", "data/betons_427"),
                                                ("ViT-B-16", "vit_b16", "data/betons")])
 def test_probe_and_eval_takes_its_run_names_and_betons_from_the_architectures_launch_config(arch, key, betons, tmp_path):
-    runs = commands(launch("probe_and_eval.sh", arch, path=tool_path(tmp_path), DRY="1", NGPU="2"))
+    runs = commands(launch("probe_and_eval.sh", arch, path=tool_path(tmp_path), DRY="1", NGPU="2", FAST="1"))
     assert f"--weights runs/distill_{key}/weights.pt --kind distilled --train {betons}/train.beton" in runs[1]
     assert runs[4].endswith(f"--compare runs/clip_{key} runs/student_{key} --plot runs/id_vs_ood_{key}.png")
     assert all("--nproc-per-node 2 " in line for line in runs[:4])

@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from fastfc.data import shifts
 from fastfc.data.images import ListingError
+from fastfc.data import shards
+from fastfc.data.betons import check_beton
 from fastfc.data.shards import RawSample, decode_image
 
 SET_NAME = "imagenet-val"
@@ -76,6 +78,27 @@ def read_folder(root: str | Path) -> FolderSet:
     for label in listing.labels:
         meta["per_class"][label] += 1
     return FolderSet(root, listing.files, listing.labels, meta)
+
+
+def source_meta(source: Path) -> dict | None:
+    """The set meta of a shard folder (its ``meta.json``) or an image folder; ``None`` for a beton."""
+    if is_image_folder(source):
+        return read_folder(source).meta
+    if source.is_dir():
+        return shards.read_meta(source)
+    return None
+
+
+def source_decoding(source: Path) -> dict:
+    """How ``source``'s images were decoded, for ``results.json``: ``{"exif_upright", "border_crop"}``.
+    A shard set or image folder: :func:`fastfc.data.shards.set_decoding` of its meta (a folder is
+    read as stored, uncropped); a beton: its writer's ``exif_upright`` (``True`` for a beton written
+    before the option existed, which was stored upright), never cropped."""
+    meta = source_meta(source)
+    if meta is not None:
+        return shards.set_decoding(meta)
+    writer = check_beton(source).get("writer", {})
+    return {"exif_upright": bool(writer.get("exif_upright", True)), "border_crop": 0}
 
 
 def fingerprint(folder: FolderSet) -> str:
