@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -405,3 +406,12 @@ def test_subfolders_and_broken_links_are_named_not_silently_dropped(small_tree, 
     assert meta["splits"]["train"]["skipped"] == [
         {"file": prefix + "dangling.JPEG", "reason": "broken symbolic link"},
         {"file": prefix + "extra/", "reason": "a folder inside a class folder (not descended into)"}]
+
+
+def test_conversion_finishes_with_progress_bars_disabled(small_tree, tmp_path):
+    """TQDM_DISABLE=1 (benchmarks/gpu.sh sets it) left a disabled bar's count at 0: the writer waited forever."""
+    done = subprocess.run([sys.executable, "-m", "data_prep.imagenet", "--src", str(small_tree.root), "--out",
+                           str(tmp_path / "out"), "--splits", "train", "--workers", "1"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["splits"]["train"]["count"] == 9
