@@ -43,11 +43,11 @@ exec > >(tee -a "$LOG") 2>&1
 
 if [ $CPU = 1 ]; then   # tiny: 2 cores, CI
   DEV=cpu ARCH=tiny RES=32 CLASSES=4 TRAIN=16 VAL=4 MIN_SIDE=40 MAX_SIDE=96 SHORT=40 BATCH=8 WORKERS=1
-  STEPS=400 STOP=24 RESUME_TO=48 LOG_EVERY=4 LIMIT=120 REPEATS=1
+  STEPS=400 STOP=24 RESUME_TO=48 LOG_EVERY=4 LIMIT=120 REPEATS=1 SHIFT_SETS=(imagenet-val)
   EXTRA=(train.precision=fp32 train.compile=false)
 else                    # the device: 16 cores, one H200
   DEV=cuda ARCH=RN50 RES=224 CLASSES=10 TRAIN=300 VAL=20 MIN_SIDE=160 MAX_SIDE=500 SHORT=256 BATCH=256
-  WORKERS=$(nproc) STEPS=200 STOP=80 RESUME_TO= LOG_EVERY=10 LIMIT=240 REPEATS=3
+  WORKERS=$(nproc) STEPS=200 STOP=80 RESUME_TO= LOG_EVERY=10 LIMIT=240 REPEATS=3 SHIFT_SETS=(imagenet-val imagenet-r)
   EXTRA=()
 fi
 DATA=$WORK/data BETON=$WORK/betons/train.beton SHARDS=$WORK/shards RUN=$WORK/distill
@@ -58,6 +58,10 @@ DISTILL=("$PY" -m torch.distributed.run --standalone --nproc-per-node 1 -m fastf
          --config launch/configs/distill_rn50.toml $(printf -- '--set %s ' "${SETS[@]}"))
 
 why() { echo "$*" > "$WORK/why"; return 1; }  # a step's own reason for failing
+last_line() {  # BENCHMARK PYTHON-EXPRESSION: the expression over the newest history line "l" of BENCHMARK
+  "$PY" -c 'import json,sys; l=[l for l in map(json.loads, open(sys.argv[1])) if l["benchmark"] == sys.argv[2]][-1]; print(eval(sys.argv[3]))' \
+    "$FASTFC_BENCH_HISTORY" "$1" "$2" 2>/dev/null
+}
 note() { echo "$*" > "$WORK/note"; }            # a step's figure for the table
 
 step0_bundle() {
@@ -87,17 +91,22 @@ step1_step() {
         failed="$failed $arch"
     done
     [ -z "$failed" ] || why "benchmarks.step failed for$failed"
+    note "$(last_line step 'f"{l["figures"]["arch"]}: {list(l["figures"]["rows"].values())[-1]["img_per_s"]:.0f} img/s all toggles, {list(l["ratios"]["vs_eager_fp32"].values())[-1]:.2f}x eager fp32"')"
   fi
 }
 
 step2_distill() {
+  local set src
   "$PY" -m benchmarks.gpu_run photos "$DATA" --classes $CLASSES --train $TRAIN --val $VAL \
-    --min-side $MIN_SIDE --max-side $MAX_SIDE || why "the photo trees were not made"
+    --min-side $MIN_SIDE --max-side $MAX_SIDE ${SHIFT_SETS[1]:+--stand-ins} || why "the photo trees were not made"
   "$PY" -m data_prep.imagenet --src "$DATA/imagenet" --out "$(dirname "$BETON")" --short-side $SHORT \
     --workers $WORKERS || why "data_prep.imagenet failed"
-  "$PY" -m data_prep.shifts --set imagenet-val --src "$DATA/imagenet/val" --out "$SHARDS" --workers $WORKERS &&
-    "$PY" -m data_prep.shifts --set imagenet-r --src "$DATA/shifts/imagenet-r" --out "$SHARDS" --workers $WORKERS ||
-    why "data_prep.shifts failed"
+  for set in "${SHIFT_SETS[@]}"; do
+    src=$DATA/shifts/$set
+    [ $set = imagenet-val ] && src=$DATA/imagenet/val
+    "$PY" -m data_prep.shifts --set $set --src "$src" --out "$SHARDS" --workers $WORKERS ||
+      why "data_prep.shifts --set $set failed"
+  done
   # Its own process group, so that SIGTERM reaches torchrun and its worker at once, as SLURM's does.
   setsid "${DISTILL[@]}" > "$WORK/distill1.txt" 2>&1 &
   local pid=$! rc=0
@@ -128,6 +137,7 @@ step4_loader() {
   [ -f "$BETON" ] || why "no beton (step 2 failed)"
   timeout -k 10 $LIMIT "$PY" -m benchmarks.loader --beton "$BETON" --src "$DATA/imagenet/train" --device $DEV \
     --workers $WORKERS --batch-size $BATCH --resolution $RES --repeats $REPEATS || why "benchmarks.loader --beton failed"
+  note "$(last_line loader_beton 'f"{l["figures"]["ffcv_img_per_s"]:.0f} img/s ({l["figures"]["dtype"]}), decode bound {l["figures"]["decode_bound_img_per_s"]:.0f} img/s"')"
 }
 
 step5_probe_eval() {
@@ -135,7 +145,7 @@ step5_probe_eval() {
   [ -f "$weights" ] || weights=$RUN/checkpoint.pt   # the twin's resumed run stops early: its checkpoint
   [ -f "$weights" ] || why "no distilled student (steps 2-3 failed)"
   local enc=(--encoder $ARCH --weights "$weights" --cache "$WORK/cache" --workers $WORKERS)
-  timeout -k 10 $LIMIT "$PY" -m fastfc features "${enc[@]}" "$BETON" "$SHARDS/imagenet-val" "$SHARDS/imagenet-r" ||
+  timeout -k 10 $LIMIT "$PY" -m fastfc features "${enc[@]}" "$BETON" "${SHIFT_SETS[@]/#/$SHARDS/}" ||
     why "fastfc features failed"
   timeout -k 10 $LIMIT "$PY" -m fastfc probe "${enc[@]}" --kind distilled --train "$BETON" --out "$WORK/probe/probe.pt" ||
     why "fastfc probe failed"

@@ -13,16 +13,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d .gpu/wheels ] || { echo "gpu-bundle-check: no .gpu/ here; run make gpu-bundle first" >&2; exit 1; }
 VENV=${GPU_CHECK_VENV:-/tmp/fastfc-gpu-check}
-if [ -z "${PY:-}" ]; then
-  if [ ! -x "$VENV/bin/python" ]; then
-    source benchmarks/gpu_python312.sh
-    "$PY312" -m venv "$VENV"
-    # The GPU machine's versions where they matter (KINDS.md); torch's CUDA build imports on a CPU.
-    "$VENV/bin/python" -m pip install -q torch==2.11.0 torchvision==0.26.0 numba numpy opencv-python-headless \
-      tqdm pillow timm scikit-image scikit-learn matplotlib psutil packaging pyyaml regex huggingface_hub safetensors
-  fi
-  PY=$VENV/bin/python
+if [ ! -x "$VENV/bin/python" ]; then
+  source benchmarks/gpu_python312.sh
+  "$PY312" -m venv "$VENV"
+  # The GPU machine's versions where they matter (KINDS.md); torch's CUDA build imports on a CPU.
+  "$VENV/bin/python" -m pip install -q torch==2.11.0 torchvision==0.26.0 numba numpy opencv-python-headless \
+    tqdm pillow timm scikit-image scikit-learn matplotlib psutil packaging pyyaml regex huggingface_hub safetensors
 fi
+PY=$VENV/bin/python
 source benchmarks/gpu_install.sh
 gpu_install
 echo "gpu-bundle-check: installed into .gpu/site for $("$PY" -c 'import sys; print(sys.version.split()[0])')"

@@ -1,12 +1,12 @@
 """The Python steps of ``benchmarks/gpu.sh`` (the one device call and its ``--cpu`` twin).
 
-    python -m benchmarks.gpu_run photos ROOT --classes 10 --train 300 --val 20 --min-side 160 --max-side 500
+    python -m benchmarks.gpu_run photos ROOT --classes 10 --train 300 --val 20 --min-side 160 --max-side 500 --stand-ins
     python -m benchmarks.gpu_run wait RUN_DIR --step 150 --pid PID      # until metrics.jsonl reaches a step
     python -m benchmarks.gpu_run resume RUN_DIR --first-lines N         # the stop/resume check + history line
 
 ``photos``: an ImageNet-layout tree of real-photo JPEGs (:func:`fastfc.demo.photos.make_imagenet_tree`)
-and the r-like stand-in set (:func:`fastfc.demo.standins.make_shift_sets`), the inputs of the real
-converters. ``resume`` reads the run's ``metrics.jsonl`` (the first ``N`` lines are the run that was
+and, with ``--stand-ins``, the shift-set stand-ins (:func:`fastfc.demo.standins.make_shift_sets`):
+the inputs of the real converters. ``resume`` reads the run's ``metrics.jsonl`` (the first ``N`` lines are the run that was
 sent SIGTERM, the rest its ``--resume``) and checks: the first run stopped early at a checkpoint;
 the resumed run's steps continue after it; the logged lr equals the schedule
 (:func:`fastfc.train.scheduled_lr`) at every step of both; the resumed loss continues (its first
@@ -29,17 +29,18 @@ from pathlib import Path
 PERF = ("perf/img_per_s", "perf/data_wait", "perf/mfu", "perf/peak_mem_gb")
 
 
-def photos(root: Path, *, classes: int, train: int, val: int, min_side: int, max_side: int) -> None:
+def photos(root: Path, *, classes: int, train: int, val: int, min_side: int, max_side: int, stand_ins: bool) -> None:
     from fastfc.demo.photos import make_imagenet_tree
     from fastfc.demo.standins import make_shift_sets
 
     t0 = time.perf_counter()
     tree = make_imagenet_tree(root / "imagenet", n_classes=classes, train_per_class=train, val_per_class=val,
                               quirks=False, min_side=min_side, max_side=max_side)
-    make_shift_sets(root / "shifts", per_class=max(1, val // 2))
+    if stand_ins:  # all five are drawn together (~15 s on 2 busy cores: the twin leaves them out)
+        make_shift_sets(root / "shifts", per_class=max(1, val // 2))
     n = sum(sum(c.values()) for c in tree.counts.values())
     print(f"photos: {n} JPEGs ({classes} classes, {train} train + {val} val each, longer side "
-          f"{min_side}-{max_side} px) and the r-like stand-ins in {time.perf_counter() - t0:.1f} s")
+          f"{min_side}-{max_side} px){' and the shift-set stand-ins' if stand_ins else ''} in {time.perf_counter() - t0:.1f} s")
 
 
 def wait(run_dir: Path, *, step: int, pid: int, timeout: float) -> int:
@@ -135,6 +136,7 @@ def main(argv=None) -> int:
     ph.add_argument("root", type=Path)
     for name in ("classes", "train", "val", "min-side", "max-side"):
         ph.add_argument(f"--{name}", type=int, required=True)
+    ph.add_argument("--stand-ins", action="store_true", help="also the shift-set stand-ins, under ROOT/shifts")
     w = sub.add_parser("wait")
     w.add_argument("run_dir", type=Path)
     w.add_argument("--step", type=int, required=True)
@@ -147,7 +149,8 @@ def main(argv=None) -> int:
     r.add_argument("--device", required=True)
     a = p.parse_args(argv)
     if a.cmd == "photos":
-        photos(a.root, classes=a.classes, train=a.train, val=a.val, min_side=a.min_side, max_side=a.max_side)
+        photos(a.root, classes=a.classes, train=a.train, val=a.val, min_side=a.min_side, max_side=a.max_side,
+               stand_ins=a.stand_ins)
         return 0
     if a.cmd == "wait":
         return wait(a.run_dir, step=a.step, pid=a.pid, timeout=a.timeout)
