@@ -65,15 +65,16 @@ last_line() {  # BENCHMARK PYTHON-EXPRESSION: the expression over the newest his
 note() { echo "$*" > "$WORK/note"; }            # a step's figure for the table
 
 step0_bundle() {
-  if [ $CPU = 1 ]; then
+  if [ $CPU = 1 ] && [ $INSTALLED = 1 ]; then
+    note "the twin on the bundle: $("$PY" -c 'import sys, ffcv; print("Python", sys.version.split()[0], ffcv.__file__)')"
+  elif [ $CPU = 1 ]; then
     [ -d .gpu ] || { note "skipped: no .gpu/ (make gpu-bundle)"; return 0; }
     [ -x "${GPU_CHECK_VENV:-/tmp/fastfc-gpu-check}/bin/python" ] ||
       { note "skipped: no Python 3.12 environment (make gpu-bundle-check makes it)"; return 0; }
     bash benchmarks/gpu_bundle_check.sh || why "benchmarks/gpu_bundle_check.sh failed (above)"
     note "installed into Python 3.12, ldd clean, ffcv round trip"
   else
-    source benchmarks/gpu_install.sh
-    gpu_install || why "the bundle did not install (make gpu-bundle here, carry [\".gpu\"])"
+    [ $INSTALLED = 1 ] || why "the bundle did not install (make gpu-bundle here, carry [\".gpu\"]; above)"
     "$PY" -c "import ffcv, fastfc.data.ffcv, open_clip, webdataset; from fastfc.data import resize; assert resize.AVAILABLE" ||
       why "the bundle installed but does not import"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
@@ -183,7 +184,13 @@ run_step() {  # n, title, function: guarded, timed, one table row
   rm -f "$WORK/why.cmd"
 }
 
-T0=$SECONDS
+T0=$SECONDS INSTALLED=0
+# Here, not in step 0's subshell: its PYTHONPATH is for every later step. GPU_BUNDLE=1 makes the twin
+# do it too (with PY=a Python 3.12 that has torch: the whole twin on the bundle, as on the device).
+if [ $CPU = 0 ] || [ "${GPU_BUNDLE:-0}" = 1 ]; then
+  source benchmarks/gpu_install.sh
+  gpu_install && INSTALLED=1
+fi
 echo "fastfc gpu.sh $([ $CPU = 1 ] && echo --cpu) $(git rev-parse --short HEAD 2>/dev/null) $(date -u +%FT%TZ); results in $RESULTS"
 run_step 0 "bundle" step0_bundle
 run_step 1 "step: $([ $CPU = 1 ] && echo "tiny smoke" || echo "RN50 + ViT-B/16, batch 256")" step1_step
