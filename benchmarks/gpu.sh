@@ -153,7 +153,7 @@ step5_probe_eval() {
   timeout -k 10 $LIMIT "$PY" -m fastfc eval "${enc[@]}" --probe "$WORK/probe/probe.pt" --shards "$SHARDS" \
     --train "$BETON" --out "$WORK/eval" || why "fastfc eval failed"
   cat "$WORK/eval/results.md"
-  note "$("$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); print(", ".join(f"{k} {v["top1"]:.1f}%" for k, v in r["sets"].items()))' "$WORK/eval/results.json" 2>/dev/null)"
+  note "$("$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); print(", ".join(f"{k} top-1 {v["top1"]:.1%} of {v["n"]}" for k, v in r["sets"].items()))' "$WORK/eval/results.json" 2>/dev/null)"
 }
 
 step6_record() {  # the lines of steps 1 (not the twin's smoke rows), 3 and 4, each naming the machine
