@@ -43,25 +43,21 @@ exec > >(tee -a "$LOG") 2>&1
 
 if [ $CPU = 1 ]; then   # tiny: 2 cores, CI
   DEV=cpu ARCH=tiny RES=32 CLASSES=4 TRAIN=16 VAL=4 MIN_SIDE=40 MAX_SIDE=96 SHORT=40 BATCH=8 WORKERS=1
-  STEPS=400 STOP=24 RESUME_TO=48 LOG_EVERY=4 LIMIT=120 REPEATS=1 SHIFT_SETS=(imagenet-val)
+  STEPS=2000 STOP=24 RESUME_FOR=24 LOG_EVERY=4 LIMIT=120 REPEATS=1 SHIFT_SETS=(imagenet-val)
   EXTRA=(train.precision=fp32 train.compile=false)
-else                    # the device: 16 cores, one H200
-  DEV=cuda ARCH=RN50 RES=224 CLASSES=10 TRAIN=300 VAL=20 MIN_SIDE=160 MAX_SIDE=500 SHORT=256 BATCH=256
-  WORKERS=$(nproc) STEPS=200 STOP=80 RESUME_TO= LOG_EVERY=10 LIMIT=240 REPEATS=3 SHIFT_SETS=(imagenet-val imagenet-r)
+else                    # the device: 16 cores, one H200; 19 steps per epoch (a checkpoint at each end)
+  DEV=cuda ARCH=RN50 RES=224 CLASSES=10 TRAIN=500 VAL=20 MIN_SIDE=160 MAX_SIDE=500 SHORT=256 BATCH=256
+  WORKERS=$(nproc) STEPS=200 STOP=80 RESUME_FOR= LOG_EVERY=10 LIMIT=240 REPEATS=3 SHIFT_SETS=(imagenet-val imagenet-r)
   EXTRA=()
 fi
 DATA=$WORK/data BETON=$WORK/betons/train.beton SHARDS=$WORK/shards RUN=$WORK/distill
 SETS=(model.arch=$ARCH model.teacher_pretrained= data.train_beton=$BETON data.num_workers=$WORKERS
       train.out_dir=$RUN train.max_steps=$STEPS train.warmup_steps=$((STEPS / 4)) train.log_every=$LOG_EVERY
       train.global_batch_size=$BATCH train.checkpoint_every=100000 train.keep_weights_every_epochs=100000 "${EXTRA[@]}")
-DISTILL=("$PY" -m torch.distributed.run --standalone --nproc-per-node 1 -m fastfc distill
-         --config launch/configs/distill_rn50.toml $(printf -- '--set %s ' "${SETS[@]}"))
+DISTILL=("$PY" -m torch.distributed.run --standalone --nproc-per-node 1 -m fastfc distill --config launch/configs/distill_rn50.toml)
+for s in "${SETS[@]}"; do DISTILL+=(--set "$s"); done
 
 why() { echo "$*" > "$WORK/why"; return 1; }  # a step's own reason for failing
-last_line() {  # BENCHMARK PYTHON-EXPRESSION: the expression over the newest history line "l" of BENCHMARK
-  "$PY" -c 'import json,sys; l=[l for l in map(json.loads, open(sys.argv[1])) if l["benchmark"] == sys.argv[2]][-1]; print(eval(sys.argv[3]))' \
-    "$FASTFC_BENCH_HISTORY" "$1" "$2" 2>/dev/null
-}
 note() { echo "$*" > "$WORK/note"; }            # a step's figure for the table
 
 step0_bundle() {
@@ -92,7 +88,7 @@ step1_step() {
         failed="$failed $arch"
     done
     [ -z "$failed" ] || why "benchmarks.step failed for$failed"
-    note "$(last_line step 'f"{l["figures"]["arch"]}: {list(l["figures"]["rows"].values())[-1]["img_per_s"]:.0f} img/s all toggles, {list(l["ratios"]["vs_eager_fp32"].values())[-1]:.2f}x eager fp32"')"
+    note "$("$PY" -m benchmarks.gpu_run note step "$FASTFC_BENCH_HISTORY")"
   fi
 }
 
@@ -126,7 +122,9 @@ step2_distill() {
 
 step3_resume() {
   [ -f "$WORK/first_lines" ] || why "no stopped run to resume (step 2 failed)"
-  timeout -k 10 $LIMIT "${DISTILL[@]}" --resume ${RESUME_TO:+--set train.stop_after=$RESUME_TO} ||
+  local stopped                                   # the twin goes on RESUME_FOR steps, the device to the end
+  stopped=$("$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readlines()[-1])["step"])' "$RUN/metrics.jsonl")
+  timeout -k 10 $LIMIT "${DISTILL[@]}" --resume ${RESUME_FOR:+--set train.stop_after=$((stopped + RESUME_FOR))} ||
     why "distill --resume failed"
   "$PY" -m benchmarks.gpu_run resume "$RUN" --first-lines "$(cat "$WORK/first_lines")" --arch $ARCH \
     --device $DEV > "$WORK/resume.txt" || { cat "$WORK/resume.txt"; why "the resume check failed (above)"; }
@@ -138,7 +136,7 @@ step4_loader() {
   [ -f "$BETON" ] || why "no beton (step 2 failed)"
   timeout -k 10 $LIMIT "$PY" -m benchmarks.loader --beton "$BETON" --src "$DATA/imagenet/train" --device $DEV \
     --workers $WORKERS --batch-size $BATCH --resolution $RES --repeats $REPEATS || why "benchmarks.loader --beton failed"
-  note "$(last_line loader_beton 'f"{l["figures"]["ffcv_img_per_s"]:.0f} img/s ({l["figures"]["dtype"]}), decode bound {l["figures"]["decode_bound_img_per_s"]:.0f} img/s"')"
+  note "$("$PY" -m benchmarks.gpu_run note loader "$FASTFC_BENCH_HISTORY")"
 }
 
 step5_probe_eval() {
@@ -153,7 +151,7 @@ step5_probe_eval() {
   timeout -k 10 $LIMIT "$PY" -m fastfc eval "${enc[@]}" --probe "$WORK/probe/probe.pt" --shards "$SHARDS" \
     --train "$BETON" --out "$WORK/eval" || why "fastfc eval failed"
   cat "$WORK/eval/results.md"
-  note "$("$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); print(", ".join(f"{k} top-1 {v["top1"]:.1%} of {v["n"]}" for k, v in r["sets"].items()))' "$WORK/eval/results.json" 2>/dev/null)"
+  note "$("$PY" -m benchmarks.gpu_run note eval "$WORK/eval/results.json")"
 }
 
 step6_record() {  # the lines of steps 1 (not the twin's smoke rows), 3 and 4, each naming the machine

@@ -3,6 +3,7 @@
     python -m benchmarks.gpu_run photos ROOT --classes 10 --train 300 --val 20 --min-side 160 --max-side 500 --stand-ins
     python -m benchmarks.gpu_run wait RUN_DIR --step 150 --pid PID      # until metrics.jsonl reaches a step
     python -m benchmarks.gpu_run resume RUN_DIR --first-lines N         # the stop/resume check + history line
+    python -m benchmarks.gpu_run note step|loader HISTORY | eval RESULTS_JSON   # a step's figure for the table
 
 ``photos``: an ImageNet-layout tree of real-photo JPEGs (:func:`fastfc.demo.photos.make_imagenet_tree`)
 and, with ``--stand-ins``, the shift-set stand-ins (:func:`fastfc.demo.standins.make_shift_sets`):
@@ -129,6 +130,21 @@ def resume(run_dir: Path, first_lines: int, arch: str, device: str) -> int:
     return 1 if problems else 0
 
 
+def note(what: str, path: Path) -> str:
+    """The table's figure for step ``what`` ("step", "loader": from the history ``path``; "eval":
+    from the ``results.json`` at ``path``)."""
+    if what == "eval":
+        sets = json.loads(path.read_text())["sets"]
+        return ", ".join(f"{name} top-1 {s['top1']:.1%} of {s['n']}" for name, s in sets.items())
+    lines = [line for line in _records(path) if line["benchmark"] == {"step": "step", "loader": "loader_beton"}[what]]
+    if what == "loader":
+        f = lines[-1]["figures"]
+        return (f"{f['ffcv_img_per_s']:.0f} img/s ({f['dtype']} on {f['device']}), decode bound "
+                f"{f['decode_bound_img_per_s']:.0f} img/s")
+    return "; ".join(f"{line['figures']['arch']} {list(line['figures']['rows'].values())[-1]['img_per_s']:.0f} img/s, "
+                     f"{list(line['ratios']['vs_eager_fp32'].values())[-1]:.2f}x eager fp32" for line in lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -147,7 +163,13 @@ def main(argv=None) -> int:
     r.add_argument("--first-lines", type=int, required=True)
     r.add_argument("--arch", required=True)
     r.add_argument("--device", required=True)
+    n = sub.add_parser("note")
+    n.add_argument("what", choices=("step", "loader", "eval"))
+    n.add_argument("path", type=Path)
     a = p.parse_args(argv)
+    if a.cmd == "note":
+        print(note(a.what, a.path))
+        return 0
     if a.cmd == "photos":
         photos(a.root, classes=a.classes, train=a.train, val=a.val, min_side=a.min_side, max_side=a.max_side,
                stand_ins=a.stand_ins)

@@ -148,7 +148,7 @@ def test_gpu_script_cpu_twin_runs_every_step_of_the_device_call(tmp_path):
     run = lines["distill_run"]["figures"]
     assert run["resume_ok"] and run["stopped_at"] >= 24  # SIGTERM came at step 24 or later ...
     assert run["stopped_at"] < run["resumed_first_step"] <= run["stopped_at"] + 4  # ... and the resume went on
-    assert run["steps"] == 48 and 0 < run["loss_last"] < run["loss_first"]
+    assert run["steps"] == run["stopped_at"] + 24 and 0 < run["loss_last"] < run["loss_first"]
     assert lines["loader_beton"]["figures"]["ffcv_img_per_s"] > 0 and lines["loader_beton"]["machine"]["cores"] >= 1
     assert (out / "gpu.log").read_text().count("=== STEP") == 7
 
