@@ -22,6 +22,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY=$VENV/bin/python
 source benchmarks/gpu_install.sh
+trap 'rm -rf .gpu/site' EXIT  # what is installed here must not travel with .gpu (the size limit)
 gpu_install
 echo "gpu-bundle-check: installed into .gpu/site for $("$PY" -c 'import sys; print(sys.version.split()[0])')"
 
