@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.fastfc-installed
 # ffcv 1.0.2 builds from source against these (pkg-config names: opencv4, libturbojpeg).
 SYS_PKGS := libopencv-dev libturbojpeg0-dev pkg-config
 
-.PHONY: setup system-deps test test-fast demo bench clean help
+.PHONY: setup system-deps test test-fast demo bench gpu-bundle gpu-bundle-check clean help
 
 help:
 	@echo "make demo       run the main job on the embedded real-photo data (does set-up first)"
@@ -16,6 +16,8 @@ help:
 	@echo "make test-fast  the tests without the slow end-to-end ones"
 	@echo "make bench      the CPU throughput benchmarks"
 	@echo "make setup      system libraries + .venv + pip install -e .[test]"
+	@echo "make gpu-bundle what the GPU machine lacks, into .gpu/ (then: benchmarks/gpu.sh, see README)"
+	@echo "make gpu-bundle-check  prove .gpu/ in a fresh Python 3.12 environment under /tmp"
 
 setup: system-deps $(STAMP)
 
@@ -50,6 +52,12 @@ demo: setup
 
 bench: setup  # every benchmarks/<name>.py that declares MAKE_BENCH, then the summary
 	$(PY) -m benchmarks
+
+gpu-bundle: system-deps  # ffcv + fastfc's resize for Python 3.12, their libraries, wheels: .gpu/
+	bash benchmarks/gpu_bundle.sh
+
+gpu-bundle-check:  # a fresh Python 3.12 venv under /tmp, the bundle installed as gpu.sh does, ldd, imports
+	bash benchmarks/gpu_bundle_check.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -139,7 +139,7 @@ class Target:
     missing: str = "not run yet"
 
 
-NOT_BENCHMARKS = {"__init__", "__main__", "common", "summary", "plot"}
+NOT_BENCHMARKS = {"__init__", "__main__", "common", "summary", "plot", "gpu_run"}
 
 
 def discover() -> dict[str, ModuleType | str]:

@@ -25,6 +25,7 @@ source JPEGs' are reported too.
 
     python -m benchmarks.loader            # ~1 min on 2 cores
     python -m benchmarks.loader --smoke    # tiny, for CI
+    python -m benchmarks.loader --beton B --src DIR --device cuda --workers 16   # an existing beton (benchmarks/gpu.sh)
 """
 
 from __future__ import annotations
@@ -146,13 +147,58 @@ def run(*, per_class: int = 40, repeats: int = 5, workers: int = 2, batch_size: 
     return line
 
 
+def run_beton(beton: Path, src: Path, *, device: str, workers: int, batch_size: int = 256, resolution: int = 224,
+              repeats: int = 3, history: bool = True) -> dict:
+    """fastfc's train loader over an existing ``beton`` on ``device`` (on CUDA: ffcv's GPU pipeline,
+    ``ToDevice`` then ``NormalizeImage`` on the device, float16 batches) against the decode bound of
+    the beton's source JPEGs (``src``, ``*.JPEG`` below it), both with ``workers``, in the same run
+    (interleaved rounds, median). Appends a ``loader_beton`` history line; returns it."""
+    import torch
+
+    files = sorted(str(p) for p in Path(src).rglob("*.JPEG"))
+    cuda = torch.device(device).type == "cuda"
+    with mp.get_context("fork").Pool(workers) as pool:  # forked before CUDA is touched
+        loader = make_loader(beton, train=True, batch_size=batch_size, resolution=resolution, mean=CLIP_MEAN,
+                             std=CLIP_STD, num_workers=workers, device=device, dtype=np.float16 if cuda else np.float32)
+        images, _ = next(iter(loader))
+        assert images.device.type == torch.device(device).type and images.shape[1:] == (3, resolution, resolution)
+
+        def ffcv_pass():
+            for _ in loader:
+                pass
+            if cuda:
+                torch.cuda.synchronize()
+
+        t = interleaved_times({"decode": lambda: pool.map(_decode, files, chunksize=16), "ffcv": ffcv_pass}, repeats)
+        pool.close()
+        pool.join()
+    rate = {"ffcv": len(loader) * batch_size / t["ffcv"], "decode": len(files) / t["decode"]}
+    figures = {"beton": str(beton), "images": len(files), "device": device, "dtype": str(images.dtype),
+               "workers": workers, "batch_size": batch_size, "resolution": resolution, "repeats": repeats,
+               "ffcv_img_per_s": rate["ffcv"], "decode_bound_img_per_s": rate["decode"]}
+    line = record("loader_beton", figures, {"ffcv_vs_decode_bound": rate["ffcv"] / rate["decode"]}, save=history)
+    print_table(f"loader: {beton}, {device}, {workers} workers, batch {batch_size}, median of {repeats} rounds", [
+        ("fastfc train loader", f"{rate['ffcv']:.0f} img/s, {images.dtype} batches on {images.device}, "
+                                f"{rate['ffcv'] / rate['decode']:.2f}x the decode bound"),
+        ("PIL decode of the sources (bound)", f"{rate['decode']:.0f} img/s")])
+    return line
+
+
 def main(argv=None) -> None:
     p = parser(__doc__, per_class=40, repeats=5)
     p.add_argument("--short-side", type=int, default=256, help="fastfc beton's stored shorter side (px)")
+    p.add_argument("--beton", type=Path, help="time this beton instead (with --src, its source JPEGs): the GPU run")
+    p.add_argument("--src", type=Path, help="the JPEGs --beton was converted from (the decode bound)")
+    p.add_argument("--device", default="cpu", help="with --beton: where batches go (cuda: ffcv's GPU pipeline)")
+    p.add_argument("--batch-size", type=int, default=256, help="with --beton (default: %(default)s)")
+    p.add_argument("--resolution", type=int, default=224, help="with --beton (default: %(default)s)")
     args = p.parse_args(argv)
     from fastfc.data.ffcv import quiet_numba_finalizer_noise
     quiet_numba_finalizer_noise()
-    if args.smoke:
+    if args.beton:
+        run_beton(args.beton, args.src, device=args.device, workers=args.workers, batch_size=args.batch_size,
+                  resolution=args.resolution, repeats=args.repeats)
+    elif args.smoke:
         run(per_class=4, repeats=1, workers=1, batch_size=8, resolution=64, short_side=80, history=False)
     else:
         run(per_class=args.per_class, repeats=args.repeats, workers=args.workers, short_side=args.short_side)

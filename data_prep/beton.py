@@ -126,10 +126,12 @@ class BetonWriter(DatasetWriter):
             for p in procs:
                 p.start()
             with tqdm(total=num_samples, desc=self.desc, unit="img", dynamic_ncols=True) as bar:
-                while bar.n < num_samples:
+                written = 0  # not bar.n: a disabled bar (TQDM_DISABLE=1) never counts, and this waited forever
+                while written < num_samples:
                     self._raise_on_failure(procs)
-                    if done.value > bar.n:
-                        bar.update(done.value - bar.n)
+                    if done.value > written:
+                        bar.update(done.value - written)
+                        written = done.value
                     time.sleep(0.05)
             for _ in procs:
                 allocations.extend(self._get_allocations(allocations_queue, procs))

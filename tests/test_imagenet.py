@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -468,3 +469,12 @@ def test_a_full_disk_mid_write_is_one_line_naming_the_beton_and_leaves_nothing(s
     assert "nothing was published and no temporary is left" in line and " free there" in line
     assert "Traceback" not in proc.stderr and "died" not in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_conversion_finishes_with_progress_bars_disabled(small_tree, tmp_path):
+    """TQDM_DISABLE=1 (benchmarks/gpu.sh sets it) left a disabled bar's count at 0: the writer waited forever."""
+    done = subprocess.run([sys.executable, "-m", "data_prep.imagenet", "--src", str(small_tree.root), "--out",
+                           str(tmp_path / "out"), "--splits", "train", "--workers", "1"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["splits"]["train"]["count"] == 9
