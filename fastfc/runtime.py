@@ -42,6 +42,9 @@ def setup_runtime() -> Runtime:
     """Initialise the process group when launched by torchrun (nccl on GPU, gloo on CPU).
 
     A plain ``python -m fastfc ...`` (no ``WORLD_SIZE``) runs as one process without a group.
+    After a ``torchrun --max-restarts`` restart (``TORCHELASTIC_RESTART_COUNT`` > 0) the group's keys
+    live under a prefix of that count: torchrun's store keeps the dead attempt's addresses, and a
+    restarted worker that read them failed to connect (gloo "Connection refused").
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -51,7 +54,14 @@ def setup_runtime() -> Runtime:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        if restart > 0:
+            store, _, _ = next(dist.rendezvous("env://", rank, world))
+            dist.init_process_group(backend, store=dist.PrefixStore(f"fastfc/restart{restart}", store),
+                                    rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend)
     return Runtime(rank, world, local, device)
 
 

@@ -1,4 +1,4 @@
-"""Run under ``torchrun --max-restarts 1`` by tests/test_relaunch.py: ``fastfc distill`` whose rank 1
+"""Run under ``torchrun --max-restarts N`` by tests/test_relaunch.py: ``fastfc distill`` whose rank 1
 dies (exit 1, no cleanup) right after the checkpoint of step 4 on the first launch only, like a
 crashed worker; torchrun then restarts every worker with TORCHELASTIC_RESTART_COUNT=1."""
 

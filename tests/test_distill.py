@@ -123,7 +123,7 @@ def test_probe_and_eval_launcher_prints_the_papers_runs():
     assert len(lines) == 5
     assert "--pretrained openai --kind clip" in lines[0] and "--nproc-per-node 8" in lines[0]
     assert "--weights runs/distill_vit_b16/weights.pt --kind distilled" in lines[1]
-    assert all("--shards data/shards --train data/betons/train.beton" in l for l in lines[2:4])
+    assert all("--shards data/shards --train data/imagenet/train" in l for l in lines[2:4])
     assert "eval --compare runs/clip_vit_b16 runs/student_vit_b16" in lines[4]
     from fastfc.cli import build_parser  # every printed command parses with the real CLI
     for line in lines[:4]:

@@ -113,11 +113,14 @@ def test_relaunch_before_the_first_checkpoint_starts_the_run(stopped, beton63, t
 
 @pytest.mark.slow  # torchrun x3 / x2 workers twice: ~100-160 s on a busy 2-core machine
 def test_torchrun_max_restarts_continues_after_a_rank_dies(beton63, tmp_path):
+    """Rank 1 dies once after the step-4 save; every restart resumes. --max-restarts 3, not 1: a
+    restart's own gloo set-up fails now and then on this torch (an abort in the restarted workers,
+    about 1 in 6 runs here), and each further restart must continue the run just the same."""
     out = tmp_path / "run"
     toml = write_toml(config(beton63, out), tmp_path / "cfg.toml")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "--max-restarts", "1", str(REPO / "tests" / "die_once.py"), "distill", "--config",
+                           "--max-restarts", "3", str(REPO / "tests" / "die_once.py"), "distill", "--config",
                            str(toml)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("done: 10 steps") == 1 and "torchrun restart 1" not in done.stdout
