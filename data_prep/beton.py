@@ -108,43 +108,53 @@ class BetonWriter(DatasetWriter):
 
     # Same protocol as ffcv 1.0.2's ``_write_common``; only the supervision differs.
     def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
-        self.num_samples = num_samples
-        self.prepare()
+        """ffcv's protocol, with a clean-up that covers every step: a SIGTERM landing while the work
+        queue started its feeder thread left that thread to be joined at exit, where it waited
+        forever (seen in CI), and leaked the metadata's shared memory."""
+        self.num_samples, self.metadata_sm = num_samples, None
         ctx = mp.get_context("fork")
-        workqueue, allocations_queue = ctx.Queue(), ctx.Queue()
-        for todo in queue_content:
-            workqueue.put(todo)
-        for _ in range(self.num_workers):
-            workqueue.put(None)
-        done = ctx.Value(ctypes.c_uint64, 0)
-        allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
-        args = (workqueue, self.metadata_sm, self.metadata_type, self.fields, allocator, done,
-                allocations_queue, *extra_worker_args)
-        procs = [ctx.Process(target=work_fn, args=args, daemon=True) for _ in range(self.num_workers)]
-        allocations = []
+        procs, queues = [], []
         try:
+            self.prepare()  # the header, and the metadata in shared memory
+            workqueue, allocations_queue = ctx.Queue(), ctx.Queue()
+            queues += [workqueue, allocations_queue]
+            for todo in [*queue_content, *[None] * self.num_workers]:
+                workqueue.put(todo)
+            done = ctx.Value(ctypes.c_uint64, 0)
+            allocator = MemoryAllocator(self.fname, self.data_region_start, self.page_size)
+            args = (workqueue, self.metadata_sm, self.metadata_type, self.fields, allocator, done,
+                    allocations_queue, *extra_worker_args)
+            procs += [ctx.Process(target=work_fn, args=args, daemon=True) for _ in range(self.num_workers)]
             for p in procs:
                 p.start()
-            with tqdm(total=num_samples, desc=self.desc, unit="img", dynamic_ncols=True) as bar:
-                written = 0  # not bar.n: a disabled bar (TQDM_DISABLE=1) never counts, and this waited forever
-                while written < num_samples:
-                    self._raise_on_failure(procs)
-                    if done.value > written:
-                        bar.update(done.value - written)
-                        written = done.value
-                    time.sleep(0.05)
-            for _ in procs:
-                allocations.extend(self._get_allocations(allocations_queue, procs))
-            for p in procs:
-                p.join()
-            self.finalize(allocations)
+            self._supervise(procs, done, allocations_queue)
         finally:
             for p in procs:
                 if p.is_alive():
                     p.kill()  # SIGKILL: a SIGTERM to a worker still starting up can be lost (see scan.py)
                     p.join()
-            self.metadata_sm.close()
-            self.metadata_sm.unlink()
+            for q in queues:
+                q.cancel_join_thread()  # an interrupted run's feeder may hold items no process will read
+            if hasattr(self.metadata_sm, "unlink"):  # ffcv's prepare sets a placeholder (3) first
+                self.metadata_sm.close()
+                self.metadata_sm.unlink()
+
+    def _supervise(self, procs, done, allocations_queue) -> None:
+        """Count the workers' progress on a bar until every sample is written, then finalize."""
+        with tqdm(total=self.num_samples, desc=self.desc, unit="img", dynamic_ncols=True) as bar:
+            written = 0  # not bar.n: a disabled bar (TQDM_DISABLE=1) never counts, and this waited forever
+            while written < self.num_samples:
+                self._raise_on_failure(procs)
+                if done.value > written:
+                    bar.update(done.value - written)
+                    written = done.value
+                time.sleep(0.05)
+        allocations = []
+        for _ in procs:
+            allocations.extend(self._get_allocations(allocations_queue, procs))
+        for p in procs:
+            p.join()
+        self.finalize(allocations)
 
     def _raise_on_failure(self, procs) -> None:
         try:

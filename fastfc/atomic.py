@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -205,17 +206,26 @@ def read_json(path: str | Path, fix: str, keys: tuple[str, ...] = ()) -> dict:
     return obj
 
 
-def exit_cleanly_on_sigterm() -> None:
+def exit_cleanly_on_sigterm(grace_s: float = 20.0) -> None:
     """Make SIGTERM (``kill``, preemption) unwind the main process like Ctrl-C, so ``finally``
     blocks remove temporary files. Forked children (pool and writer workers) inherit the handler
-    and exit at once instead: raising inside a child blocked on a queue lock can deadlock it."""
+    and exit at once instead: raising inside a child blocked on a queue lock can deadlock it.
+
+    A SIGTERM always ends the command: if the unwinding or the interpreter's exit hangs (the
+    exception landed inside a library's set-up, e.g. a multiprocessing queue starting the feeder
+    thread that exit then joins forever), the process ends anyway ``grace_s`` seconds after the
+    signal, with status 128 + 15; a second SIGTERM ends it at once.
+    """
     main_pid = os.getpid()
 
     def handler(signum, frame):
         global _terminating
-        if os.getpid() != main_pid:
+        if os.getpid() != main_pid or _terminating:
             os._exit(128 + signum)
         _terminating = True  # checked again before any rename, in case the exception is swallowed
+        watchdog = threading.Timer(grace_s, os._exit, (128 + signum,))
+        watchdog.daemon = True  # exit does not wait for it; it outlives a hung exit
+        watchdog.start()
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)

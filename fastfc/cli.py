@@ -25,6 +25,7 @@ import functools
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from fastfc.atomic import check_apart, read_json
 
@@ -593,13 +594,25 @@ def _message(e: Exception) -> str:
     return text
 
 
-def _end_process_group() -> None:
-    """Destroy the process group a command joined under torchrun. A process that exits with a live
-    gloo group can abort in its C++ teardown after the work is done ("terminate called without an
-    active exception", seen at the end of the demo's distillation), which fails the launch."""
+def _end_process_group() -> bool:
+    """Destroy the process group a command joined under torchrun; True if there was one."""
     dist = sys.modules.get("torch.distributed")  # imported only if the command did: --help stays light
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return False
+    dist.destroy_process_group()
+    return True
+
+
+def _exit_worker(status: int) -> NoReturn:
+    """End a torchrun worker whose command has finished, with ``status``, skipping the interpreter's
+    finalization. Once DDP has held the gloo group, ``destroy_process_group`` does not stop its
+    worker threads (DDP's references to the group are never released), and a thread still
+    releasing a collective's tensors while the interpreter finalizes aborts the process ("terminate
+    called without an active exception", pytorch/pytorch#190489; 1 in 6 two-rank runs on a busy
+    2-core machine), after the work was done and written. Every file is closed by then."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -612,15 +625,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = build_parser().parse_args(argv)
         command, work = args.command, functools.partial(args.func, args)
+    status = None  # stays None while an exception propagates: it then keeps its traceback
     try:
-        return work()
+        status = work()
     except (ValueError, OSError) as e:  # bad input: unknown encoder, missing or unwritable file, bad checkpoint
         if os.environ.get("FASTFC_TRACEBACK"):
             raise
         print(f"fastfc {command}: error: {_message(e)}\n(FASTFC_TRACEBACK=1 shows the traceback)", file=sys.stderr)
-        return 1
+        status = 1
     finally:
-        _end_process_group()
+        if _end_process_group() and status is not None:
+            _exit_worker(status)
+    return status
 
 
 if __name__ == "__main__":

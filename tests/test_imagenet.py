@@ -243,6 +243,29 @@ def test_conversion_killed_halfway_leaves_no_final_file(photo_tree, tmp_path, si
         assert not tmp.exists()
 
 
+HUNG_EXIT = """
+import threading, time
+from fastfc.atomic import exit_cleanly_on_sigterm
+exit_cleanly_on_sigterm(grace_s=1.0)
+threading.Thread(target=threading.Event().wait).start()  # not a daemon: the exit joins it forever
+try:
+    print("ready", flush=True)
+    time.sleep(120)
+finally:
+    print("cleaned up", flush=True)
+"""
+
+
+def test_sigterm_ends_a_converter_whose_exit_hangs():
+    # The kind of the CI hang: SIGTERM's SystemExit landed inside a multiprocessing queue's set-up, whose
+    # feeder thread the interpreter's exit then joined forever. Whatever hangs the exit, the command ends.
+    proc = subprocess.Popen([sys.executable, "-c", HUNG_EXIT], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM and proc.stdout.read() == "cleaned up\n"
+
+
 # ------------------------------------------------------------------ verify
 
 def test_verify_passes_on_a_good_conversion(photo_tree, converted):
