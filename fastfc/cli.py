@@ -329,10 +329,10 @@ def evaluate(args) -> int:
     if e.compare:
         _check_runs(e.compare, "--compare")
         _check_runs(e.baseline or [], "--baseline")
-        from fastfc import evaluate as evallib
+        from fastfc.report import compare  # torch-free: --compare answers without importing torch
 
-        print(evallib.compare([Path(r) for r in e.compare], [Path(r) for r in e.baseline or []],
-                              plot=Path(e.plot) if e.plot else None))
+        print(compare([Path(r) for r in e.compare], [Path(r) for r in e.baseline or []],
+                      plot=Path(e.plot) if e.plot else None))
         return 0
     if not e.probe or not cfg.encoder.name:
         raise SystemExit("fastfc eval: --encoder and --probe are required (or --compare RUN ...)")

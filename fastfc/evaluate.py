@@ -1,5 +1,5 @@
-"""Top-1 of an encoder + linear probe on ImageNet val and the shift sets, the student-teacher fit,
-and the paper's comparison.
+"""The scoring: top-1 of an encoder + linear probe on ImageNet val and the shift sets, and the
+student-teacher fit.
 
 Each set is scored in its own label space (:mod:`fastfc.data.shifts`). The probe's classes are WNIDs
 (the 1000 ImageNet classes, or a subset such as the demo's); each set class is mapped to the
@@ -14,65 +14,37 @@ similarity of the two embeddings and the relative squared error ``Σ‖s−t‖�
 distillation loss as a share of the teacher embedding's energy; 0 = a perfect fit). The teacher's
 embeddings are cached like any encoder's.
 
-Outputs: ``results.json`` (per set: top-1, correct, n, Wilson 95% interval, chance level,
-projection, source, decoding (EXIF upright, border crop), fit; the encoder, teacher, probe and
-data fingerprints) and ``results.md``.
-:func:`summarize` gathers runs (the first is the teacher) into every figure of the comparison:
-ID, each OOD set, the OOD average, the teacher−student gaps, the OOD drop relative to the ID drop
-(the finding as one number) and, given baseline runs, effective robustness in Taori et al.'s
-sense (2020): the OOD average above a logit-linear fit of OOD on ID over the baselines.
+Outputs (:mod:`fastfc.result_files`): ``results.json`` (per set: top-1, correct, n, Wilson 95%
+interval, chance level, projection, source, decoding (EXIF upright, border crop), fit; the encoder,
+teacher, probe and data fingerprints) and ``results.md``. The comparison of finished runs, the check
+of the paper's finding and the plots are the torch-free report, :mod:`fastfc.report`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fastfc.atomic import atomic_path, read_json, write_json
+from fastfc.atomic import output_lock
 from fastfc.data import shards, shifts
 from fastfc.data.betons import check_beton
 from fastfc.data.folder import source_decoding, source_meta
 from fastfc.features import encoder_fingerprint, extract, source_fingerprint
 from fastfc.models import Encoder
 from fastfc.probe_files import head_inputs, load_probe
+from fastfc.result_files import ID_SET, chance_level, wilson, write_results
 from fastfc.runtime import Runtime
 from fastfc.stage_config import EvalConfig
 
-ID_SET = "imagenet-val"
-ID_LABEL = "ID"  # the ID set's name in every table
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
-MAX_ID_GAP = 0.10  # the finding, as the demo checks it: the student within 10 points of the teacher on ID,
-MIN_DROP_RATIO = 2.0  # ... and an OOD-average gap at least twice the ID gap
 _CHUNK = 65_536  # rows per scoring / fit chunk: bounded memory on ImageNet train
 
 
-# ----------------------------------------------------------------------------- statistics
-
-def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``correct / n`` (fractions in [0, 1]; 95% by default).
-
-    Unlike the normal approximation it stays inside [0, 1] and is sensible at 0% and 100%, which
-    matter on sets of ~100 images. ``n == 0`` gives ``(nan, nan)``.
-    """
-    if n == 0:
-        return float("nan"), float("nan")
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (0.0 if correct == 0 else max(0.0, centre - half)), (1.0 if correct == n else min(1.0, centre + half))
-
-
-def chance_level(columns: list[list[int]]) -> float:
-    """Top-1 of a uniform random guess among the set classes the probe can predict (those with a
-    probe column): 1/10 for the demo's 10-class probe on any set, 1/200 for a 1000-way probe on R/A."""
-    scorable = sum(1 for c in columns if c)
-    return 1 / scorable if scorable else float("nan")
-
+# ----------------------------------------------------------------------------- fit
 
 def fit(student: np.ndarray, teacher: np.ndarray, chunk: int = _CHUNK) -> dict:
     """Representation fit of ``student`` to ``teacher`` embeddings of the same images.
@@ -214,276 +186,33 @@ def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_c
 def run(cfg: EvalConfig, sets: dict[str, Path], rt: Runtime | None = None) -> dict:
     """``fastfc eval``: :func:`evaluate` the encoder and probe of ``cfg`` (a
     :class:`fastfc.stage_config.EvalConfig`) on ``sets`` (name → source, checked by the caller) and,
-    with a ``[teacher]``, the fit to it; the main rank writes ``cfg.eval.out`` (:func:`write_results`)
-    and prints the table. Collective under torchrun. Returns the results.
+    with a ``[teacher]``, the fit to it; the main rank writes ``cfg.eval.out``
+    (:func:`fastfc.result_files.write_results`), holding its lock (:func:`fastfc.atomic.output_lock`)
+    from before the scoring, and prints the table. Collective under torchrun. Returns the results.
 
     Raises:
         FileNotFoundError / ValueError: an unreadable probe file (:func:`fastfc.probe_files.load_probe`), an
             unknown encoder or unreadable weights, a teacher of another width.
+        FileExistsError: another eval is writing ``cfg.eval.out`` (the message names the folder and the
+            holder); nothing is scored or written.
     """
     from fastfc.runtime import setup_runtime
 
     weight, bias, info = load_probe(cfg.eval.probe)
-    teacher = cfg.teacher_encoder()
+    teacher, out = cfg.teacher_encoder(), Path(cfg.eval.out)
     rt, encoder, teacher = rt or setup_runtime(), cfg.encoder.build(), teacher.build() if teacher else None
     classes = info.get("classes") or shifts.imagenet_wnids()  # the original probes are 1000-way
     normalize = bool((info.get("recipe") or {}).get("normalize", False))  # recorded by `fastfc probe`
-    results = evaluate(encoder, weight, bias, classes, sets, Path(cfg.extract.cache), rt, teacher=teacher,
-                       train=cfg.eval.train, normalize=normalize, **cfg.extract.options())
     if rt.is_main:
-        out = Path(cfg.eval.out)
-        write_results(out, results)
+        out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out) if rt.is_main else nullcontext():  # one eval writing `out` at a time
+        results = evaluate(encoder, weight, bias, classes, sets, Path(cfg.extract.cache), rt, teacher=teacher,
+                           train=cfg.eval.train, normalize=normalize, **cfg.extract.options())
+        if rt.is_main:
+            write_results(out, results)
+    if rt.is_main:
         print((out / "results.md").read_text())
         if ID_SET not in sets:
             print("note: no ID set; add imagenet-val shards to --shards (python -m data_prep.shifts --set "
                   "imagenet-val) or give --val, so that --compare can compute the gaps")
     return results
-
-
-# ----------------------------------------------------------------------------- tables
-
-def _pct(x: float | None, digits: int = 1) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 100:.{digits}f}"
-
-
-def _delta(gap: float) -> str:
-    """A teacher − run gap shown as run − teacher in points (``+0.0`` for the teacher itself)."""
-    return f"{0.0 - gap * 100 + 0.0:+.1f}"
-
-
-def _cell(entry: dict | None) -> str:
-    """``top-1 (lo–hi)`` in %, the Wilson 95% interval in brackets."""
-    if entry is None:
-        return "—"
-    lo, hi = entry.get("ci95") or wilson(entry["correct"], entry["n"])
-    return f"{_pct(entry['top1'])} ({_pct(lo)}–{_pct(hi)})"
-
-
-def set_label(name: str, labels: dict[str, str] | None = None) -> str:
-    """A set's name in tables: :data:`ID_LABEL` for ImageNet val, else ``labels[name]`` or ``name``."""
-    return ID_LABEL if name == ID_SET else (labels or {}).get(name, name)
-
-
-def write_results(out_dir: Path, results: dict, labels: dict[str, str] | None = None) -> None:
-    """``results.json`` and a ``results.md`` table in ``out_dir`` (atomic writes). ``labels``: table
-    names of the sets (e.g. the demo's stand-ins); ImageNet val is always "ID"."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "results.json", results)
-    rows = [("ID-train", results["train"])] if results.get("train") else []
-    rows += [(set_label(name, labels), r) for name, r in results["sets"].items()]
-    has_fit = any("fit" in r for _, r in rows)
-    head = "| set | top-1 % (95% CI) | n | chance % | projection |" + (" cosine | rel. sq. error |" if has_fit else "")
-    lines = [head, "|" + "---|" * head.count(" |")]
-    for label, r in rows:
-        line = f"| {label} | {_cell(r)} | {r['n']} | {_pct(r.get('chance'), 2)} | {r['projection']} |"
-        if has_fit:
-            f = r.get("fit") or {}
-            line += f" {f.get('cosine', float('nan')):.4f} | {f.get('rel_sq_error', float('nan')):.4f} |"
-        lines.append(line)
-    title = results.get("encoder", "") + (f" (fit to teacher {results['teacher']})" if results.get("teacher") else "")
-    with atomic_path(out_dir / "results.md") as tmp:
-        tmp.write_text(f"# {title}\n\n" + "\n".join(lines) + "\n")
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-4), 1 - 1e-4)
-    return math.log(p / (1 - p))
-
-
-def _id_ood(sets: dict, ood_names: list[str]) -> tuple[float, float]:
-    ood = [sets[n]["top1"] for n in ood_names]
-    return sets[ID_SET]["top1"], (sum(ood) / len(ood) if ood else float("nan"))
-
-
-def _load_run(run: Path) -> tuple[str, dict]:
-    path = Path(run) / "results.json"
-    results = read_json(path, f"run `fastfc eval ... --out {run}` first", keys=("sets",))
-    if ID_SET not in results["sets"]:
-        raise ValueError(f"{path}: no {ID_SET} (ID) result; evaluate with imagenet-val shards or --val")
-    return Path(run).name, results
-
-
-def shared_sets(loaded: list[tuple[str, dict]]) -> tuple[list[str], list[str]]:
-    """The OOD sets every run scored in the same label space (in the first run's order), and one
-    line per set left out saying why (missing from a run, or scored in another label space).
-
-    Raises:
-        ValueError: the runs' ID sets differ in label space (no gap can be computed).
-    """
-    notes, shared = [], []
-    names = list(dict.fromkeys(n for _, r in loaded for n in r["sets"]))
-    for name in names:
-        missing = [run for run, r in loaded if name not in r["sets"]]
-        spaces = {r["sets"][name].get("label_space") for _, r in loaded if name in r["sets"]} - {None}
-        if len(spaces) > 1:
-            why = (f"{name} was scored in different label spaces ("
-                   + ", ".join(f"{run}: {r['sets'][name].get('label_space')}" for run, r in loaded if name in r["sets"])
-                   + "): the same name, other classes; re-evaluate on one conversion of the set")
-            if name == ID_SET:
-                raise ValueError(f"--compare: {why}")
-            notes.append(f"note: {why}; left out of every figure")
-        elif missing:
-            notes.append(f"note: {name} is not in {', '.join(missing)}; left out of every figure "
-                         f"(gaps and OOD averages are over the sets all runs share)")
-        elif name != ID_SET:
-            shared.append(name)
-    return shared, notes
-
-
-def summarize(runs: list[Path], baselines: list[Path] = ()) -> dict:
-    """Every figure of the comparison of ``runs`` (folders holding ``results.json``; the first is the
-    teacher), machine-readable. Fractions in [0, 1]; gaps are teacher minus run (positive = a drop).
-    Every figure is over the OOD sets all runs and baselines share in the same label space
-    (:func:`shared_sets`); the others are named in ``notes``, never averaged in.
-
-    Returns:
-        ``{"id_set", "ood_sets", "notes", "teacher", "runs": [{"name", "sets", "train", "id_top1", "ood_avg",
-        "id_gap", "ood_gap", "drop_ratio", "eff_robustness"}]}``. ``drop_ratio`` = ``ood_gap / id_gap``
-        (``None`` unless ``id_gap > 0``); ``eff_robustness`` needs ≥ 2 ``baselines`` (else ``None``).
-
-    Raises:
-        FileNotFoundError / ValueError: a run without ``results.json`` or without an ID result (named),
-            or runs whose ID sets differ in label space.
-    """
-    loaded, base = [_load_run(r) for r in runs], [_load_run(b) for b in baselines]
-    ood_names, notes = shared_sets(loaded + base)
-    trend = None
-    if len(base) >= 2:
-        pts = [_id_ood(results["sets"], ood_names) for _, results in base]
-        trend = np.polyfit([_logit(i) for i, _ in pts], [_logit(o) for _, o in pts], 1)
-    teacher_id, teacher_ood = _id_ood(loaded[0][1]["sets"], ood_names)
-    out = []
-    for name, results in loaded:
-        id_acc, ood_avg = _id_ood(results["sets"], ood_names)
-        id_gap, ood_gap = teacher_id - id_acc, teacher_ood - ood_avg
-        eff = None if trend is None else ood_avg - 1 / (1 + math.exp(-np.polyval(trend, _logit(id_acc))))
-        out.append({"name": name, "sets": results["sets"], "train": results.get("train"), "id_top1": id_acc,
-                    "ood_avg": ood_avg, "id_gap": id_gap, "ood_gap": ood_gap,
-                    "drop_ratio": ood_gap / id_gap if id_gap > 0 else None, "eff_robustness": eff})
-    return {"id_set": ID_SET, "ood_sets": ood_names, "notes": notes, "teacher": loaded[0][0], "runs": out}
-
-
-def check_finding(summary: dict, run: int = 1) -> dict:
-    """The paper's pattern for ``summary["runs"][run]`` (the student) against the teacher: ID gap at
-    most :data:`MAX_ID_GAP` and OOD-average gap positive and at least :data:`MIN_DROP_RATIO` × the ID gap.
-
-    Returns:
-        ``{"run", "id_gap", "ood_gap", "drop_ratio", "criterion", "id_gap_ok", "ood_gap_ok", "holds"}``.
-    """
-    r = summary["runs"][run]
-    id_ok = r["id_gap"] <= MAX_ID_GAP
-    ood_ok = r["ood_gap"] > 0 and r["ood_gap"] >= MIN_DROP_RATIO * r["id_gap"]
-    return {"run": r["name"], "id_gap": r["id_gap"], "ood_gap": r["ood_gap"], "drop_ratio": r["drop_ratio"],
-            "criterion": f"teacher − student: ID gap ≤ {MAX_ID_GAP * 100:g} points and OOD-average gap > 0 "
-                         f"and ≥ {MIN_DROP_RATIO:g} × the ID gap",
-            "id_gap_ok": id_ok, "ood_gap_ok": ood_ok, "holds": id_ok and ood_ok}
-
-
-def comparison_table(summary: dict, labels: dict[str, str] | None = None) -> str:
-    """Markdown: per run ID and each OOD top-1 with Wilson 95% intervals, the OOD average, the gaps
-    to the teacher, the OOD drop ÷ ID drop (∞: an OOD drop without an ID drop; and effective
-    robustness with baselines); then rows of n and chance level per set."""
-    names = [ID_SET] + summary["ood_sets"]
-    with_eff = any(r["eff_robustness"] is not None for r in summary["runs"])
-    header = (["run"] + [set_label(n, labels) for n in names]
-              + ["OOD avg", "ΔID", "ΔOOD", "ΔOOD ÷ ΔID"] + (["eff. robustness"] if with_eff else []))
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in summary["runs"]:
-        ratio = f"{r['drop_ratio']:.2f}" if r["drop_ratio"] is not None else "∞" if r["id_gap"] <= 0 < r["ood_gap"] else "—"
-        cells = [r["name"]] + [_cell(r["sets"].get(n)) for n in names]
-        cells += [_pct(r["ood_avg"]), _delta(r["id_gap"]), _delta(r["ood_gap"]), ratio]
-        if with_eff:
-            cells.append("—" if r["eff_robustness"] is None else f"{r['eff_robustness'] * 100:+.1f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    first = summary["runs"][0]["sets"]
-    pad = [""] * (len(header) - len(names) - 1)
-    lines.append("| n | " + " | ".join([str(first[n]["n"]) if n in first else "—" for n in names] + pad) + " |")
-    lines.append("| chance | " + " | ".join([_pct(first[n].get("chance")) if n in first else "—" for n in names]
-                                             + pad) + " |")
-    return "\n".join(lines)
-
-
-def fit_table(summary: dict, labels: dict[str, str] | None = None, run: int = 1) -> str:
-    """Markdown: the fit of ``summary["runs"][run]`` (evaluated with a teacher) on the train split and
-    every set, beside its top-1 and the teacher's."""
-    r, teacher = summary["runs"][run], summary["runs"][0]
-    rows = [("ID-train", r.get("train"), summary["runs"][0].get("train"))]
-    rows += [(set_label(n, labels), r["sets"].get(n), teacher["sets"].get(n)) for n in [ID_SET] + summary["ood_sets"]]
-    lines = [f"| data | cosine | rel. sq. error | {r['name']} top-1 % | {teacher['name']} top-1 % |",
-             "|---|---|---|---|---|"]
-    for label, entry, t in rows:
-        f = (entry or {}).get("fit")
-        if f is not None:
-            lines.append(f"| {label} | {f['cosine']:.3f} | {f['rel_sq_error']:.3f} | {_pct(entry['top1'])} | "
-                         f"{_pct(t['top1']) if t else '—'} |")
-    return "\n".join(lines)
-
-
-def compare(runs: list[Path], baselines: list[Path] = (), plot: Path | None = None,
-            labels: dict[str, str] | None = None) -> str:
-    """:func:`comparison_table` of :func:`summarize` (the CLI's ``--compare``), then its notes (the
-    sets left out, one line each); draws OOD average
-    against ID top-1 to ``plot`` (PNG) when given."""
-    summary = summarize(runs, baselines)
-    if plot is not None:
-        plot_id_vs_ood(summary, plot)
-    return "\n".join([comparison_table(summary, labels)] + summary["notes"])
-
-
-# ----------------------------------------------------------------------------- plots
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, plt, path: Path) -> None:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
-
-def plot_id_vs_ood(summary: dict, path: Path) -> None:
-    """OOD average against ID top-1, one point per run, with the y = x line (PNG, atomic)."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    for r in summary["runs"]:
-        ax.scatter(r["id_top1"] * 100, r["ood_avg"] * 100)
-        ax.annotate(r["name"], (r["id_top1"] * 100, r["ood_avg"] * 100), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)
-    ax.plot([0, 100], [0, 100], "k--", lw=0.8, label="y = x")
-    ax.set_xlabel("ID top-1 (%)")
-    ax.set_ylabel("OOD top-1, average (%)")
-    ax.legend(loc="upper left", fontsize=8)
-    _save(fig, plt, path)
-
-
-def plot_fit(summary: dict, path: Path, labels: dict[str, str] | None = None, run: int = 1) -> None:
-    """Per set (and the train split): the run's relative squared error to the teacher (x) against its
-    top-1 and the teacher's top-1 (y), PNG, atomic. Sets without a fit are left out."""
-    r, teacher = summary["runs"][run], summary["runs"][0]
-    points = [("ID-train", r.get("train"), teacher.get("train"))]
-    points += [(set_label(n, labels), r["sets"].get(n), teacher["sets"].get(n)) for n in [ID_SET] + summary["ood_sets"]]
-    points = [(label, e, t) for label, e, t in points if e and "fit" in e]
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    span = max([e["fit"]["rel_sq_error"] for _, e, _ in points] + [1e-9])
-    placed: list[float] = []
-    for label, e, t in points:
-        x = e["fit"]["rel_sq_error"]
-        stack = sum(abs(x - p) < 0.04 * span for p in placed)  # labels of nearby points go below each other
-        placed.append(x)
-        ax.scatter(x, e["top1"] * 100, color="C1", label=r["name"] if label == points[0][0] else None)
-        if t is not None:
-            ax.scatter(x, t["top1"] * 100, color="C0", marker="s", label=teacher["name"] if label == points[0][0] else None)
-            ax.plot([x, x], [e["top1"] * 100, t["top1"] * 100], color="0.7", lw=0.8, zorder=0)
-        ax.annotate(label, (x, e["top1"] * 100), textcoords="offset points", xytext=(6, -10 - 9 * stack), fontsize=8)
-    ax.set_xlabel(f"{r['name']} fit to {teacher['name']}: relative squared error Σ‖s−t‖²/Σ‖t‖²")
-    ax.set_ylabel("top-1 (%)")
-    ax.legend(loc="lower left", fontsize=8)
-    _save(fig, plt, path)

@@ -128,6 +128,28 @@ def test_required_settings_come_from_the_flags_or_the_config(tmp_path):
     got, _, lines = run_with_importtime(FASTFC + ["features", "--config", "p.toml"], tmp_path)
     assert got == 1 and "p.toml: unknown key(s) probe;" in lines[0]  # each command accepts its own sections only
 
+def test_eval_compare_and_its_plot_answer_without_importing_torch(tmp_path):
+    """``fastfc eval --compare`` reads finished runs through the torch-free report (fastfc/report.py)."""
+    from fastfc.result_files import wilson, write_results
+
+    for name, (id_correct, r_correct) in {"teacher": (98, 80), "student": (90, 60)}.items():
+        sets = {s: {"top1": c / 100, "correct": c, "n": 100, "ci95": list(wilson(c, 100)), "chance": 0.1,
+                    "projection": "none", "source": s, "label_space": s}
+                for s, c in (("imagenet-val", id_correct), ("imagenet-r", r_correct))}
+        write_results(tmp_path / name, {"sets": sets, "train": None, "encoder": name})
+    script = ("import sys; from fastfc.cli import main; code = main(sys.argv[1:]); "
+              f"print('heavy:', sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", script, "eval", "--compare", "teacher", "student", "--plot", "p.png"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "heavy: []"  # no torch (nor ffcv, open_clip, ...) in sys.modules
+    assert lines[0] == "| run | ID | imagenet-r | OOD avg | ΔID | ΔOOD | ΔOOD ÷ ΔID |"
+    assert lines[2] == "| teacher | 98.0 (93.0–99.4) | 80.0 (71.1–86.7) | 80.0 | +0.0 | +0.0 | — |"
+    assert lines[3] == "| student | 90.0 (82.6–94.5) | 60.0 (50.2–69.1) | 60.0 | -8.0 | -20.0 | 2.50 |"
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_console_script_is_installed_next_to_the_interpreter():
     script = Path(sys.executable).parent / "fastfc"
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)

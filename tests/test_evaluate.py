@@ -17,10 +17,12 @@ from PIL import Image
 
 from data_prep.shifts import list_set, write_set
 from fastfc import evaluate as evallib
+from fastfc import report as reportlib
 from fastfc.cli import main
 from fastfc.features import extract
 from fastfc.models import build_student, build_teacher
 from fastfc.probe import init_head, save_probe
+from fastfc.result_files import chance_level, wilson
 
 from .test_shift_sets import IMAGENET
 
@@ -140,16 +142,16 @@ def test_probe_and_eval_launcher_gives_each_architecture_its_data():
 # ----------------------------------------------------------------------------- statistics
 
 def test_wilson_interval_matches_known_values():
-    lo, hi = evallib.wilson(8, 10)
+    lo, hi = wilson(8, 10)
     assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)
-    assert evallib.wilson(0, 10) == (0.0, pytest.approx(3.8415 / 13.8415, abs=1e-4))
-    assert evallib.wilson(10, 10) == (pytest.approx(10 / 13.8415, abs=1e-4), 1.0)
-    assert all(math.isnan(v) for v in evallib.wilson(0, 0))
+    assert wilson(0, 10) == (0.0, pytest.approx(3.8415 / 13.8415, abs=1e-4))
+    assert wilson(10, 10) == (pytest.approx(10 / 13.8415, abs=1e-4), 1.0)
+    assert all(math.isnan(v) for v in wilson(0, 0))
 
 
 def test_chance_level_counts_the_classes_the_probe_can_predict():
-    assert evallib.chance_level([[0], [1], [], [2, 3]]) == pytest.approx(1 / 3)
-    assert math.isnan(evallib.chance_level([[], []]))
+    assert chance_level([[0], [1], [], [2, 3]]) == pytest.approx(1 / 3)
+    assert math.isnan(chance_level([[], []]))
 
 
 def test_fit_matches_a_hand_computation():
@@ -169,7 +171,7 @@ def test_fit_matches_a_hand_computation():
 def _results(run: Path, top1: dict[str, tuple[int, int]], fit: dict | None = None, spaces: dict | None = None) -> Path:
     sets = {}
     for name, (correct, n) in top1.items():
-        sets[name] = {"top1": correct / n, "correct": correct, "n": n, "ci95": list(evallib.wilson(correct, n)),
+        sets[name] = {"top1": correct / n, "correct": correct, "n": n, "ci95": list(wilson(correct, n)),
                       "chance": 0.1, "projection": "none", "source": name, "label_space": (spaces or {}).get(name, name)}
         if fit:
             sets[name]["fit"] = fit[name]
@@ -181,23 +183,23 @@ def _results(run: Path, top1: dict[str, tuple[int, int]], fit: dict | None = Non
 def test_summary_gaps_drop_ratio_and_the_check(tmp_path):
     teacher = _results(tmp_path / "teacher", {"imagenet-val": (98, 100), "imagenet-r": (80, 100), "imagenet-a": (60, 80)})
     student = _results(tmp_path / "student", {"imagenet-val": (90, 100), "imagenet-r": (60, 100), "imagenet-a": (40, 80)})
-    summary = evallib.summarize([teacher, student])
+    summary = reportlib.summarize([teacher, student])
     s = summary["runs"][1]
     assert summary["ood_sets"] == ["imagenet-r", "imagenet-a"] and summary["teacher"] == "teacher"
     assert s["id_gap"] == pytest.approx(0.08) and s["ood_avg"] == pytest.approx((0.6 + 0.5) / 2)
     assert s["ood_gap"] == pytest.approx((0.8 + 0.75) / 2 - 0.55) and s["drop_ratio"] == pytest.approx(0.225 / 0.08)
-    check = evallib.check_finding(summary)
+    check = reportlib.check_finding(summary)
     assert check["holds"] and check["id_gap_ok"] and check["ood_gap_ok"]
-    table = evallib.comparison_table(summary, {"imagenet-r": "r-like", "imagenet-a": "a-like"}).splitlines()
+    table = reportlib.comparison_table(summary, {"imagenet-r": "r-like", "imagenet-a": "a-like"}).splitlines()
     assert table[0].startswith("| run | ID | r-like | a-like | OOD avg | ΔID | ΔOOD | ΔOOD ÷ ΔID |")
     assert "| 98.0 (93.0–99.4) |" in table[2] and "+0.0" in table[2] and "| -8.0 | -22.5 | 2.81 |" in table[3]
     assert table[4].startswith("| n | 100 | 100 | 80 |") and table[5].startswith("| chance | 10.0 |")
     better_id = _results(tmp_path / "better", {"imagenet-val": (99, 100), "imagenet-r": (60, 100), "imagenet-a": (40, 80)})
-    summary = evallib.summarize([teacher, better_id])
-    assert summary["runs"][1]["drop_ratio"] is None and evallib.check_finding(summary)["holds"]
-    assert "| +1.0 | -22.5 | ∞ |" in evallib.comparison_table(summary)
+    summary = reportlib.summarize([teacher, better_id])
+    assert summary["runs"][1]["drop_ratio"] is None and reportlib.check_finding(summary)["holds"]
+    assert "| +1.0 | -22.5 | ∞ |" in reportlib.comparison_table(summary)
     weak = _results(tmp_path / "weak", {"imagenet-val": (85, 100), "imagenet-r": (50, 100), "imagenet-a": (30, 80)})
-    failed = evallib.check_finding(evallib.summarize([teacher, weak]))
+    failed = reportlib.check_finding(reportlib.summarize([teacher, weak]))
     assert not failed["holds"] and not failed["id_gap_ok"]  # 13 points behind on ID
 
 
@@ -206,7 +208,7 @@ def test_compare_computes_every_gap_over_the_shared_sets_and_names_the_others(tm
     # before: S's OOD average 25.0 against T's 50.0, ΔOOD -25.0, ΔOOD ÷ ΔID ∞
     t = _results(tmp_path / "T", {"imagenet-val": (60, 100), "imagenet-r": (25, 100), "imagenet-sketch": (75, 100)})
     s = _results(tmp_path / "S", {"imagenet-val": (60, 100), "imagenet-r": (25, 100)})
-    summary = evallib.summarize([t, s])
+    summary = reportlib.summarize([t, s])
     assert summary["ood_sets"] == ["imagenet-r"]
     assert [r["ood_avg"] for r in summary["runs"]] == [0.25, 0.25]
     assert summary["runs"][1]["id_gap"] == 0 and summary["runs"][1]["ood_gap"] == 0
@@ -214,7 +216,7 @@ def test_compare_computes_every_gap_over_the_shared_sets_and_names_the_others(tm
                                 "averages are over the sets all runs share)"]
     bases = [_results(tmp_path / f"B{i}", {"imagenet-val": (id_, 100), "imagenet-r": (r, 100), "imagenet-a": (5, 100)})
              for i, (id_, r) in enumerate([(40, 10), (80, 50)])]
-    with_bases = evallib.summarize([t, s], bases)  # the baselines' trend over imagenet-r alone, too
+    with_bases = reportlib.summarize([t, s], bases)  # the baselines' trend over imagenet-r alone, too
     assert with_bases["ood_sets"] == ["imagenet-r"] and len(with_bases["notes"]) == 2
     assert with_bases["runs"][0]["eff_robustness"] == with_bases["runs"][1]["eff_robustness"] is not None
     assert main(["eval", "--compare", str(t), str(s)]) == 0
@@ -228,7 +230,7 @@ def test_compare_leaves_out_a_set_scored_in_another_label_space_and_refuses_for_
                  spaces={"imagenet-r": "r200"})
     s = _results(tmp_path / "S", {"imagenet-val": (60, 100), "imagenet-r": (90, 100), "imagenet-a": (10, 100)},
                  spaces={"imagenet-r": "r10"})  # a 10-class conversion of R under the same name
-    summary = evallib.summarize([t, s])
+    summary = reportlib.summarize([t, s])
     assert summary["ood_sets"] == ["imagenet-a"] and summary["runs"][1]["ood_gap"] == 0
     assert summary["notes"][0].startswith("note: imagenet-r was scored in different label spaces (T: r200, S: r10)")
     u = _results(tmp_path / "U", {"imagenet-val": (60, 100)}, spaces={"imagenet-val": "val10"})
@@ -260,7 +262,7 @@ def test_a_set_is_its_meta_json_not_its_folder_name(val_sources, tmp_path, capsy
     assert main([*common, "--val", str(folder), "--out", str(tmp_path / "c")]) == 0  # the same set from its folder
     from_folder = json.loads((tmp_path / "c" / "results.json").read_text())["sets"]["imagenet-val"]
     assert from_folder["label_space"] == results["imagenet-val"]["label_space"]
-    assert evallib.summarize([tmp_path / "b", tmp_path / "c"])["runs"][1]["id_gap"] == 0
+    assert reportlib.summarize([tmp_path / "b", tmp_path / "c"])["runs"][1]["id_gap"] == 0
 
 
 def test_demo_report_says_what_it_is_and_carries_every_figure(tmp_path):
@@ -276,7 +278,7 @@ def test_demo_report_says_what_it_is_and_carries_every_figure(tmp_path):
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["check"]["holds"] and data["stand_ins"] == STAND_INS and data["recipe"]["steps"] == DemoRecipe().steps
     student = data["runs"][1]
-    assert student["sets"]["imagenet-sketch"]["ci95"] == list(evallib.wilson(20, 80))
+    assert student["sets"]["imagenet-sketch"]["ci95"] == list(wilson(20, 80))
     assert student["id_gap"] == pytest.approx(0.03) and student["sets"]["imagenet-val"]["fit"]["cosine"] == 0.9
     for png in ("id_vs_ood.png", "fit_vs_top1.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -328,6 +330,28 @@ def test_cli_fit_under_two_ranks_equals_one_process(val_sources, small_beton, tm
         assert two["fit"]["cosine"] == pytest.approx(one["fit"]["cosine"], abs=1e-3)
         assert two["fit"]["rel_sq_error"] == pytest.approx(one["fit"]["rel_sq_error"], rel=1e-2)
         assert 0 < one["fit"]["rel_sq_error"] and one["fit"]["cosine"] < 1
+
+
+def test_a_second_eval_into_the_same_out_is_refused_and_the_first_ones_files_stay(val_sources, tmp_path, capsys):
+    import socket
+
+    from fastfc.atomic import output_lock
+
+    folder, _, _, meta = val_sources
+    probe = tmp_path / "probe.pt"
+    save_probe(probe, *init_head(32, len(meta["classes"]), 0), {"classes": meta["classes"]})
+    out = tmp_path / "run"
+    argv = ["eval", "--encoder", "tiny", "--weights", str(_tiny_weights(tmp_path / "tiny.pt", 0)), "--probe",
+            str(probe), "--cache", str(tmp_path / "cache"), "--workers", "1", "--val", str(folder), "--out", str(out)]
+    assert main(argv) == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(first) == ["results.json", "results.md"]  # the lock is gone with its eval
+    capsys.readouterr()
+    with output_lock(out):  # this test process: another eval, still writing `out`
+        assert main(argv) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and f"{out}: another process ({os.getpid()}@{socket.gethostname()}) is writing it" in errors[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # the refused eval wrote nothing
 
 
 def test_cli_eval_normalises_the_features_of_a_probe_trained_on_normalised_ones(val_sources, tmp_path):

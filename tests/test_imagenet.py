@@ -389,7 +389,7 @@ def test_a_file_that_is_not_a_beton_is_named(converted, tmp_path):
 
 def test_a_malformed_shard_meta_or_results_file_is_named(tmp_path):
     from fastfc.data.shards import read_meta
-    from fastfc.evaluate import compare
+    from fastfc.report import compare
 
     (tmp_path / "set").mkdir()
     (tmp_path / "set" / "meta.json").write_text('{"set": ')

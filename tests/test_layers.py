@@ -49,7 +49,8 @@ FLOORS = (
                        "fastfc.cifar")),
     ("features", ("fastfc.features", "fastfc.stage_config")),
     ("probe", ("fastfc.probe", "fastfc.probe_files")),
-    ("evaluate", ("fastfc.evaluate",)),
+    ("evaluate", ("fastfc.evaluate", "fastfc.result_files")),
+    ("report", ("fastfc.report",)),
     ("cli", ("fastfc.cli", "fastfc.__main__", "fastfc.demo")),
 )
 
@@ -89,6 +90,7 @@ def test_no_module_imports_a_higher_floor():
               for m, deps in graph().items() for d in sorted(deps) if floor(d) > floor(m)]
     assert upward == []
     assert floor("fastfc.data.shifts") < floor("data_prep.shifts") < floor("fastfc.models") < floor("fastfc.evaluate")
+    assert floor("fastfc.evaluate") < floor("fastfc.report") < floor("fastfc.cli")  # scoring never imports the report
 
 
 def test_no_import_cycles():

@@ -21,6 +21,8 @@ from fastfc.features import extract
 from fastfc.models import build_student, build_teacher
 from fastfc.fixtures.photos import make_imagenet_tree
 from fastfc.probe import ProbeRecipe, init_head, load_probe, save_probe, sweep, top1, train_classes, train_heads
+from fastfc.report import compare
+from fastfc.result_files import write_results
 from fastfc.train import lr_at
 
 from .test_shift_sets import IMAGENET, make_objectnet, make_ra, photo
@@ -217,9 +219,9 @@ def test_evaluate_writes_results_and_compare_reports_the_gap(converted, tmp_path
         assert results["sets"]["imagenet-r"]["n"] == 5 and results["sets"]["objectnet"]["n"] == 2
         assert results["sets"]["objectnet"]["decoding"] == {"exif_upright": False, "border_crop": 0}  # the defaults
         assert results["sets"]["imagenet-val"]["decoding"] == {"exif_upright": False, "border_crop": 0}  # the beton's
-        evallib.write_results(tmp_path / name, results)
+        write_results(tmp_path / name, results)
         runs.append(tmp_path / name)
-    table = evallib.compare(runs, plot=tmp_path / "plot.png")
+    table = compare(runs, plot=tmp_path / "plot.png")
     lines = table.splitlines()
     assert lines[0].startswith("| run | ID | imagenet-v2 | imagenet-r | objectnet | OOD avg |")
     assert "+0.0" in lines[2]  # the teacher's gap to itself

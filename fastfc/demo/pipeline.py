@@ -136,11 +136,12 @@ def distill(out: Path, beton: Path, recipe: DemoRecipe, nproc: int) -> Path:
 def _probe_and_eval(out: Path, name: str, kind: str, encoder, betons: Path, shards: dict[str, Path],
                     seed: int, teacher=None) -> None:
     """Features, the linear probe (the paper's recipe, scaled to 300 images) and evaluation of one run."""
-    from fastfc import evaluate as evallib
     from fastfc.data.betons import read_beton_meta
+    from fastfc.evaluate import evaluate
     from fastfc.features import extract
     from fastfc.probe import WEIGHT_DECAY, ProbeRecipe, top1, train_heads
     from fastfc.probe_files import save_probe
+    from fastfc.result_files import write_results
 
     classes = read_beton_meta(betons)["classes"]
     recipe = ProbeRecipe(epochs=10, batch_size=32, warmup_steps=20, weight_decay=WEIGHT_DECAY[kind], seed=seed)
@@ -149,9 +150,9 @@ def _probe_and_eval(out: Path, name: str, kind: str, encoder, betons: Path, shar
     w, b = train_heads(train.features, train.labels, len(classes), [recipe.weight_decay], recipe, progress=False)
     save_probe(out / name / "probe.pt", w[0], b[0], {"encoder": encoder.name, "classes": classes,
                                                       "train_top1": top1(train.features, train.labels, w[0], b[0])})
-    results = evallib.evaluate(encoder, w[0], b[0], classes, shards, out / "cache", teacher=teacher,
-                               train=betons / "train.beton", batch_size=32, num_workers=LOADER_WORKERS)
-    evallib.write_results(out / name, results, labels=STAND_INS)
+    results = evaluate(encoder, w[0], b[0], classes, shards, out / "cache", teacher=teacher,
+                       train=betons / "train.beton", batch_size=32, num_workers=LOADER_WORKERS)
+    write_results(out / name, results, labels=STAND_INS)
 
 
 def run(out: Path, *, recipe: DemoRecipe = DemoRecipe(), nproc: int = 2, **sizes) -> str:
@@ -172,26 +173,26 @@ def run(out: Path, *, recipe: DemoRecipe = DemoRecipe(), nproc: int = 2, **sizes
 def report(out: Path, recipe: DemoRecipe) -> str:
     """``results.json`` (every figure and the check), ``results.md``, ``id_vs_ood.png`` and
     ``fit_vs_top1.png`` from the teacher and student runs in ``out``. Returns the markdown."""
-    from fastfc import evaluate as evallib
+    from fastfc import report as reportlib
     from fastfc.atomic import atomic_path, write_json
 
-    summary = evallib.summarize([out / "teacher", out / "student"])
-    check = evallib.check_finding(summary)
-    evallib.plot_id_vs_ood(summary, out / "id_vs_ood.png")
-    evallib.plot_fit(summary, out / "fit_vs_top1.png", labels=STAND_INS)
+    summary = reportlib.summarize([out / "teacher", out / "student"])
+    check = reportlib.check_finding(summary)
+    reportlib.plot_id_vs_ood(summary, out / "id_vs_ood.png")
+    reportlib.plot_fit(summary, out / "fit_vs_top1.png", labels=STAND_INS)
     write_json(out / "results.json", {"what": WHAT, "real_runs": REAL_RUNS, "recipe": asdict(recipe),
                                       "stand_ins": STAND_INS, "check": check, **summary})
     verdict = "holds" if check["holds"] else "does NOT hold"
     text = (f"# fastfc demo: a small-scale demonstration on stand-in sets\n\n{WHAT}\n\n"
             f"Distillation: {recipe.steps} steps of {recipe.global_batch_size} images, lr {recipe.lr:g}, "
             f"seed {recipe.seed}. Top-1 % with Wilson 95% intervals; ΔID and ΔOOD are student − teacher "
-            f"(OOD: the average over the five stand-ins).\n\n{evallib.comparison_table(summary, STAND_INS)}\n\n"
+            f"(OOD: the average over the five stand-ins).\n\n{reportlib.comparison_table(summary, STAND_INS)}\n\n"
             f"**The finding {verdict}** — {check['criterion']}: ID gap {check['id_gap'] * 100:.1f}, "
             f"OOD gap {check['ood_gap'] * 100:.1f}"
             + (f" ({check['drop_ratio']:.2f} × the ID gap)" if check["drop_ratio"] is not None else "") + ".\n\n"
             f"Representation fit of the student to the teacher on the same images (cosine: mean "
             f"cos(s, t), 1 = aligned; rel. sq. error: Σ‖s−t‖²/Σ‖t‖², 0 = identical):\n\n"
-            f"{evallib.fit_table(summary, STAND_INS)}\n\nReal runs: `{REAL_RUNS}` (see README).\n")
+            f"{reportlib.fit_table(summary, STAND_INS)}\n\nReal runs: `{REAL_RUNS}` (see README).\n")
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(text)
     return text
