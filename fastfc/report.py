@@ -23,7 +23,7 @@ MAX_ID_GAP = 0.10  # the finding, as the demo checks it: the student within 10 p
 MIN_DROP_RATIO = 2.0  # ... and an OOD-average gap at least twice the ID gap
 
 
-# ----------------------------------------------------------------------------- tables
+# ----------------------------------------------------------------------------- summary and tables
 
 def _delta(gap: float) -> str:
     """A teacher − run gap shown as run − teacher in points (``+0.0`` for the teacher itself)."""
