@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fastfc.atomic import output_lock
 from fastfc.data import shards, shifts
 from fastfc.data.betons import check_beton
 from fastfc.data.folder import source_decoding, source_meta
@@ -38,7 +36,7 @@ from fastfc.features import encoder_fingerprint, extract, source_fingerprint
 from fastfc.models import Encoder
 from fastfc.probe_files import head_inputs, load_probe
 from fastfc.result_files import ID_SET, chance_level, wilson, write_results
-from fastfc.runtime import Runtime
+from fastfc.runtime import Runtime, output_lock_all_ranks
 from fastfc.stage_config import EvalConfig
 
 _CHUNK = 65_536  # rows per scoring / fit chunk: bounded memory on ImageNet train
@@ -205,7 +203,7 @@ def run(cfg: EvalConfig, sets: dict[str, Path], rt: Runtime | None = None) -> di
     normalize = bool((info.get("recipe") or {}).get("normalize", False))  # recorded by `fastfc probe`
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    with output_lock(out) if rt.is_main else nullcontext():  # one eval writing `out` at a time
+    with output_lock_all_ranks(out, rt):  # one eval writing `out` at a time
         results = evaluate(encoder, weight, bias, classes, sets, Path(cfg.extract.cache), rt, teacher=teacher,
                            train=cfg.eval.train, normalize=normalize, **cfg.extract.options())
         if rt.is_main:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from fastfc.atomic import output_lock
 from fastfc.train_config import check_precision  # re-exported
 
 # Dense bf16 peak FLOP/s per device (vendor datasheets), for MFU. Unknown devices report no MFU.
@@ -63,6 +66,30 @@ def setup_runtime() -> Runtime:
         else:
             dist.init_process_group(backend)
     return Runtime(rank, world, local, device)
+
+
+@contextlib.contextmanager
+def output_lock_all_ranks(folder: str | Path, rt: Runtime) -> Iterator[None]:
+    """:func:`fastfc.atomic.output_lock` on ``folder``, held by the main rank for every rank of a
+    collective command: a refusal (another process is writing ``folder``) is raised on every rank,
+    instead of on the main rank only while the others wait for it in the next collective (until the
+    group's timeout when no launcher tears them down, e.g. on other nodes).
+
+    Raises:
+        FileExistsError: on every rank, with the main rank's one line naming the folder and holder.
+    """
+    with contextlib.ExitStack() as held:
+        refusal = [None]
+        if rt.is_main:
+            try:
+                held.enter_context(output_lock(folder))
+            except FileExistsError as e:
+                refusal = [str(e)]
+        if rt.distributed:
+            dist.broadcast_object_list(refusal, src=0)
+        if refusal[0] is not None:
+            raise FileExistsError(refusal[0])
+        yield
 
 
 def peak_flops(device: torch.device) -> float | None:

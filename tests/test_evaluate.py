@@ -354,6 +354,25 @@ def test_a_second_eval_into_the_same_out_is_refused_and_the_first_ones_files_sta
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # the refused eval wrote nothing
 
 
+def test_under_two_ranks_a_held_out_is_refused_by_every_rank(val_sources, tmp_path):
+    from fastfc.atomic import output_lock
+
+    folder, _, _, meta = val_sources
+    probe = tmp_path / "probe.pt"
+    save_probe(probe, *init_head(32, len(meta["classes"]), 0), {"classes": meta["classes"]})
+    out = tmp_path / "run"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fastfc", "eval",
+           "--encoder", "tiny", "--probe", str(probe), "--cache", str(tmp_path / "cache"), "--workers", "1",
+           "--val", str(folder), "--out", str(out)]
+    with output_lock(out):  # another eval, still writing `out`
+        done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                              text=True, timeout=300)
+        assert [p.name for p in out.iterdir()] == [".fastfc.lock"]  # ours: the refused eval wrote nothing
+    said = [l for l in done.stderr.splitlines() if l.startswith("fastfc eval: error:")]
+    assert done.returncode == 1 and len(said) == 2 and f"{out}: another process" in said[1]  # rank 1 too, not left waiting
+
+
 def test_cli_eval_normalises_the_features_of_a_probe_trained_on_normalised_ones(val_sources, tmp_path):
     """A probe whose record says ``recipe.normalize`` (trained from a zero-shot head, as the original's
     ``ClassificationHead(normalize=True)``) is scored on L2-normalised features; one without, on raw."""
