@@ -35,9 +35,6 @@ from fastfc.atomic import check_apart, read_json
 # (_start_work).
 
 
-ID_SET = "imagenet-val"  # fastfc.evaluate.ID_SET, named here without importing torch
-
-
 def _start_work() -> None:
     """Called once a command's inputs are checked: from here on, heavy imports are due anyway."""
     from fastfc.data.ffcv import quiet_numba_finalizer_noise
@@ -175,12 +172,11 @@ def _check_encoder_args(cfg) -> None:
 
 def _check_source(source: Path) -> None:
     """A beton file or a folder (a shard set holding meta.json, or an ImageNet val folder of
-    ``<wnid>/*`` class folders, whose listing is checked when it is read), else one error line."""
-    if source.is_file() or source.is_dir():
-        return
-    raise FileNotFoundError(
-        f"{source}: no such file or folder; give a .beton written by `python -m data_prep.imagenet`, a "
-        "shift-set folder written by `python -m data_prep.shifts` or an ImageNet val folder (<wnid>/*.JPEG)")
+    ``<wnid>/*`` class folders, whose listing is checked when it is read), else one error line
+    (:func:`fastfc.data.source.source_kind`, torch-free)."""
+    from fastfc.data.source import source_kind
+
+    source_kind(source)
 
 
 def features(args) -> int:
@@ -201,22 +197,27 @@ def features(args) -> int:
 def _check_train_source(train: Path) -> None:
     """``--train``: the ImageNet train folder (``<wnid>/*``), its ``imagenet-val``-layout shards, or a
     train beton with its ``meta.json`` beside it (the fast path). Raises ``FileNotFoundError`` naming
-    what is missing, ``ValueError`` for shards of another set."""
-    if train.is_dir():
-        if (train / "meta.json").is_file():
-            from fastfc.atomic import read_json
+    what is missing, ``ValueError`` for shards of another set. Reads no listing (a train folder holds
+    1.28M files): the folder's layout is checked when its features are extracted."""
+    from fastfc.data.shifts import ID_SET
+    from fastfc.data.source import open_source
 
-            kind = read_json(train / "meta.json", "convert the train folder again").get("set")
-            if kind != "imagenet-val":
-                raise ValueError(f"--train {train}: shards of {kind}; give the ImageNet train folder, its shards "
-                                 "(python -m data_prep.shifts --set imagenet-val --src .../train) or a train.beton")
-        elif not any(d.is_dir() for d in train.iterdir()):
-            raise FileNotFoundError(f"--train {train}: no <wnid>/ class folders in it; give the ImageNet train "
-                                    "folder, its shards (python -m data_prep.shifts --set imagenet-val) or a train.beton")
-    elif not train.is_file() or not (train.parent / "meta.json").is_file():
-        raise FileNotFoundError(f"--train {train}: {'no meta.json beside it' if train.is_file() else 'no such file or folder'}"
-                                "; give the ImageNet train folder (<wnid>/*), its shards, or a train.beton written "
-                                "by `python -m data_prep.imagenet` (its meta.json lists the classes)")
+    try:
+        source = open_source(train)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--train {train}: no such file or folder; give the ImageNet train folder (<wnid>/*), "
+                                "its shards, or a train.beton written by `python -m data_prep.imagenet` (its "
+                                "meta.json lists the classes)") from None
+    if source.kind == "shards" and source.name != ID_SET:
+        raise ValueError(f"--train {train}: shards of {source.name}; give the ImageNet train folder, its shards "
+                         f"(python -m data_prep.shifts --set {ID_SET} --src .../train) or a train.beton")
+    if source.kind == "folder" and not any(d.is_dir() for d in train.iterdir()):
+        raise FileNotFoundError(f"--train {train}: no <wnid>/ class folders in it; give the ImageNet train "
+                                f"folder, its shards (python -m data_prep.shifts --set {ID_SET}) or a train.beton")
+    if source.kind == "beton" and not (train.parent / "meta.json").is_file():
+        raise FileNotFoundError(f"--train {train}: no meta.json beside it; give the ImageNet train folder (<wnid>/*), "
+                                "its shards, or a train.beton written by `python -m data_prep.imagenet` (its "
+                                "meta.json lists the classes)")
 
 
 def _check_probe_args(cfg) -> None:
@@ -257,7 +258,11 @@ def _check_runs(runs, flag: str) -> None:
 
 
 def _id_source(e) -> Path | None:
-    """ID from ``--val`` (imagenet-val shards or a ``<wnid>/*`` val folder) or ``--val-beton`` (opt-in)."""
+    """ID from ``--val`` (imagenet-val shards or a ``<wnid>/*`` val folder, whose listing is read
+    here, torch-free) or ``--val-beton`` (opt-in)."""
+    from fastfc.data.shifts import ID_SET
+    from fastfc.data.source import open_source
+
     if e.val_beton:
         if not Path(e.val_beton).is_file():
             raise FileNotFoundError(f"--val-beton {e.val_beton}: no such beton")
@@ -265,16 +270,13 @@ def _id_source(e) -> Path | None:
     if e.val:
         val = Path(e.val)
         if val.is_file():
-            raise ValueError(f"--val {val}: a file; --val takes imagenet-val shards (python -m data_prep.shifts "
-                             "--set imagenet-val) or the val folder (<wnid>/*.JPEG). A val beton: --val-beton")
+            raise ValueError(f"--val {val}: a file; --val takes {ID_SET} shards (python -m data_prep.shifts "
+                             f"--set {ID_SET}) or the val folder (<wnid>/*.JPEG). A val beton: --val-beton")
         if not val.is_dir():
             raise FileNotFoundError(f"--val {val}: no such folder")
-        from fastfc.data import folder
-        from fastfc.data.shards import read_meta
-
-        kind = read_meta(val)["set"] if (val / "meta.json").is_file() else folder.read_folder(val).meta["set"]
-        if kind != folder.SET_NAME:  # checked before any model is built
-            raise ValueError(f"--val {val}: shards of {kind}, not {folder.SET_NAME}; give the imagenet-val shards "
+        name = open_source(val).name  # a folder's listing is checked here, before any model is built
+        if name != ID_SET:
+            raise ValueError(f"--val {val}: shards of {name}, not {ID_SET}; give the {ID_SET} shards "
                              "or the val folder (<wnid>/*.JPEG)")
         return val
     return None
@@ -311,6 +313,8 @@ def _eval_sets(e) -> dict:
         if missing:
             raise FileNotFoundError(f"--sets {','.join(missing)}: not in {shards} (it has {', '.join(found)})")
         sets.update((name, path) for name, path in found.items() if not e.sets or name in e.sets)
+    from fastfc.data.shifts import ID_SET
+
     id_source = _id_source(e)
     if id_source is not None:  # an explicit ID source wins over imagenet-val shards under --shards
         sets = {ID_SET: id_source, **{k: v for k, v in sets.items() if k != ID_SET}}

@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastfc.data import shards, shifts
-from fastfc.data.betons import check_beton
-from fastfc.data.folder import source_decoding, source_meta
-from fastfc.features import encoder_fingerprint, extract, source_fingerprint
+from fastfc.data import shifts
+from fastfc.data.shifts import ID_SET
+from fastfc.data.source import Source, open_source
+from fastfc.features import encoder_fingerprint, extract
 from fastfc.models import Encoder
 from fastfc.probe_files import head_inputs, load_probe
-from fastfc.result_files import ID_SET, chance_level, wilson, write_results
+from fastfc.result_files import chance_level, wilson, write_results
 from fastfc.runtime import Runtime, output_lock_all_ranks
 from fastfc.stage_config import EvalConfig
 
@@ -75,20 +75,9 @@ def fit(student: np.ndarray, teacher: np.ndarray, chunk: int = _CHUNK) -> dict:
 
 # ----------------------------------------------------------------------------- scoring
 
-def set_space(source: Path) -> dict:
-    """The label space of ``source``: ``{"set", "classes", "imagenet_indices", "projection"}``, from a
-    shard set's or image folder's meta, or for a beton the classes of the ``meta.json`` beside it
-    (``set`` is then the beton's file name)."""
-    meta = source_meta(source)
-    if meta is not None:
-        return {k: meta[k] for k in ("set", "classes", "imagenet_indices", "projection")}
-    classes = check_beton(source)["classes"]
-    return {"set": source.name, "classes": classes, "imagenet_indices": None, "projection": "none"}
-
-
 def space_id(space: dict) -> str:
-    """A short fingerprint of a label space (:func:`set_space`: classes, ImageNet indices,
-    projection): two results of one set are comparable only when these agree. A 1000-way space
+    """A short fingerprint of a label space (:attr:`fastfc.data.source.Source.space`: classes, ImageNet
+    indices, projection): two results of one set are comparable only when these agree. A 1000-way space
     (class k ↔ ImageNet index k) is the same whether read from shards, a folder or a beton."""
     indices = space["imagenet_indices"]
     identity = indices is None or indices == [[k] for k in range(len(space["classes"]))]
@@ -96,12 +85,12 @@ def space_id(space: dict) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def set_columns(source: Path, probe_classes: list[str], space: dict | None = None) -> tuple[list[list[int]], str]:
+def set_columns(source: Path | Source, probe_classes: list[str]) -> tuple[list[list[int]], str]:
     """For each class of ``source`` (a beton with its ``meta.json`` beside it, a shard set or an
-    image folder), the probe columns it is scored on, and the projection kind. ``space``: its
-    :func:`set_space`, when already read."""
+    image folder; a path or an open :class:`fastfc.data.source.Source`), the probe columns it is
+    scored on (in its label space, :attr:`fastfc.data.source.Source.space`), and the projection kind."""
     col = {w: i for i, w in enumerate(probe_classes)}
-    space = space or set_space(source)
+    space = (source if isinstance(source, Source) else open_source(source)).space
     if space["imagenet_indices"] is not None:
         wnids = shifts.imagenet_wnids()
         return ([[col[wnids[i]] for i in ix if wnids[i] in col] for ix in space["imagenet_indices"]],
@@ -149,7 +138,8 @@ def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_c
     Returns:
         ``{"sets": {name: entry}, "train": entry or None, "encoder", "teacher", "fingerprints"}``;
         an entry is ``{"top1", "correct", "n", "ci95": [lo, hi], "chance", "projection", "source",
-        "decoding"}`` (fractions in [0, 1]; ``decoding``: :func:`source_decoding`) plus ``"fit": {"cosine", "rel_sq_error", "n"}`` with a teacher.
+        "decoding"}`` (fractions in [0, 1]; ``decoding``: :attr:`fastfc.data.source.Source.decoding`) plus
+        ``"fit": {"cosine", "rel_sq_error", "n"}`` with a teacher.
 
     Raises:
         ValueError: teacher and student embeddings differ in width.
@@ -159,18 +149,18 @@ def evaluate(encoder: Encoder, weight: torch.Tensor, bias: torch.Tensor, probe_c
         raise ValueError(f"teacher {teacher.name} embeds in {teacher.embed_dim} dims, the student {encoder.name} "
                          f"in {encoder.embed_dim}: fit compares embeddings of the same width")
     kw = {"batch_size": batch_size, "num_workers": num_workers, "precision": precision}
-    sources = {**({"train": Path(train)} if train is not None else {}), **{k: Path(v) for k, v in sets.items()}}
+    paths = {**({"train": train} if train is not None else {}), **sets}
+    sources = {name: open_source(path) for name, path in paths.items()}
     entries, data_fp = {}, {}
     for name, source in sources.items():
         feats = extract(encoder, source, cache_dir, rt, **kw)
-        space = set_space(source)
-        columns, projection = set_columns(source, probe_classes, space)
+        columns, projection = set_columns(source, probe_classes)
         correct = count_correct(feats.features, feats.labels, weight, bias, columns, rt.device, normalize=normalize)
-        entries[name] = {**_entry(correct, len(feats.labels), columns, projection, source),
-                         "label_space": space_id(space), "decoding": source_decoding(source)}
+        entries[name] = {**_entry(correct, len(feats.labels), columns, projection, source.path),
+                         "label_space": space_id(source.space), "decoding": source.decoding}
         if teacher is not None:
             entries[name]["fit"] = fit(feats.features, extract(teacher, source, cache_dir, rt, **kw).features)
-        data_fp[name] = source_fingerprint(source)
+        data_fp[name] = source.fingerprint()
     fingerprints = {"encoder": encoder_fingerprint(encoder), "data": data_fp,
                     "probe": hashlib.sha256(weight.numpy().tobytes() + bias.numpy().tobytes()).hexdigest()}
     if teacher is not None:

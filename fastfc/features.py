@@ -24,6 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from fastfc.atomic import allocate_npy, output_lock, publish, write_json
+from fastfc.data.source import Source, open_source
 from fastfc.models import Encoder
 from fastfc.runtime import Runtime, prepare_model
 from fastfc.stage_config import FeaturesConfig
@@ -43,20 +44,6 @@ def encoder_fingerprint(encoder: Encoder) -> str:
     return h.hexdigest()
 
 
-def source_fingerprint(source: Path) -> str:
-    """A beton by path, size and mtime; a shard set by its ``meta.json`` (which holds shard sha256s);
-    an image folder by every file's path, size and mtime (:func:`fastfc.data.folder.fingerprint`)."""
-    from fastfc.data import folder
-
-    source = Path(source)
-    if folder.is_image_folder(source):
-        return folder.fingerprint(folder.read_folder(source))
-    if source.is_dir():
-        return hashlib.sha256((source / "meta.json").read_bytes()).hexdigest()
-    st = source.stat()
-    return hashlib.sha256(f"{source.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
-
-
 # ----------------------------------------------------------------------------- extraction
 
 @dataclass
@@ -69,62 +56,16 @@ class Features:
     path: Path
 
 
-def _batches(encoder: Encoder, source: Path, rt: Runtime, *, batch_size: int, num_workers: int):
-    """This rank's ``(rows [B] int64, images [B,3,S,S], labels [B])``; rows index the whole set."""
-    from fastfc.data import folder
-
-    if folder.is_image_folder(source):  # ImageNet val or train from its folder, through the shard path's transform
-        from fastfc.data.shards import eval_transform
-
-        transform = eval_transform(encoder.input_size, encoder.mean, encoder.std)
-        yield from folder.folder_batches(folder.read_folder(source), transform, rank=rt.rank,
-                                         world_size=rt.world_size, batch_size=batch_size, num_workers=num_workers)
-        return
-    if source.is_dir():  # a shard folder, decoded as its meta.json says: keys are the row numbers
-        from fastfc.data.shards import eval_transform, make_shard_loader
-
-        loader = make_shard_loader(source, transform=eval_transform(encoder.input_size, encoder.mean, encoder.std),
-                                   batch_size=batch_size, num_workers=num_workers, rank=rt.rank,
-                                   world_size=rt.world_size)
-        for images, labels, keys in loader:
-            yield torch.tensor([int(k) for k in keys]), images, labels
-        return
-    from fastfc.data.betons import beton_samples
-    from fastfc.data.ffcv import make_loader
-
-    n = beton_samples(source)
-    start, stop = n * rt.rank // rt.world_size, n * (rt.rank + 1) // rt.world_size
-    if start == stop:
-        return
-    loader = make_loader(source, train=False, batch_size=batch_size, resolution=encoder.input_size,
-                         mean=encoder.mean, std=encoder.std, num_workers=num_workers, device=rt.device,
-                         indices=range(start, stop))
-    row = start
-    for images, labels in loader:
-        yield torch.arange(row, row + len(labels)), images, labels
-        row += len(labels)
-
-
-def _count(source: Path) -> int:
-    from fastfc.data import folder
-
-    if folder.is_image_folder(source):
-        return len(folder.read_folder(source).files)
-    if source.is_dir():
-        from fastfc.data.shards import read_meta
-        return int(read_meta(source)["count"])
-    from fastfc.data.betons import beton_samples
-    return beton_samples(source)
-
-
-def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Runtime | None = None, *,
+def extract(encoder: Encoder, source: str | Path | Source, cache_dir: str | Path, rt: Runtime | None = None, *,
             batch_size: int = 256, num_workers: int | None = None, compile: bool | None = None,
             precision: str = "bf16") -> Features:
-    """Embeddings of every image of ``source``, cached. ``source``: a beton (ffcv's centre-crop
-    decoder), a shard set folder, or an ImageNet-layout image folder (``<wnid>/*``, val or train; both
-    read through :func:`fastfc.data.shards.eval_transform`, the paper's evaluation transform).
+    """Embeddings of every image of ``source``, cached. ``source`` (a path, or a
+    :class:`fastfc.data.source.Source` already open): a beton (ffcv's centre-crop decoder), a shard
+    set folder, or an ImageNet-layout image folder (``<wnid>/*``, val or train; both read through
+    :func:`fastfc.data.shards.eval_transform`, the paper's evaluation transform).
 
-    The cache folder is ``cache_dir/<encoder fp>-<source fp>[-fp32]/``; one that exists and matches
+    The cache folder is ``cache_dir/<encoder fp>-<source fp>[-fp32]/`` (:func:`encoder_fingerprint`,
+    :meth:`fastfc.data.source.Source.fingerprint`); one that exists and matches
     both fingerprints and the precision is reused, anything else is rebuilt. Eval transform,
     channels_last, ``torch.compile`` on GPU by default. ``precision="bf16"``: bf16 autocast on GPU
     (fp32 on CPU) and a float16 cache; ``"fp32"``: no autocast anywhere and a float32 cache, the
@@ -139,6 +80,7 @@ def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Run
     non-finite embedding or one beyond float16's range (65504) under ``"bf16"``.
 
     Raises:
+        FileNotFoundError: ``source`` is no file or folder (:func:`fastfc.data.source.source_kind`).
         ValueError: unknown ``precision``, a beton stored below the encoder's input size
             (:func:`fastfc.data.ffcv.check_stored_size`), an image folder not in ``<wnid>/*`` layout,
             non-finite embeddings, or embeddings too large for a float16 cache (names the largest
@@ -150,13 +92,13 @@ def extract(encoder: Encoder, source: str | Path, cache_dir: str | Path, rt: Run
     if precision not in CACHE_DTYPES:
         raise ValueError(f"precision must be one of {', '.join(CACHE_DTYPES)}, got {precision!r}")
     rt = rt or Runtime()
-    source = Path(source)
-    if source.is_file():  # refused before any work, not from inside the loader
+    source = source if isinstance(source, Source) else open_source(source)
+    if source.kind == "beton":  # refused before any work, not from inside the loader
         from fastfc.data.ffcv import check_stored_size
-        check_stored_size(source, encoder.input_size)
-    enc_fp, src_fp = encoder_fingerprint(encoder), source_fingerprint(source)
+        check_stored_size(source.path, encoder.input_size)
+    enc_fp, src_fp = encoder_fingerprint(encoder), source.fingerprint()
     folder = Path(cache_dir) / (f"{enc_fp[:16]}-{src_fp[:16]}" + ("-fp32" if precision == "fp32" else ""))
-    want = {"encoder": enc_fp, "source": src_fp, "source_path": str(source), "encoder_name": encoder.name,
+    want = {"encoder": enc_fp, "source": src_fp, "source_path": str(source.path), "encoder_name": encoder.name,
             "transform": {"resolution": encoder.input_size, "mean": list(encoder.mean), "std": list(encoder.std)},
             "precision": precision}
     cached = _load(folder, want)
@@ -187,13 +129,13 @@ def _temporaries_removed(folder: Path, rt: Runtime):
         raise
 
 
-def _fill(encoder: Encoder, source: Path, folder: Path, rt: Runtime, *, precision: str, batch_size: int,
+def _fill(encoder: Encoder, source: Source, folder: Path, rt: Runtime, *, precision: str, batch_size: int,
           num_workers: int | None, compile: bool | None) -> int:
     """Embed every image of ``source`` into ``folder``'s ``features.npy`` and ``labels.npy``: written
     under temporary names, each rank its rows, published by the main rank once all are counted.
     Collective under torchrun. Returns N. Raises ``RuntimeError`` when the ranks' rows miss some."""
     dtype = CACHE_DTYPES[precision]
-    n, dim = _count(source), encoder.embed_dim
+    n, dim = source.count, encoder.embed_dim
     feats_tmp, labels_tmp = folder / ".features.npy.tmp", folder / ".labels.npy.tmp"
     if rt.is_main:
         allocate_npy(feats_tmp, dtype, (n, dim))
@@ -207,8 +149,10 @@ def _fill(encoder: Encoder, source: Path, folder: Path, rt: Runtime, *, precisio
                           channels_last=gpu, compile=compile)
     seen, bad, peak = 0, 0, 0.0
     with torch.no_grad(), model.autocast(), \
-            tqdm(total=n, desc=f"features {source.name}", unit="img", disable=not rt.is_main) as bar:
-        for rows, images, y in _batches(encoder, source, rt, batch_size=batch_size, num_workers=num_workers):
+            tqdm(total=n, desc=f"features {source.path.name}", unit="img", disable=not rt.is_main) as bar:
+        for rows, images, y in source.batches(resolution=encoder.input_size, mean=encoder.mean, std=encoder.std,
+                                              batch_size=batch_size, num_workers=num_workers, rank=rt.rank,
+                                              world_size=rt.world_size, device=rt.device):
             emb = model.module(model.inputs(images)).float().cpu().numpy()
             finite = np.isfinite(emb).all(axis=1)
             bad += int((~finite).sum())
@@ -224,8 +168,8 @@ def _fill(encoder: Encoder, source: Path, folder: Path, rt: Runtime, *, precisio
     if rt.distributed:
         dist.all_reduce(total)
     if int(total) != n:
-        raise RuntimeError(f"{source}: extracted {int(total)} embeddings, expected {n}")
-    problem = _range_problem(source, n, dtype, bad, peak, rt)
+        raise RuntimeError(f"{source.path}: extracted {int(total)} embeddings, expected {n}")
+    problem = _range_problem(source.path, n, dtype, bad, peak, rt)
     if problem:
         if rt.is_main:
             feats_tmp.unlink(missing_ok=True)

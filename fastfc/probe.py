@@ -23,8 +23,8 @@ from torch import nn
 from tqdm import tqdm
 
 from fastfc.cpus import one_thread
-from fastfc.data.betons import check_beton
-from fastfc.data.folder import source_decoding, source_meta
+from fastfc.data.shifts import ID_SET
+from fastfc.data.source import Source, open_source
 from fastfc.features import extract
 from fastfc.models import Encoder
 from fastfc.probe_files import head_inputs, load_probe, save_probe  # noqa: F401  (load_probe re-exported)
@@ -220,8 +220,9 @@ def train_from_images(encoder: Encoder, beton: Path, num_classes: int, recipe: P
 
 # ----------------------------------------------------------------------------- the train source
 
-def train_classes(train: Path) -> tuple[list[str], np.ndarray | None]:
-    """The probe's classes for a train source, and the map from the source's labels to probe labels.
+def train_classes(train: Path | Source) -> tuple[list[str], np.ndarray | None]:
+    """The probe's classes for a train source (a path, or an open :class:`fastfc.data.source.Source`),
+    and the map from the source's labels to probe labels.
 
     * a beton (the fast path: ffcv's centre crop of the images stored at conversion): its
       ``meta.json``'s classes; its labels are the probe's (map ``None``);
@@ -234,28 +235,28 @@ def train_classes(train: Path) -> tuple[list[str], np.ndarray | None]:
     Raises:
         ValueError: shards of another set than ``imagenet-val`` (the 1000-way WNID layout).
     """
-    meta = source_meta(train)
-    if meta is None:
-        return check_beton(train)["classes"], None
-    if meta["set"] != "imagenet-val":
-        raise ValueError(f"--train {train}: shards of {meta['set']}; a probe trains on the ImageNet train "
-                         "folder (<wnid>/*), its imagenet-val-layout shards, or the train beton")
+    source = train if isinstance(train, Source) else open_source(train)
+    meta = source.meta
+    if source.kind == "beton":
+        return meta["classes"], None
+    if source.name != ID_SET:
+        raise ValueError(f"--train {source.path}: shards of {source.name}; a probe trains on the ImageNet train "
+                         f"folder (<wnid>/*), its {ID_SET}-layout shards, or the train beton")
     present = [i for i, n in enumerate(meta.get("per_class") or [1] * len(meta["classes"])) if n]
     lut = np.full(len(meta["classes"]), -1, dtype=np.int64)
     lut[present] = np.arange(len(present))
     return [meta["classes"][i] for i in present], lut
 
 
-def train_source_info(train: Path) -> dict:
-    """The probe's record of its train source: path, kind (``beton`` / ``folder`` / ``shards``), how
-    its images became inputs and their decoding (:func:`fastfc.data.folder.source_decoding`)."""
-    from fastfc.data.folder import is_image_folder
-
-    kind = "beton" if train.is_file() else "folder" if is_image_folder(train) else "shards"
+def train_source_info(train: Path | Source) -> dict:
+    """The probe's record of its train source (a path, or an open :class:`fastfc.data.source.Source`):
+    path, kind (``beton`` / ``folder`` / ``shards``), how its images became inputs and their decoding
+    (:attr:`fastfc.data.source.Source.decoding`)."""
+    source = train if isinstance(train, Source) else open_source(train)
     how = ("ffcv centre crop of the images stored in the beton (fast path, not the released code's)"
-           if kind == "beton" else "the original images through Resize(n_px, bicubic) + CenterCrop, "
-                                   "the released code's evaluation transform")
-    return {"path": str(train), "kind": kind, "transform": how, "decoding": source_decoding(train)}
+           if source.kind == "beton" else "the original images through Resize(n_px, bicubic) + CenterCrop, "
+                                          "the released code's evaluation transform")
+    return {"path": str(source.path), "kind": source.kind, "transform": how, "decoding": source.decoding}
 
 
 # ----------------------------------------------------------------------------- the command
@@ -279,10 +280,11 @@ def run(cfg: ProbeConfig, rt: Runtime | None = None) -> None:
 
     p, rt = cfg.probe, rt or setup_runtime()
     encoder = None if p.epochs == 0 else cfg.encoder.build()  # a zero-shot head needs no image features
-    classes, relabel = train_classes(Path(p.train))
+    train = open_source(p.train)  # one source: its classes, its record, its features
+    classes, relabel = train_classes(train)
     recipe = ProbeRecipe(p.epochs, cfg.extract.batch_size, p.lr, p.warmup,
                          p.wd if p.wd is not None else WEIGHT_DECAY[p.kind], p.seed, normalize=bool(p.zero_shot))
-    info = {"encoder": canonical_name(cfg.encoder.name), "classes": classes, "train": train_source_info(Path(p.train))}
+    info = {"encoder": canonical_name(cfg.encoder.name), "classes": classes, "train": train_source_info(train)}
     init = _zero_shot_init(cfg, classes, rt, info) if p.zero_shot else None
     if p.epochs == 0:
         weight, bias = init
@@ -290,7 +292,7 @@ def run(cfg: ProbeConfig, rt: Runtime | None = None) -> None:
         weight, bias = train_from_images(encoder, Path(p.train), len(classes), recipe, rt,
                                          out_dir=Path(p.out).parent / "from_images", num_workers=cfg.extract.workers)
     else:
-        trained = _train_cached(cfg, encoder, relabel, len(classes), recipe, rt, init, info)
+        trained = _train_cached(cfg, encoder, train, relabel, len(classes), recipe, rt, init, info)
         if trained is None:  # not the main rank: it only helped extract
             return
         weight, bias, recipe = trained
@@ -310,13 +312,13 @@ def _zero_shot_init(cfg: ProbeConfig, classes: list[str], rt: Runtime, info: dic
     return init
 
 
-def _train_cached(cfg: ProbeConfig, encoder: Encoder, relabel: np.ndarray | None, num_classes: int,
+def _train_cached(cfg: ProbeConfig, encoder: Encoder, train: Source, relabel: np.ndarray | None, num_classes: int,
                   recipe: ProbeRecipe, rt: Runtime, init, info: dict) -> tuple[torch.Tensor, torch.Tensor, ProbeRecipe] | None:
-    """The head on the train source's cached features (labels through ``relabel``, :func:`train_classes`):
+    """The head on the cached features of ``train`` (labels through ``relabel``, :func:`train_classes`):
     ``(weight [C, D], bias [C], recipe)`` on the main rank, the recipe's weight decay replaced by the
     sweep's choice (recorded in ``info`` with the train top-1); ``None`` on the other ranks, once the
     features are extracted."""
-    feats = extract(encoder, cfg.probe.train, cfg.extract.cache, rt, **cfg.extract.options())
+    feats = extract(encoder, train, cfg.extract.cache, rt, **cfg.extract.options())
     if not rt.is_main:
         return None
     if relabel is not None:

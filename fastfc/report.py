@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from fastfc.atomic import atomic_path, read_json
-from fastfc.result_files import ID_SET, cell, pct, set_label
+from fastfc.data.shifts import ID_SET
+from fastfc.result_files import cell, pct, set_label
 
 MAX_ID_GAP = 0.10  # the finding, as the demo checks it: the student within 10 points of the teacher on ID,
 MIN_DROP_RATIO = 2.0  # ... and an OOD-average gap at least twice the ID gap

@@ -13,8 +13,7 @@ import math
 from pathlib import Path
 
 from fastfc.atomic import atomic_path, write_json
-
-ID_SET = "imagenet-val"
+from fastfc.data.shifts import ID_SET
 ID_LABEL = "ID"  # the ID set's name in every table
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 

@@ -1,7 +1,7 @@
 """A beton folder, as ``python -m data_prep.imagenet`` writes it: ``train.beton``, ``val.beton`` and
 ``meta.json`` (classes, counts per split and class, writer settings, skipped files). Torch-free.
 
-Its ``meta.json`` is read here, as a shard set's is by :func:`fastfc.data.shards.read_meta`, and it
+Its ``meta.json`` is read here, as a shard set's is by :func:`fastfc.data.shifts.read_meta`, and it
 describes every beton in the folder: ``splits[<split>]`` holds the beton's ``count``, its
 ``per_class`` counts (whose keys, in label order, are the class list it was written with) and its
 size in ``bytes``. Every reader opens a beton through :func:`beton_samples` (directly, or through

@@ -37,6 +37,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from fastfc.atomic import read_json
 from fastfc.cpus import fit_workers
 from fastfc.data.images import BadImageError, decode_rgb
+from fastfc.data.shifts import read_meta, set_decoding  # a set's meta.json (also re-exported)
 
 #: image extension -> formats PIL may report for it (camera JPEGs open as "MPO").
 IMAGE_FORMATS = {"jpg": ("JPEG", "MPO"), "jpeg": ("JPEG", "MPO"), "png": ("PNG",),
@@ -68,17 +69,6 @@ class RawSample:
     info: dict
 
 
-def read_meta(set_dir: str | Path) -> dict:
-    """Load ``set_dir/meta.json`` (see module doc for the fields).
-
-    Raises:
-        FileNotFoundError: no meta.json; ValueError: unreadable. The message names the path and the
-            converter to run.
-    """
-    return read_json(Path(set_dir) / "meta.json", f"{set_dir} is not a converted shift set; run "
-                     "`python -m data_prep.shifts` to write its shards and meta.json")
-
-
 def shard_paths(set_dir: str | Path, meta: dict | None = None) -> list[tuple[Path, int]]:
     """``[(path, count), ...]`` of the set's shards in meta.json order.
 
@@ -97,20 +87,6 @@ def shard_paths(set_dir: str | Path, meta: dict | None = None) -> list[tuple[Pat
             raise FileNotFoundError(f"shard {path} listed in meta.json is missing")
         out.append((path, int(entry["count"])))
     return out
-
-
-def set_decoding(meta: dict) -> dict:
-    """How a set's images are decoded before the evaluation transform, as its ``meta.json`` says
-    (``data_prep.shifts`` records both at conversion):
-
-    * ``exif_upright`` (bool): turn images by their EXIF orientation tag (``--exif-upright``);
-    * ``border_crop`` (int, px): cut off every border first (``--objectnet-border-crop``: 2 px).
-
-    A ``meta.json`` written before these fields existed reads as the default of both, the released
-    code's: as stored, no crop (fastfc then turned images upright and cropped ObjectNet: convert
-    again with the options to keep that). Returns ``{"exif_upright": bool, "border_crop": int}``.
-    """
-    return {"exif_upright": bool(meta.get("exif_upright", False)), "border_crop": int(meta.get("border_crop", 0))}
 
 
 def crop_border(img: Image.Image, px: int) -> Image.Image:

@@ -13,7 +13,9 @@ the ImageNet indices it maps to:
 Each :class:`ShiftSet` entry of :data:`REGISTRY` carries its set's rules: where the images and
 mapping files sit under ``--src``, the label rule and the projection. :func:`list_set` applies
 them to a set's folders; :mod:`data_prep.shifts` writes the listing as shards and stores the
-resulting ``classes`` and ``imagenet_indices`` in each set's ``meta.json``.
+resulting ``classes`` and ``imagenet_indices`` in each set's ``meta.json``, which
+:func:`read_meta` reads and :func:`set_decoding` interprets (EXIF upright, border crop) for every
+reader. :data:`ID_SET` names the in-distribution set (ImageNet val), here and nowhere else.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from fastfc.atomic import read_json
 from fastfc.data import images
 from fastfc.data.images import ListingError, read_label_text
 
 if TYPE_CHECKING:
     import torch
 
+ID_SET = "imagenet-val"  # the in-distribution set (ImageNet val): its one definition
 PROJECTIONS = ("none", "mask", "objectnet-max")
 WNID = re.compile(r"^n\d{8}$")
 OBJECTNET_MAPPING_FILES = ("folder_to_objectnet_label.json", "objectnet_to_imagenet_1k.json",
@@ -308,7 +312,7 @@ def objectnet_mapping(folders: list[str], where: Path, imagenet_classes: Sequenc
 
 
 REGISTRY: dict[str, ShiftSet] = {s.name: s for s in (
-    ShiftSet("imagenet-val", "val", "<wnid>/*.JPEG (1000 folders)", "none", 50_000, wnid_folders),
+    ShiftSet(ID_SET, "val", "<wnid>/*.JPEG (1000 folders)", "none", 50_000, wnid_folders),
     ShiftSet("imagenet-v2", "imagenetv2-matched-frequency", "<int>/*.jpeg, folders 0..999 (label = int(folder))",
              "none", 10_000, int_folders),
     ShiftSet("imagenet-sketch", "sketch", "<wnid>/* (1000 folders)", "none", 50_889, wnid_folders),
@@ -333,6 +337,35 @@ def _read_json(path: Path):
         return json.loads(text)
     except ValueError as e:
         raise LabelSpaceError(f"{path}: not valid JSON ({e}); restore it from the ObjectNet download") from None
+
+
+# ----------------------------------------------------------------------------- a converted set's meta.json
+
+def read_meta(set_dir: str | Path) -> dict:
+    """Load ``set_dir/meta.json``, as ``data_prep.shifts`` writes it (``set``, ``classes``,
+    ``imagenet_indices``, ``projection``, ``count``, ``per_class``, ``shards``, and the decoding
+    opt-ins read by :func:`set_decoding`).
+
+    Raises:
+        FileNotFoundError: no meta.json; ValueError: unreadable. The message names the path and the
+            converter to run.
+    """
+    return read_json(Path(set_dir) / "meta.json", f"{set_dir} is not a converted shift set; run "
+                     "`python -m data_prep.shifts` to write its shards and meta.json")
+
+
+def set_decoding(meta: dict) -> dict:
+    """How a set's images are decoded before the evaluation transform, as its ``meta.json`` says
+    (``data_prep.shifts`` records both at conversion):
+
+    * ``exif_upright`` (bool): turn images by their EXIF orientation tag (``--exif-upright``);
+    * ``border_crop`` (int, px): cut off every border first (``--objectnet-border-crop``: 2 px).
+
+    A ``meta.json`` written before these fields existed reads as the default of both, the released
+    code's: as stored, no crop (fastfc then turned images upright and cropped ObjectNet: convert
+    again with the options to keep that). Returns ``{"exif_upright": bool, "border_crop": int}``.
+    """
+    return {"exif_upright": bool(meta.get("exif_upright", False)), "border_crop": int(meta.get("border_crop", 0))}
 
 
 # ----------------------------------------------------------------------------- scoring

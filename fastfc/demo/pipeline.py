@@ -36,7 +36,7 @@ from fastfc.fixtures.photos import make_imagenet_tree
 # One loader worker beside the encoder's threads: on 2 cores, 2 workers made extraction 2.7x slower
 # (10 against 29 img/s for MobileNetV2 on the demo's betons and shards, measured with other jobs running).
 LOADER_WORKERS = 1
-ID_SET = shifts.get("imagenet-val")  # the ImageNet tree's val split, read like the shift sets
+ID_ENTRY = shifts.get(shifts.ID_SET)  # the ImageNet tree's val split, read like the shift sets
 REAL_RUNS = "launch/single_node.sh launch/configs/distill_rn50.toml && launch/probe_and_eval.sh RN50"
 
 
@@ -106,7 +106,7 @@ def prepare_data(data: Path, *, train_per_class: int = 30, val_per_class: int = 
         print("[demo] converting ImageNet → betons")
         convert(data / "imagenet", betons, settings=WriterSettings(max_resolution=320))
     imagenet, shards = read_imagenet_classes(), {}
-    sources = {ID_SET.name: data / "imagenet" / ID_SET.release, **{n: data / "shifts" / d for n, d in SHIFT_DIRS.items()}}
+    sources = {ID_ENTRY.name: data / "imagenet" / ID_ENTRY.release, **{n: data / "shifts" / d for n, d in SHIFT_DIRS.items()}}
     for name, src in sources.items():
         if not (data / "shards" / name / "meta.json").is_file():
             print(f"[demo] converting {name} → shards")
