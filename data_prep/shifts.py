@@ -10,7 +10,7 @@ Usage::
 Output: ``OUT/<set>/<set>-000000.tar …`` and ``OUT/<set>/meta.json`` (set, classes, ImageNet
 indices per class, images per class, projection, count, shards with count and sha256, every file
 seen but not converted with its reason, the dropped folders, and how the reader decodes the images:
-``exif_upright`` and ``border_crop``, :func:`fastfc.data.shards.set_decoding`; both off by default,
+``exif_upright`` and ``border_crop``, :func:`fastfc.data.shifts.set_decoding`; both off by default,
 as the released code reads them). Folders are listed by
 :mod:`fastfc.data.images`'s policy, which also decodes the images when they are read back.
 Each sample keeps the original image bytes (``.jpg``/``.png``/…, named by the *content's*
@@ -116,7 +116,7 @@ def write_set(listing: SetListing, src: Path, out: Path, *, shard_bytes: int = D
 
     ``exif_upright`` and ``border_crop`` (the set's recommended crop, :attr:`fastfc.data.shifts.ShiftSet.border_crop`:
     ObjectNet's 2 px) are opt-ins recorded in ``meta.json``, which the reader follows
-    (:func:`fastfc.data.shards.set_decoding`); off, the images read as the released code reads them.
+    (:func:`fastfc.data.shifts.set_decoding`); off, the images read as the released code reads them.
 
     Shards are written under temporary names and renamed, then ``meta.json`` last: a set folder
     with a ``meta.json`` is complete. ``meta.json``'s ``skipped`` names every file seen but not
