@@ -305,6 +305,8 @@ def _shard_sets(shards: Path) -> dict:
 
 def _eval_sets(e) -> dict:
     """The sets ``fastfc eval`` scores, by name; every path checked first."""
+    from fastfc.data.shifts import ID_SET
+
     sets = {}
     if e.shards:
         shards = Path(e.shards)
@@ -313,8 +315,6 @@ def _eval_sets(e) -> dict:
         if missing:
             raise FileNotFoundError(f"--sets {','.join(missing)}: not in {shards} (it has {', '.join(found)})")
         sets.update((name, path) for name, path in found.items() if not e.sets or name in e.sets)
-    from fastfc.data.shifts import ID_SET
-
     id_source = _id_source(e)
     if id_source is not None:  # an explicit ID source wins over imagenet-val shards under --shards
         sets = {ID_SET: id_source, **{k: v for k, v in sets.items() if k != ID_SET}}

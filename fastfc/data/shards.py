@@ -34,7 +34,6 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision import transforms
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from fastfc.atomic import read_json
 from fastfc.cpus import fit_workers
 from fastfc.data.images import BadImageError, decode_rgb
 from fastfc.data.shifts import read_meta, set_decoding  # a set's meta.json (also re-exported)
