@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +23,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from fastfc.atomic import allocate_npy, output_lock, publish, write_json
+from fastfc.atomic import allocate_npy, publish, write_json
 from fastfc.data.source import Source, open_source
 from fastfc.models import Encoder
-from fastfc.runtime import Runtime, prepare_model
+from fastfc.runtime import Runtime, output_lock_all_ranks, prepare_model
 from fastfc.stage_config import FeaturesConfig
 
 CACHE_DTYPES = {"bf16": np.float16, "fp32": np.float32}  # precision -> the cache's dtype
@@ -106,7 +106,7 @@ def extract(encoder: Encoder, source: str | Path | Source, cache_dir: str | Path
         return cached
     if rt.is_main:
         folder.mkdir(parents=True, exist_ok=True)
-    with output_lock(folder) if rt.is_main else nullcontext(), _temporaries_removed(folder, rt):
+    with output_lock_all_ranks(folder, rt), _temporaries_removed(folder, rt):
         n = _fill(encoder, source, folder, rt, precision=precision, batch_size=batch_size, num_workers=num_workers,
                   compile=compile)
         if rt.is_main:
@@ -118,7 +118,7 @@ def extract(encoder: Encoder, source: str | Path | Source, cache_dir: str | Path
 
 @contextmanager
 def _temporaries_removed(folder: Path, rt: Runtime):
-    """On an error while filling ``folder`` (one command at a time: :func:`fastfc.atomic.output_lock`),
+    """On an error while filling ``folder`` (one command at a time: :func:`fastfc.runtime.output_lock_all_ranks`),
     the main rank removes the cache's temporaries."""
     try:
         yield

@@ -373,6 +373,25 @@ def test_under_two_ranks_a_held_out_is_refused_by_every_rank(val_sources, tmp_pa
     assert done.returncode == 1 and len(said) == 2 and f"{out}: another process" in said[1]  # rank 1 too, not left waiting
 
 
+def test_under_two_ranks_a_cache_being_filled_is_refused_by_every_rank(val_sources, tmp_path):
+    from fastfc.atomic import output_lock
+
+    folder = val_sources[0]
+    weights = _tiny_weights(tmp_path / "tiny.pt", 0)
+    cmd = [sys.executable, "-m", "fastfc", "features", "--encoder", "tiny", "--weights", str(weights),
+           "--cache", str(tmp_path / "cache"), "--workers", "1", str(folder)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=True)
+    [cache] = (tmp_path / "cache").iterdir()
+    (cache / "meta.json").unlink()  # the record is written last: a cache still being filled
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"] + cmd[1:]
+    with output_lock(cache):  # another command, still filling it
+        done = subprocess.run(two, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    said = [l for l in done.stderr.splitlines() if l.startswith("fastfc features: error:")]
+    assert done.returncode == 1 and len(said) == 2 and f"{cache}: another process" in said[1]  # rank 1 too
+    assert not (cache / "meta.json").exists()
+
+
 def test_cli_eval_normalises_the_features_of_a_probe_trained_on_normalised_ones(val_sources, tmp_path):
     """A probe whose record says ``recipe.normalize`` (trained from a zero-shot head, as the original's
     ``ClassificationHead(normalize=True)``) is scored on L2-normalised features; one without, on raw."""
