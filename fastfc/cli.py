@@ -12,9 +12,10 @@
   convert   imagenet | shifts: the one-time converters (python -m data_prep.imagenet | shifts)
 
 distill, features, probe and eval read a TOML config (--config FILE, --set section.key=value; the
-flags of features, probe and eval are shorthands for its fields: fastfc/stage_config.py); each
-stage module's run() does the work; toy, cifar and convert read the rest of the command line with
-their own parser. Each command has --help with examples. Bad input gives one error line;
+flags of features, probe and eval are shorthands for its fields, derived from them:
+fastfc/stage_config.py; the same sections and keys in every command, older keys accepted with a
+note: fastfc/config.py); each stage module's run() does the work; toy, cifar and convert read the
+rest of the command line with their own parser. Each command has --help with examples. Bad input gives one error line;
 FASTFC_TRACEBACK=1 shows the traceback. Installed as .venv/bin/fastfc; python -m fastfc is the same.
 """
 
@@ -105,28 +106,55 @@ def _config_args(p: argparse.ArgumentParser, sections: str) -> None:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
 
 
-def _encoder_args(p: argparse.ArgumentParser, cls) -> None:
-    _flag(p, "--encoder", key="encoder.name", cls=cls,
-          help="encoder name or alias: RN50, CLIP_RN50, ViT-B-16, mobilenet_v2, tiny, ...")
-    g = p.add_mutually_exclusive_group()
-    _flag(g, "--pretrained", key="encoder.pretrained", cls=cls,
-          help="open_clip pretrained tag of a CLIP encoder, e.g. openai (downloads once)")
-    _flag(g, "--weights", key="encoder.weights", cls=cls,
-          help="a weights file: a distilled student (weights.pt), an original-code checkpoint, or 'package' for "
-               "the wheel-shipped MobileNetV2")
+def _comma_list(kind: type):
+    """An argparse type: comma-separated values of ``kind`` as a list."""
+    def parse(text: str) -> list:
+        return [kind(v) for v in text.split(",")]
+    parse.__name__ = f"comma-separated {kind.__name__}"
+    return parse
 
 
-def _extract_args(p: argparse.ArgumentParser, cls) -> None:
-    _encoder_args(p, cls)
-    _flag(p, "--cache", key="extract.cache", cls=cls, type=Path,
-          help="feature cache: one folder per (encoder weights, data); reused when both match")
-    _flag(p, "--batch-size", key="extract.batch_size", cls=cls, type=_positive,
-          help="images per extraction batch, per process")
-    _flag(p, "--workers", key="extract.workers", cls=cls, type=_non_negative,
-          help="loader workers per process (default: the CPUs this process may use, shared among torchrun's local "
-               "ranks, at most 8; more than it may use are lowered to that)")
-    _flag(p, "--precision", key="extract.precision", cls=cls, choices=("bf16", "fp32"),
-          help="bf16: autocast on GPU and a float16 cache; fp32: the paper's arithmetic, a float32 cache")
+def _flag_kwargs(meta: dict, hint) -> dict:
+    """argparse's keywords for a config field's flag, from the field's type ``hint`` and metadata
+    (:func:`fastfc.config.option`): a bool is a switch, choices are argparse's, a tuple reads
+    comma-separated values (or ``nargs``/``action``'s), an int honours ``minimum``, ``path`` a Path."""
+    import types
+    import typing
+
+    kw = dict(meta["flag_kw"])
+    kw.pop("group", None)
+    path, minimum = kw.pop("path", False), kw.pop("minimum", None)
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    base = next(t for t in typing.get_args(hint) if t is not type(None)) if union else hint
+    if base is bool:
+        kw["action"] = "store_true"
+    elif "choices" in meta:
+        kw["choices"] = meta["choices"]
+    elif typing.get_origin(base) is tuple:
+        item = typing.get_args(base)[0]
+        kw["type"] = (Path if path else item) if {"nargs", "action"} & set(kw) else _comma_list(item)
+    elif base in (int, float):
+        kw["type"] = _int_at_least(minimum) if base is int and minimum is not None else base
+    elif path:
+        kw["type"] = Path
+    return kw
+
+
+def _config_flags(p: argparse.ArgumentParser, cls) -> None:
+    """The flags of config class ``cls``: one per field with a ``flag`` (:func:`fastfc.config.flag_fields`),
+    in field order; the flags of one section sharing a ``group`` are mutually exclusive."""
+    from fastfc.config import flag_fields
+
+    groups: dict = {}
+    for key, f, hint in flag_fields(cls):
+        group = f.metadata["flag_kw"].get("group")
+        target = p
+        if group:  # e.g. --pretrained | --weights, per section
+            section = (key.rsplit(".", 1)[0], group)
+            if section not in groups:
+                groups[section] = p.add_mutually_exclusive_group()
+            target = groups[section]
+        _flag(target, f.metadata["flag"], key=key, cls=cls, help=f.metadata["help"], **_flag_kwargs(f.metadata, hint))
 
 
 def _config(args, cls, **flags):
@@ -149,10 +177,10 @@ def distill(args) -> int:
     from fastfc.distill_config import DistillConfig
 
     # A missing file, bad TOML, an unknown key, a bad value or encoder name: refused before torch.
-    configlib.load(DistillConfig, args.config, args.set or [])
+    cfg = configlib.load(DistillConfig, args.config, args.set or [])
     _start_work()
     from fastfc.distill import main as distill_main
-    return distill_main(args)
+    return distill_main(args, cfg)
 
 
 def _check_encoder_args(cfg) -> None:
@@ -167,7 +195,7 @@ def _check_encoder_args(cfg) -> None:
         raise FileNotFoundError(f"--weights {weights}: no such file; give a weights file (a distilled "
                                 "student's weights.pt, an original-code checkpoint) or 'package'")
     from fastfc.cpus import fit_workers
-    cfg.extract.workers = fit_workers(cfg.extract.workers, "--workers")
+    cfg.data.workers = fit_workers(cfg.data.workers, "--workers")
 
 
 def _check_source(source: Path) -> None:
@@ -462,9 +490,9 @@ def _distill_parser(sub) -> None:
         epilog="examples:\n"
                "  fastfc distill --config launch/configs/distill_rn50.toml --dry-run\n"
                "  torchrun --standalone --nproc-per-node 8 -m fastfc distill --config launch/configs/distill_rn50.toml\n"
-               "  fastfc distill --config C.toml --set train.lr=5e-4 --set data.num_workers=4 --resume",
+               "  fastfc distill --config C.toml --set train.lr=5e-4 --set data.workers=4 --resume",
         formatter_class=_Help)
-    t.add_argument("--config", type=Path, help="TOML with [model] [data] [objective] [train] sections (the paper's "
+    t.add_argument("--config", type=Path, help="TOML with [encoder] [teacher] [data] [objective] [train] sections (the paper's "
                                                "runs: launch/configs/); without it, the defaults: RN50, openai "
                                                "teacher, data/betons/train.beton")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
@@ -481,15 +509,15 @@ def _features_parser(sub) -> None:
                        epilog="examples:\n  fastfc features --encoder RN50 --pretrained openai data/betons/train.beton "
                               "data/shards/imagenet-r\n"
                               "  fastfc features --config F.toml --set extract.precision=fp32")
-    _config_args(f, "a top-level sources list and [encoder] [extract] sections")
-    _extract_args(f, FeaturesConfig)
+    _config_args(f, "a top-level sources list and [encoder] [data] [extract] sections")
+    _config_flags(f, FeaturesConfig)
     f.add_argument("source", nargs="*", type=Path, help="a .beton, a shard set folder (holding meta.json) or an ImageNet "
                                                         "val folder (<wnid>/*.JPEG); or sources in --config")
     f.set_defaults(func=features, parser=f)
 
 
 def _probe_parser(sub) -> None:
-    from fastfc.stage_config import PROBE_KINDS, ProbeConfig
+    from fastfc.stage_config import ProbeConfig
 
     pr = sub.add_parser(
         "probe", help="train a linear probe on an encoder's cached features (or on images)",
@@ -500,31 +528,10 @@ def _probe_parser(sub) -> None:
                "  fastfc probe --encoder RN50 --weights runs/distill_rn50/weights.pt --kind distilled --train ... --out ...\n"
                "  fastfc probe ... --wd-sweep 1e-6,1e-5,1e-4,1e-3,1e-2,1e-1\n"
                "  fastfc probe --encoder RN50 --pretrained openai --zero-shot openai --epochs 0 ...  # CLIP zero-shot as the head\n"
-               "  fastfc probe --config P.toml --set probe.seed=1 --set extract.workers=4",
+               "  fastfc probe --config P.toml --set probe.seed=1 --set data.workers=4",
         formatter_class=_Help)
-    _config_args(pr, "[encoder] [extract] [probe] sections")
-    _extract_args(pr, ProbeConfig)
-
-    def flag(*names, key, **kw):
-        _flag(pr, *names, key=f"probe.{key}", cls=ProbeConfig, **kw)
-    flag("--train", key="train", type=Path, help="the ImageNet train folder (<wnid>/*) or its shards, read through "
-         "the evaluation transform as the paper's code; or a train.beton, the fast path; required")
-    flag("--out", key="out", type=Path, help="probe file to write (weight [C, D], bias [C]) + .json; required")
-    flag("--kind", key="kind", choices=PROBE_KINDS, help="picks the weight decay (0.1 / 1e-3)")
-    flag("--wd", key="wd", type=float, help="weight decay (overrides --kind)")
-    flag("--wd-sweep", key="wd_sweep", type=lambda t: [float(v) for v in t.split(",")],
-         help="comma-separated weight decays: K heads in one pass, chosen on a held-out 10%% of train")
-    flag("--epochs", key="epochs", type=_non_negative, help="epochs over the train features; 0 keeps the initial "
-                                                            "head (with --zero-shot)")
-    flag("--lr", key="lr", type=float, help="AdamW peak learning rate")
-    flag("--warmup", key="warmup", type=int, help="linear warmup steps, then cosine to 0")
-    flag("--seed", key="seed", type=int, help="head initialisation and minibatch order")
-    flag("--from-images", key="from_images", action="store_true",
-         help="the original way: run the encoder over the images every epoch")
-    flag("--zero-shot", key="zero_shot", metavar="TAG",
-         help="start from CLIP's zero-shot head: the text tower of --encoder's CLIP model with this open_clip tag (e.g. "
-              "openai; downloads once) or a whole-CLIP checkpoint file (built with QuickGELU, as OpenAI's weights need), "
-              "prompted with open_clip's ImageNet class names and 80 templates; also for a distilled student of that CLIP")
+    _config_args(pr, "[encoder] [data] [extract] [probe] sections")
+    _config_flags(pr, ProbeConfig)
     pr.set_defaults(func=probe, parser=pr)
 
 
@@ -545,44 +552,9 @@ def _eval_parser(sub) -> None:
                                "  fastfc eval --compare runs/clip runs/distilled --plot runs/id_vs_ood.png\n"
                                "  fastfc eval --config E.toml --set eval.sets=imagenet-r,imagenet-a",
                         formatter_class=_Help)
-    _config_args(ev, "[encoder] [extract] [teacher] [eval] sections")
-    _extract_args(ev, EvalConfig)
-
-    def flag(*names, key, **kw):
-        _flag(ev, *names, key=f"eval.{key}", cls=EvalConfig, **kw)
-    flag("--probe", key="probe", type=Path, help="a probe file (fastfc's or the original code's)")
-    flag("--shards", key="shards", type=Path, help="folder of shift-set folders (each with meta.json); its "
-                                                   "imagenet-val folder, if any, is the ID set")
-    flag("--sets", key="sets", type=lambda t: t.split(","), help="only these sets (comma-separated)")
-    val = ev.add_mutually_exclusive_group()
-    _flag(val, "--val", key="eval.val", cls=EvalConfig, type=Path,
-          help="ID set read like the shift sets (original JPEG, bicubic resize, centre crop): imagenet-val shards or "
-               "the ImageNet val folder (<wnid>/*.JPEG)")
-    _flag(val, "--val-beton", key="eval.val_beton", cls=EvalConfig, type=Path,
-          help="opt-in: ID from a val beton instead (its stored, resized pixels and ffcv's resize; not the paper's "
-               "evaluation path)")
-    flag("--train", key="train", type=Path, help="the train split as for probe --train (folder, shards or beton): "
-         "top-1 and fit on it, the reference level")
-    _teacher_args(ev)
-    flag("--out", key="out", type=Path, help="where results.json / results.md go")
-    flag("--compare", key="compare", type=Path, nargs="+", metavar="RUN",
-         help="run folders with results.json; the first is the teacher")
-    flag("--baseline", key="baseline", type=Path, action="append", help="runs for the effective-robustness fit (>= 2)")
-    flag("--plot", key="plot", type=Path, help="PNG of OOD average against ID top-1 (with --compare)")
+    _config_args(ev, "[encoder] [data] [extract] [teacher] [eval] sections")
+    _config_flags(ev, EvalConfig)
     ev.set_defaults(func=evaluate, parser=ev)
-
-
-def _teacher_args(ev) -> None:
-    from fastfc.stage_config import EvalConfig
-
-    _flag(ev, "--teacher-encoder", key="teacher.name", cls=EvalConfig,
-          help="report the student-teacher fit per set (mean cosine, relative squared error) against this encoder "
-               "(default: --encoder)")
-    tg = ev.add_mutually_exclusive_group()
-    _flag(tg, "--teacher-pretrained", key="teacher.pretrained", cls=EvalConfig,
-          help="the teacher's open_clip pretrained tag, e.g. openai")
-    _flag(tg, "--teacher-weights", key="teacher.weights", cls=EvalConfig,
-          help="the teacher's weights file, or 'package' (the shipped MobileNetV2)")
 
 
 def _message(e: Exception) -> str:

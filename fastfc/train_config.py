@@ -10,9 +10,13 @@ import math
 
 from dataclasses import dataclass
 
+from fastfc.config import check_choices, option
+
 # "bf16": bfloat16 autocast around the forward (the GPU default, fast). "fp32": no autocast
 # anywhere, the paper's arithmetic (docs/recipe.md).
 PRECISIONS = ("bf16", "fp32")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "step")
 
 
 def check_precision(precision: str) -> str:
@@ -43,7 +47,8 @@ class TrainConfig:
     ``lr_step_epochs`` epochs); both warm up over ``warmup_steps``.
 
     ``global_batch_size`` is kept whatever the number of ranks (the paper's 256); the per-rank batch
-    is derived and an uneven split is refused. ``compile=None`` means on for GPU, off for CPU.
+    is derived and an uneven split is refused. It is global, unlike the per-process ``[data]
+    batch_size`` of ``features``, ``probe`` and ``eval``, hence its own name. ``compile=None`` means on for GPU, off for CPU.
     ``precision``: ``"bf16"`` (bf16 autocast, the default) or ``"fp32"`` (no autocast anywhere in
     the step, teacher included: the paper's arithmetic); the older ``bf16 = true/false`` key still
     loads, as ``"bf16"``/``"fp32"``. ``stop_after`` ends the run early at that step, as a preemption
@@ -56,9 +61,9 @@ class TrainConfig:
     warmup_steps: int = 10_000
     grad_clip: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)
-    optimizer: str = "adamw"
+    optimizer: str = option("adamw", choices=OPTIMIZERS)
     momentum: float = 0.9
-    schedule: str = "cosine"
+    schedule: str = option("cosine", choices=SCHEDULES)
     lr_step_epochs: int = 50
     lr_gamma: float = 0.1
     global_batch_size: int = 256
@@ -66,7 +71,7 @@ class TrainConfig:
     stop_after: int | None = None
     seed: int = 0
     compile: bool | None = None
-    precision: str = "bf16"
+    precision: str = option("bf16", choices=PRECISIONS)
     channels_last: bool = True
     deterministic: bool = False
     out_dir: str = "runs/train"
@@ -76,9 +81,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
-        if self.optimizer not in ("adamw", "sgd") or self.schedule not in ("cosine", "step"):
-            raise ValueError(f"train.optimizer must be adamw or sgd (got {self.optimizer!r}) and train.schedule "
-                             f"cosine or step (got {self.schedule!r})")
+        check_choices(self, "train.")
         if not (0 <= self.momentum < 1 and 0 < self.lr_gamma <= 1):
             raise ValueError(f"train.momentum must be in [0, 1) and train.lr_gamma in (0, 1], "
                              f"got {self.momentum} and {self.lr_gamma}")
@@ -90,7 +93,6 @@ class TrainConfig:
         for name in ("max_steps", "stop_after"):  # 0 would read as "not set" and run the whole schedule
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1 (or unset), got {getattr(self, name)}")
-        check_precision(self.precision)
 
     @staticmethod
     def migrate_keys(data: dict) -> dict:
