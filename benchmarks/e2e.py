@@ -40,11 +40,11 @@ def run(*, arch: str = "tiny", per_class: int = 40, steps: int = 60, batch: int 
         tmp = Path(tmp)
         make_imagenet_tree(tmp / "src", train_per_class=per_class, val_per_class=1, quirks=False)
         cfg = DistillConfig()
-        cfg.model.arch, cfg.model.teacher_pretrained = arch, None
+        cfg.encoder.name, cfg.teacher.pretrained = arch, None
         resolution = ENCODERS[canonical_name(arch)].input_size  # stored as README recommends: short side for the crop
         convert(tmp / "src", tmp / "betons", splits=("train",), workers=workers,
                 settings=WriterSettings(short_side=short_side_for(resolution, TRAIN_SCALE[0])))
-        cfg.data.train_beton, cfg.data.num_workers = str(tmp / "betons" / "train.beton"), workers
+        cfg.data.train_beton, cfg.data.workers = str(tmp / "betons" / "train.beton"), workers
         cfg.train = TrainConfig(epochs=1000, max_steps=steps, global_batch_size=batch, warmup_steps=5, precision="fp32",
                                 compile=False, log_every=max(1, steps // 3), out_dir=str(tmp / "run"))
         distill(cfg, rt=Runtime())

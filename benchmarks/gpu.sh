@@ -51,7 +51,7 @@ else                    # the device: 16 cores, one H200; 19 steps per epoch (a 
   EXTRA=()
 fi
 DATA=$WORK/data BETON=$WORK/betons/train.beton SHARDS=$WORK/shards RUN=$WORK/distill
-SETS=(model.arch=$ARCH model.teacher_pretrained= data.train_beton=$BETON data.num_workers=$WORKERS
+SETS=(encoder.name=$ARCH teacher.pretrained= data.train_beton=$BETON data.workers=$WORKERS
       train.out_dir=$RUN train.max_steps=$STEPS train.warmup_steps=$((STEPS / 4)) train.log_every=$LOG_EVERY
       train.global_batch_size=$BATCH train.checkpoint_every=100000 train.keep_weights_every_epochs=100000 "${EXTRA[@]}")
 DISTILL=("$PY" -m torch.distributed.run --standalone --nproc-per-node 1 -m fastfc distill --config launch/configs/distill_rn50.toml)

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from fastfc.atomic import atomic_path
+from fastfc.config import upgrade
 from fastfc.safe_load import CheckpointError, read_file  # noqa: F401  (re-exported)
 from fastfc.runtime import Runtime
 
@@ -46,7 +47,7 @@ _PLAN_KEYS = ("train_images", "global_batch", "steps_per_epoch", "total_steps") 
 _RUN_FILES = {CHECKPOINT, PREVIOUS, "metrics.jsonl", "summary.json", "config.json", "weights.pt", "tb"}
 _RESTART_COUNTS = (("TORCHELASTIC_RESTART_COUNT", "torchrun restart"), ("SLURM_RESTART_COUNT", "SLURM requeue"))
 _START_OVER = "start over with --fresh (moves the old run aside)"
-_RUN_CONTROL = {"stop_after", "out_dir", "log_every", "checkpoint_every", "compile", "num_workers",
+_RUN_CONTROL = {"stop_after", "out_dir", "log_every", "checkpoint_every", "compile", "workers",
                 "keep_weights_every_epochs"}
 
 
@@ -147,10 +148,13 @@ class Checkpointer:
             a resume that would change any of the first four is refused.
         config: the run's resolved config; a resume whose sections other than ``train`` and
             ``data`` differ is refused (another run); changed ``train``/``data`` values are noted.
+        command: the command whose config ``config`` is (``"distill"``): a checkpoint saved with
+            its older key names (:data:`fastfc.config.RENAMED`) is compared under the new names.
     """
 
-    def __init__(self, out_dir: str | Path, rt: Runtime, *, plan: dict, config: dict):
+    def __init__(self, out_dir: str | Path, rt: Runtime, *, plan: dict, config: dict, command: str | None = None):
         self.out, self.rt, self.plan, self.config = Path(out_dir), rt, plan, _plain(config)
+        self.command = command
         self.path, self.prev = self.out / CHECKPOINT, self.out / PREVIOUS
         self.last_good: tuple[Path, int] | None = None  # (file, step) a diverged run can resume from
         self._saved_step: int | None = None
@@ -282,7 +286,7 @@ class Checkpointer:
                       f"{self.rt.world_size}: the schedule continues (step {state['step']} of "
                       f"{self.plan['total_steps']}), but the data order, the per-rank batch (BatchNorm "
                       "statistics) and the random streams differ from an uninterrupted run")
-        theirs = _plain(state.get("config") or {})
+        theirs = upgrade(_plain(state.get("config") or {}), self.command)  # older key names, quietly
         for section in sorted((set(theirs) | set(self.config)) - {"train", "data"}):
             if theirs.get(section) != self.config.get(section):
                 raise CheckpointError(f"{path}: comes from another run ({section}: {theirs.get(section)} there, "

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastfc import config as configlib
-from fastfc.distill_config import DataConfig, DistillConfig, ModelConfig, ObjectiveConfig  # noqa: F401  (re-exported)
+from fastfc.distill_config import (DataConfig, DistillConfig, ObjectiveConfig, StudentConfig,  # noqa: F401
+                                   TeacherConfig)  # (re-exported)
 from fastfc.models import ENCODERS, Encoder, build_student, build_teacher, canonical_name
 from fastfc.runtime import Runtime, setup_runtime
 from fastfc.train import lr_at, train
@@ -177,13 +178,12 @@ def _mean_mse(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch
 # ----------------------------------------------------------------------------- the run
 
 def build_task(cfg: DistillConfig) -> DistillTask:
-    m = cfg.model
+    s, t = cfg.encoder, cfg.teacher
     with torch.random.fork_rng(devices=[]):  # a random-init teacher (tests) is the same on every rank
-        torch.manual_seed(m.student_seed + 10_000)
-        teacher = build_teacher(m.arch, pretrained=m.teacher_pretrained if not m.teacher_weights else None,
-                                weights=m.teacher_weights)
-    student = build_student(m.arch, seed=m.student_seed, init=m.init)
-    return DistillTask(teacher, student, cfg.objective, arch=m.arch)
+        torch.manual_seed(s.seed + 10_000)
+        teacher = build_teacher(s.name, pretrained=t.pretrained if not t.weights else None, weights=t.weights)
+    student = build_student(s.name, seed=s.seed, init=s.init)
+    return DistillTask(teacher, student, cfg.objective, arch=s.name)
 
 
 def plan(cfg: DistillConfig, world_size: int) -> dict:
@@ -211,21 +211,22 @@ def run(cfg: DistillConfig, *, resume: bool = False, fresh: bool = False, rt: Ru
     if not Path(cfg.data.train_beton).is_file():  # before the teacher is built (and maybe downloaded)
         raise FileNotFoundError(f"data.train_beton = {cfg.data.train_beton}: no such beton; create it with "
                                 "`python -m data_prep.imagenet` or point --set data.train_beton=... at it")
-    check_stored_size(cfg.data.train_beton, ENCODERS[canonical_name(cfg.model.arch)].input_size)
+    check_stored_size(cfg.data.train_beton, ENCODERS[canonical_name(cfg.encoder.name)].input_size)
     rt = rt or setup_runtime()
     per_rank = cfg.train.per_rank_batch(rt.world_size)
     task = build_task(cfg).to(rt.device)
     loader = make_loader(cfg.data.train_beton, train=True, augment=cfg.data.augment, batch_size=per_rank,
                          resolution=task.teacher.input_size, mean=task.teacher.mean, std=task.teacher.std,
-                         num_workers=cfg.data.num_workers, device=rt.device, distributed=rt.distributed,
+                         num_workers=cfg.data.workers, device=rt.device, distributed=rt.distributed,
                          seed=cfg.train.seed,
                          dtype=np.float16 if rt.device.type == "cuda" and cfg.train.precision == "bf16" else np.float32)
-    return train(task, loader, cfg.train, rt, resume=resume, fresh=fresh, run_config=configlib.to_dict(cfg))
+    return train(task, loader, cfg.train, rt, resume=resume, fresh=fresh, run_config=configlib.to_dict(cfg),
+                 command=cfg.COMMAND)
 
 
-def main(args) -> int:
-    """``fastfc distill``: see ``python -m fastfc distill --help``."""
-    cfg = configlib.load(DistillConfig, args.config, args.set or [])
+def main(args, cfg: DistillConfig) -> int:
+    """``fastfc distill``: see ``python -m fastfc distill --help``. ``cfg``: the config resolved once
+    by the command line (:func:`fastfc.config.load` of ``args.config`` and ``args.set``)."""
     if args.dry_run:
         world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
         summary = {"config": configlib.to_dict(cfg), "plan": plan(cfg, world)}

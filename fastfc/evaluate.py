@@ -195,7 +195,7 @@ def run(cfg: EvalConfig, sets: dict[str, Path], rt: Runtime | None = None) -> di
         out.mkdir(parents=True, exist_ok=True)
     with output_lock_all_ranks(out, rt):  # one eval writing `out` at a time
         results = evaluate(encoder, weight, bias, classes, sets, Path(cfg.extract.cache), rt, teacher=teacher,
-                           train=cfg.eval.train, normalize=normalize, **cfg.extract.options())
+                           train=cfg.eval.train, normalize=normalize, **cfg.extract_options())
         if rt.is_main:
             write_results(out, results)
     if rt.is_main:

@@ -239,7 +239,7 @@ def run(cfg: FeaturesConfig, rt: Runtime | None = None) -> list[Features]:
     rt, encoder = rt or setup_runtime(), cfg.encoder.build()
     done = []
     for source in cfg.sources:
-        f = extract(encoder, source, cfg.extract.cache, rt, **cfg.extract.options())
+        f = extract(encoder, source, cfg.extract.cache, rt, **cfg.extract_options())
         if rt.is_main:
             print(f"{source}: {f.features.shape[0]} x {f.features.shape[1]} {f.features.dtype} → {f.path}")
         done.append(f)

@@ -282,7 +282,7 @@ def run(cfg: ProbeConfig, rt: Runtime | None = None) -> None:
     encoder = None if p.epochs == 0 else cfg.encoder.build()  # a zero-shot head needs no image features
     train = open_source(p.train)  # one source: its classes, its record, its features
     classes, relabel = train_classes(train)
-    recipe = ProbeRecipe(p.epochs, cfg.extract.batch_size, p.lr, p.warmup,
+    recipe = ProbeRecipe(p.epochs, cfg.data.batch_size, p.lr, p.warmup,
                          p.wd if p.wd is not None else WEIGHT_DECAY[p.kind], p.seed, normalize=bool(p.zero_shot))
     info = {"encoder": canonical_name(cfg.encoder.name), "classes": classes, "train": train_source_info(train)}
     init = _zero_shot_init(cfg, classes, rt, info) if p.zero_shot else None
@@ -290,7 +290,7 @@ def run(cfg: ProbeConfig, rt: Runtime | None = None) -> None:
         weight, bias = init
     elif p.from_images:
         weight, bias = train_from_images(encoder, Path(p.train), len(classes), recipe, rt,
-                                         out_dir=Path(p.out).parent / "from_images", num_workers=cfg.extract.workers)
+                                         out_dir=Path(p.out).parent / "from_images", num_workers=cfg.data.workers)
     else:
         trained = _train_cached(cfg, encoder, train, relabel, len(classes), recipe, rt, init, info)
         if trained is None:  # not the main rank: it only helped extract
@@ -318,7 +318,7 @@ def _train_cached(cfg: ProbeConfig, encoder: Encoder, train: Source, relabel: np
     ``(weight [C, D], bias [C], recipe)`` on the main rank, the recipe's weight decay replaced by the
     sweep's choice (recorded in ``info`` with the train top-1); ``None`` on the other ranks, once the
     features are extracted."""
-    feats = extract(encoder, train, cfg.extract.cache, rt, **cfg.extract.options())
+    feats = extract(encoder, train, cfg.extract.cache, rt, **cfg.extract_options())
     if not rt.is_main:
         return None
     if relabel is not None:

@@ -310,7 +310,7 @@ def train_step(task: Task, model: Prepared, optimizer, images: torch.Tensor, *, 
 # ----------------------------------------------------------------------------- the loop
 
 def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: bool = False, fresh: bool = False,
-          run_config: dict | None = None) -> dict:
+          run_config: dict | None = None, command: str | None = None) -> dict:
     """Train ``task.model`` on ``loader`` (yielding ``(images [B,3,H,W], labels)`` per rank).
 
     ``loader``: an ffcv ``Loader`` (``indices``, ``batch_size``, ``len()``, a writable ``next_epoch``
@@ -319,7 +319,8 @@ def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: boo
     step and RNG state and skips the batches of the epoch already seen: the lr at every later step equals the
     uninterrupted run's, on any number of ranks (with the same ranks and deterministic data and
     algorithms, so do the losses). How the run begins in ``cfg.out_dir`` (``resume``, ``fresh``, a
-    torchrun restart or SLURM requeue, or a refusal) is :meth:`Checkpointer.start`'s. Returns (and
+    torchrun restart or SLURM requeue, or a refusal) is :meth:`Checkpointer.start`'s; ``command``
+    names ``run_config``'s command, whose older keys a checkpoint's saved config may use. Returns (and
     writes to summary.json) ``{"step", "epoch", "total_steps", "stopped_early", "replica_checksums", "final_loss"}``.
 
     Raises:
@@ -331,7 +332,7 @@ def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: boo
     plan = _plan(cfg, loader, rt)
     per_epoch, total = plan["steps_per_epoch"], plan["total_steps"]
     config = run_config or {"train": asdict(cfg)}
-    ckpt = Checkpointer(out, rt, plan=plan, config=config)
+    ckpt = Checkpointer(out, rt, plan=plan, config=config, command=command)
     step = ckpt.start(model.raw, optimizer, resume=resume, fresh=fresh)
     metrics, meter, preempt = Metrics(out, rt.is_main, config, step), Meter(rt, task.flops_per_image), _Preemption()
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not rt.is_main, dynamic_ncols=True)

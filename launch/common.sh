@@ -30,18 +30,37 @@ need_config() {
     [ -f "$1" ] || die "config $1 not found; pass one of launch/configs/*.toml (or your own TOML file)"
 }
 
-# config_value FILE KEY: the first `KEY = "value"` of a TOML file (a string value)
+# config_value FILE SECTION KEY: the value of [SECTION] KEY in a TOML file, read by $PY's tomllib
+# (empty when unset). A file with an older name of the key (fastfc/config.py RENAMED: [model] arch
+# for [encoder] name) gives that one's value. A file that is no TOML: one line, exit status 2.
 config_value() {
-    sed -n "s/^$2 *= *\"\([^\"]*\)\".*/\1/p" "$1" | head -n 1
+    PYTHONPATH="$LAUNCH_DIR/..${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c '
+import sys
+from fastfc.config import RENAMED, read
+path, key = sys.argv[1], sys.argv[2] + "." + sys.argv[3]
+try:
+    data = read(path)
+except (OSError, ValueError) as e:
+    sys.exit(f"{sys.argv[4]}: {e}")
+for name in [key] + [old for renamed in RENAMED.values() for old, new in renamed.items() if new == key]:
+    *sections, leaf = name.split(".")
+    node = data
+    for section in sections:
+        node = node.get(section, {}) if isinstance(node, dict) else {}
+    if isinstance(node, dict) and leaf in node:
+        print(node[leaf])
+        break
+' "$1" "$2" "$3" "${0##*/}" || exit 2
 }
 
-# arch_config ARCH: the launch config (launch/configs/distill_*.toml) whose arch is ARCH; one line
-# naming the known architectures otherwise. A new architecture is known once its config is there.
+# arch_config ARCH: the launch config (launch/configs/distill_*.toml) whose [encoder] name is ARCH;
+# one line naming the known architectures otherwise. A new architecture is known once its config is there.
 arch_config() {
-    local config known=()
+    local config name known=()
     for config in "$LAUNCH_DIR"/configs/distill_*.toml; do
-        [ "$(config_value "$config" arch)" != "$1" ] || { echo "$config"; return; }
-        known+=("$(config_value "$config" arch)")
+        name=$(config_value "$config" encoder name)
+        [ "$name" != "$1" ] || { echo "$config"; return; }
+        known+=("$name")
     done
     die "unknown architecture '$1'; known: ${known[*]} (one launch/configs/distill_<arch>.toml each)"
 }

@@ -16,13 +16,13 @@
 #           below the input.
 #   SHARDS  one folder per shift set plus imagenet-val (ID is read like the shift sets, from the
 #           original JPEGs: python -m data_prep.shifts --set imagenet-val --src /data/imagenet/val ...).
-# ARCH is known when a launch/configs/distill_<arch>.toml names it. NGPU ranks extract features.
+# ARCH is known when a launch/configs/distill_<arch>.toml names it ([encoder] name). NGPU ranks extract features.
 set -euo pipefail
 ARCH=${1:?usage: launch/probe_and_eval.sh ARCH   (one launch/configs/distill_*.toml names it: RN50 RN101 RN50x4 RN50x16 ViT-B-16)}
 source "$(dirname "$0")/common.sh"
 CONFIG=$(arch_config "$ARCH")
 KEY=${CONFIG##*/distill_}; KEY=${KEY%.toml}
-DEFAULT_BETONS=$(config_value "$CONFIG" train_beton)
+DEFAULT_BETONS=$(config_value "$CONFIG" data train_beton)
 BETONS=${BETONS:-${DEFAULT_BETONS%/*}}; SHARDS=${SHARDS:-data/shards}; RUNS=${RUNS:-runs}
 if [ -n "${FAST:-}" ]; then TRAIN=$BETONS/train.beton; else TRAIN=${TRAIN:-data/imagenet/train}; fi
 STUDENT=${STUDENT:-$RUNS/distill_$KEY/weights.pt}

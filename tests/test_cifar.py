@@ -201,7 +201,7 @@ def test_step_schedule_and_sgd():
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
     assert opt.defaults["weight_decay"] == 1e-4
     assert isinstance(build_optimizer(TrainConfig(), [nn.Parameter(torch.zeros(2))], fused=False), torch.optim.AdamW)
-    with pytest.raises(ValueError, match="adamw or sgd"):
+    with pytest.raises(ValueError, match="optimizer must be one of adamw, sgd"):
         TrainConfig(optimizer="lamb")
 
 

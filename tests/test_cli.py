@@ -51,7 +51,7 @@ ERRORS = [  # argv, exit code, text of the one error line
     (FASTFC + ["features", "--encoder", "tiny", "nope.beton"], 1, "nope.beton: no such file or folder"),
     (FASTFC + ["features", "--encoder", "tiny", "--workers", "-1", "x"], 2, "must be >= 0"),
     (FASTFC + ["features", "--encoder", "RN18", "x.beton"], 1, "unknown encoder 'RN18'"),
-    (FASTFC + ["distill", "--set", "model.arch=CLIP_RN18"], 1, "model: unknown encoder 'CLIP_RN18'"),
+    (FASTFC + ["distill", "--set", "encoder.name=CLIP_RN18"], 1, "encoder: unknown encoder 'CLIP_RN18'"),
     (FASTFC + ["eval", "--compare", "runs/nope"], 1,
      "fastfc eval: error: --compare runs/nope: no such folder; give run folders written by `fastfc eval --out RUN`"),
     (FASTFC + ["eval", "--encoder", "tiny", "--probe", "p.pt"], 1, "nothing to evaluate"),
@@ -86,22 +86,22 @@ def test_argument_and_input_errors_come_before_heavy_imports(argv, code, message
 
 CONFIG_ERRORS = [  # command, TOML text, what the one error line says after the file's name
     ("features", '[extract]\nbatch_sise = 64\n', "unknown key(s) extract.batch_sise"),
-    ("features", 'sources = "a.beton"\n[extract]\nprecision = "fp16"\n', "extract: precision 'fp16'"),
+    ("features", 'sources = "a.beton"\n[extract]\nprecision = "fp16"\n', "extract: precision must be one of bf16, fp32, got 'fp16'"),
     ("probe", '[probe]\nepoch = 2\n', "unknown key(s) probe.epoch"),
     ("probe", '[probe]\nepochs = "two"\n', "probe.epochs: expected an integer, got 'two'"),
     ("probe", '[probe]\nkind = "student"\n', "probe: kind must be one of clip, distilled"),
     ("probe", '[probe]\nlr = -1\n', "probe: need lr > 0, warmup >= 0 and wd >= 0; got lr=-1.0"),
-    ("probe", '[encoder]\nname = "RN50"\n[extract]\nbatch_size = 8\n[probe.wd]\n', "probe.wd: expected a number, got {}"),
+    ("probe", '[encoder]\nname = "RN50"\n[data]\nbatch_size = 8\n[probe.wd]\n', "probe.wd: expected a number, got {}"),
     ("features", 'extract = 3\n', "extract is a section ([extract] in TOML"),
     ("eval", '[teacher]\ntag = "openai"\n', "unknown key(s) teacher.tag"),
     ("eval", '[eval]\nsets = 3\n', "eval: sets must be a list of strings, got 3"),
     ("eval", '[encoder]\nname = "RN18"\n', "encoder: unknown encoder 'RN18'; known: RN50"),
-    ("distill", '[model]\narch = "RN18"\n', "model: unknown encoder 'RN18'; known: RN50"),
-    ("distill", '[model]\ninit = "xavier"\n', "model: model.init must be one of paper, open_clip"),
+    ("distill", '[encoder]\nname = "RN18"\n', "encoder: unknown encoder 'RN18'; known: RN50"),
+    ("distill", '[encoder]\ninit = "xavier"\n', "encoder: encoder.init must be one of paper, open_clip"),
     ("distill", '[train]\nlrr = 1\n', "unknown key(s) train.lrr"),
     ("distill", '[objective]\ndistill_weight = "high"\n', "objective.distill_weight: expected a number"),
     ("distill", '[objective]\nblocks = "foo"\n', "objective: blocks must be 'last', 'all' or block indices"),
-    ("distill", 'model = "RN50"\n', "model is a section ([model] in TOML"),
+    ("distill", 'encoder = "RN50"\n', "encoder is a section ([encoder] in TOML"),
 ]
 
 

@@ -33,10 +33,10 @@ def test_every_paper_config_dry_runs_with_the_papers_hyperparameters(capsys):
         assert main(["distill", "--config", str(path), "--dry-run"]) == 0
         out = json.loads(capsys.readouterr().out)
         cfg, plan = out["config"], out["plan"]
-        lr, wd, epochs = PAPER[cfg["model"]["arch"]]
+        lr, wd, epochs = PAPER[cfg["encoder"]["name"]]
         assert (cfg["train"]["lr"], cfg["train"]["weight_decay"], cfg["train"]["epochs"]) == (lr, wd, epochs), path
         assert cfg["train"]["global_batch_size"] == 256 and cfg["train"]["warmup_steps"] == 10_000
-        assert cfg["objective"]["distill_weight"] == 0.9 and cfg["model"]["teacher_pretrained"] == "openai"
+        assert cfg["objective"]["distill_weight"] == 0.9 and cfg["teacher"]["pretrained"] == "openai"
         assert plan["per_rank_batch"] == 256 and plan["steps_per_epoch"] == 5_005  # ceil(1,281,167 / 256)
         assert plan["total_steps"] == epochs * 5_005 and plan["lr_first"] == pytest.approx(lr / 10_000)
 

@@ -95,7 +95,7 @@ def test_cli_eval_reads_a_toml_config_with_set_on_top(val_sources, tmp_path):
     save_probe(probe, *init_head(32, len(meta["classes"]), 0), {"classes": meta["classes"]})
     (tmp_path / "e.toml").write_text(
         f'[encoder]\nname = "tiny"\nweights = "{_tiny_weights(tmp_path / "s.pt", 1)}"\n'
-        f'[extract]\ncache = "{tmp_path / "cache"}"\nbatch_size = 16\nworkers = 1\n'
+        f'[extract]\ncache = "{tmp_path / "cache"}"\n[data]\nbatch_size = 16\nworkers = 1\n'
         f'[teacher]\nweights = "{_tiny_weights(tmp_path / "t.pt", 2)}"\n'
         f'[eval]\nprobe = "{probe}"\nshards = "{shards.parent}"\nsets = ["imagenet-val"]\nout = "{tmp_path / "a"}"\n')
     assert main(["eval", "--config", str(tmp_path / "e.toml"), "--set", f"eval.out={tmp_path / 'b'}"]) == 0
@@ -116,7 +116,7 @@ def test_a_beton_stored_below_the_encoders_input_is_refused_before_any_work(smal
     with pytest.raises(ValueError, match="at most 64 px"):
         make_loader(small_beton, train=True, batch_size=4, resolution=224, mean=(0.5,) * 3, std=(0.5,) * 3)
     cfg = DistillConfig()
-    cfg.model.arch, cfg.model.teacher_pretrained, cfg.data.train_beton = "RN50x4", None, str(small_beton)
+    cfg.encoder.name, cfg.teacher.pretrained, cfg.data.train_beton = "RN50x4", None, str(small_beton)
     with pytest.raises(ValueError, match="288-px input"):  # before the teacher is built
         run(cfg)
     make_loader(small_beton, train=False, batch_size=4, resolution=64, mean=(0.5,) * 3, std=(0.5,) * 3)

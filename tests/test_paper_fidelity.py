@@ -167,7 +167,7 @@ def test_every_paper_config_uses_the_original_default_weight_and_init():
     assert len(configs) == 5
     for path in configs:
         cfg = tomllib.loads(path.read_text())
-        assert cfg["objective"]["distill_weight"] == 0.9 and cfg["model"]["init"] == "paper", path.name
+        assert cfg["objective"]["distill_weight"] == 0.9 and cfg["encoder"]["init"] == "paper", path.name
     assert ObjectiveConfig().distill_weight == 0.9
 
 

@@ -254,14 +254,14 @@ def test_cli_features_and_probe_read_a_toml_config_with_flags_and_set_on_top(sma
 
     cache = tmp_path / "cache"
     (tmp_path / "f.toml").write_text(f'sources = ["{small_beton}"]\n[encoder]\nname = "tiny"\n'
-                                     f'[extract]\ncache = "{cache}"\nbatch_size = 64\nworkers = 1\n')
+                                     f'[extract]\ncache = "{cache}"\n[data]\nbatch_size = 64\nworkers = 1\n')
     assert main(["features", "--config", str(tmp_path / "f.toml"), "--set", "extract.precision=fp32"]) == 0
     (folder,) = cache.iterdir()  # the file's sources and cache, the override's precision
     assert folder.name.endswith("-fp32") and json.loads((folder / "meta.json").read_text())["precision"] == "fp32"
     assert "300 x 32 float32" in capsys.readouterr().out
     out = tmp_path / "p" / "probe.pt"
-    (tmp_path / "p.toml").write_text(f'[encoder]\nname = "tiny"\n[extract]\ncache = "{cache}"\nbatch_size = 64\n'
-                                     f'workers = 1\nprecision = "fp32"\n[probe]\ntrain = "{small_beton}"\n'
+    (tmp_path / "p.toml").write_text(f'[encoder]\nname = "tiny"\n[data]\nbatch_size = 64\nworkers = 1\n'
+                                     f'[extract]\ncache = "{cache}"\nprecision = "fp32"\n[probe]\ntrain = "{small_beton}"\n'
                                      f'out = "{out}"\nepochs = 3\nwarmup = 2\nlr = 0.5\nwd = 0\n')
     assert main(["probe", "--config", str(tmp_path / "p.toml"), "--lr", "0.01", "--epochs", "2",
                  "--set", "probe.epochs=1", "--set", "probe.seed=3"]) == 0

@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny_config(beton: Path, out: Path, **train) -> DistillConfig:
     cfg = DistillConfig()
-    cfg.model.arch, cfg.model.teacher_pretrained = "tiny", None
-    cfg.data.train_beton, cfg.data.num_workers, cfg.data.augment = str(beton), 1, False
+    cfg.encoder.name, cfg.teacher.pretrained = "tiny", None
+    cfg.data.train_beton, cfg.data.workers, cfg.data.augment = str(beton), 1, False
     cfg.train = TrainConfig(**{"epochs": 1, "lr": 1e-3, "warmup_steps": 2, "global_batch_size": 8,
                                "out_dir": str(out), "log_every": 1, "checkpoint_every": 1000,
                                "compile": False, "precision": "fp32", "deterministic": True, **train})
@@ -115,7 +115,7 @@ def test_sigterm_leaves_a_loadable_checkpoint_and_exits_zero(small_beton, tmp_pa
     assert proc.returncode == 0, output
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ckpt["step"] >= 3 and set(ckpt) >= {"model", "optimizer", "step", "epoch", "rng", "config"}
-    assert ckpt["config"]["model"]["arch"] == "tiny"
+    assert ckpt["config"]["encoder"]["name"] == "tiny"
     assert "resume with --resume" in output
     assert not (tmp_path / "run" / "weights.pt").exists()
 
@@ -170,8 +170,8 @@ def test_dry_run_plan_and_uneven_batch_is_refused(small_beton, tmp_path):
 
 def test_config_overrides_and_unknown_keys(tmp_path):
     toml = write_toml(DistillConfig(), tmp_path / "c.toml")
-    cfg = configlib.load(DistillConfig, toml, ["train.lr=5e-4", "model.arch=RN101", "data.augment=false"])
-    assert cfg.train.lr == 5e-4 and cfg.model.arch == "RN101" and cfg.data.augment is False
+    cfg = configlib.load(DistillConfig, toml, ["train.lr=5e-4", "encoder.name=RN101", "data.augment=false"])
+    assert cfg.train.lr == 5e-4 and cfg.encoder.name == "RN101" and cfg.data.augment is False
     with pytest.raises(configlib.ConfigError, match="train.lrr"):
         configlib.load(DistillConfig, toml, ["train.lrr=1"])
     with pytest.raises(configlib.ConfigError, match="global_batch_size"):
@@ -284,8 +284,8 @@ def test_resume_refuses_a_different_plan_or_another_run_in_one_line(beton63, tmp
             run(issue_config(beton63, tmp_path, **change), rt=one_process(), resume=True)
         assert "checkpoint.pt" in str(e.value) and "\n" not in str(e.value)
     other = issue_config(beton63, tmp_path)
-    other.model.student_seed = 1
-    with pytest.raises(ValueError, match=r"checkpoint\.pt: comes from another run \(model: .*start over with --fresh") \
+    other.encoder.seed = 1
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: comes from another run \(encoder: .*start over with --fresh") \
             as e:
         run(other, rt=one_process(), resume=True)
     assert "\n" not in str(e.value)
@@ -382,5 +382,5 @@ def test_older_bf16_key_maps_to_precision(tmp_path):
     assert DistillConfig().train.precision == "bf16"
     with pytest.raises(configlib.ConfigError, match="train.bf16 = false and train.precision = 'bf16' disagree"):
         configlib.load(DistillConfig, toml, ["train.precision=bf16"])
-    with pytest.raises(configlib.ConfigError, match="precision 'fp16': use one of 'bf16', 'fp32'"):
+    with pytest.raises(configlib.ConfigError, match="train.precision must be one of bf16, fp32, got 'fp16'"):
         configlib.load(DistillConfig, None, ["train.precision=fp16"])

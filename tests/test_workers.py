@@ -63,13 +63,13 @@ def test_features_lowers_more_workers_than_cpus_with_one_warning(small_beton, sh
 
 
 def test_distill_default_loader_workers_run_on_one_cpu(small_beton, tmp_path):
-    """The default data.num_workers (8 before) through ffcv's Loader; the worker default of every
+    """The default data.workers (8 before) through ffcv's Loader; the worker default of every
     command is the same fastfc.cpus.default_workers."""
-    sets = ["model.arch=tiny", "model.teacher_pretrained=", f"data.train_beton={small_beton}", "data.augment=false",
+    sets = ["encoder.name=tiny", "teacher.pretrained=", f"data.train_beton={small_beton}", "data.augment=false",
             "train.global_batch_size=32", "train.max_steps=2", "train.warmup_steps=1", f"train.out_dir={tmp_path}"]
     done = on_one_cpu("-m", "fastfc", "distill", *[a for s in sets for a in ("--set", s)])
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads((tmp_path / "config.json").read_text())["data"]["num_workers"] is None
+    assert json.loads((tmp_path / "config.json").read_text())["data"]["workers"] is None
     assert warnings(done) == []
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from fastfc import config as configlib
 from fastfc.train_config import TrainConfig
@@ -29,7 +30,7 @@ PAPER = {"train": {"epochs": 250, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9
 # CPU, offline: both trainings and the visualisation in under 3 minutes on 2 shared cores. One
 # intra-op thread: with other processes on the cores, 2 OpenMP threads made a step 4-6x slower.
 SMOKE = {"cpu_threads": 1,
-         "data": {"source": "photos", "train_per_class": 16, "test_per_class": 3, "num_workers": 0},
+         "data": {"source": "photos", "train_per_class": 16, "test_per_class": 3, "workers": 0},
          "attack": {"ramp_epochs": 2},
          "train": {"epochs": 2, "global_batch_size": 32, "lr_step_epochs": 1, "precision": "fp32", "compile": False,
                    "log_every": 1}}
@@ -59,7 +60,8 @@ class AttackConfig:
 @dataclass
 class DataConfig:
     """``variant``: "raw" or "background". ``source``: "cifar10" (torchvision, in ``root``, downloaded
-    when ``download``) or "photos" (the offline stand-in, ``train_per_class`` / ``test_per_class``)."""
+    when ``download``) or "photos" (the offline stand-in, ``train_per_class`` / ``test_per_class``).
+    ``workers``: loader workers per rank (``num_workers`` in older configs)."""
 
     variant: str = ""
     source: str = "cifar10"
@@ -67,15 +69,15 @@ class DataConfig:
     download: bool = True
     train_per_class: int = 50
     test_per_class: int = 10
-    num_workers: int = 4
+    workers: int = 4
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"data.variant = {self.variant!r}: give --variant raw or --variant background")
         if self.source not in SOURCES:
             raise ValueError(f"data.source = {self.source!r}: choose one of {', '.join(SOURCES)}")
-        if min(self.train_per_class, self.test_per_class) < 1 or self.num_workers < 0:
-            raise ValueError("data.train_per_class and data.test_per_class must be >= 1, data.num_workers >= 0")
+        if min(self.train_per_class, self.test_per_class) < 1 or self.workers < 0:
+            raise ValueError("data.train_per_class and data.test_per_class must be >= 1, data.workers >= 0")
 
 
 @dataclass
@@ -83,6 +85,7 @@ class CifarConfig:
     """A train run: ``[data]``, ``[attack]`` and ``[train]`` sections (the paper's values: :data:`PAPER`).
     ``cpu_threads``: torch's intra-op threads on a CPU run (0: torch's default, one per core)."""
 
+    COMMAND: ClassVar[str] = "cifar"  # its older keys: fastfc.config.RENAMED["cifar"]
     data: DataConfig
     attack: AttackConfig = field(default_factory=AttackConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -111,15 +114,19 @@ def _read_toml(path: Path) -> dict:
 
 def resolve(preset: str, config: Path | None = None, overrides: list[str] = (), *, variant: str | None = None,
             out: Path | None = None) -> CifarConfig:
-    """The paper's recipe, then ``preset``, the TOML ``config``, ``--set`` overrides, ``variant`` and ``out``.
+    """The paper's recipe, then ``preset``, the TOML ``config``, ``--set`` overrides, ``variant`` and ``out``;
+    older keys in ``config`` and ``overrides`` are accepted with a note (:func:`fastfc.config.upgrade`).
 
     Without an out dir anywhere, ``runs/cifar_<variant>``. Raises ``FileNotFoundError`` (config) and
     :class:`fastfc.config.ConfigError` (unknown keys, bad values).
     """
     data = _merge(PAPER, PRESETS[preset])
     if config is not None:
-        data = _merge(data, _read_toml(config))
-    configlib.apply_overrides(data, list(overrides))
+        try:
+            data = _merge(data, configlib.upgrade(_read_toml(config), CifarConfig.COMMAND, str(config)))
+        except configlib.ConfigError as e:
+            raise configlib.ConfigError(f"{config}: {e}") from None
+    configlib.apply_overrides(data, configlib.upgrade_overrides(list(overrides), CifarConfig.COMMAND))
     if variant:
         configlib.set_key(data, "data.variant", variant, "--variant")
     if out is not None:

@@ -86,9 +86,10 @@ def train_run(cfg: CifarConfig, *, resume: bool = False, fresh: bool = False, rt
     task = SmoothedPGDTask(net, cfg.attack, forward_flops(net), rank_share(test_set, rt.rank, rt.world_size),
                            seed=cfg.train.seed)
     loader = EpochLoader(train_set, cfg.train.per_rank_batch(rt.world_size), rank=rt.rank,
-                         world_size=rt.world_size, seed=cfg.train.seed, num_workers=cfg.data.num_workers,
+                         world_size=rt.world_size, seed=cfg.train.seed, num_workers=cfg.data.workers,
                          pin_memory=rt.device.type == "cuda", on_epoch=[task.set_epoch])
-    return train(task, loader, cfg.train, rt, resume=resume, fresh=fresh, run_config=configlib.to_dict(cfg))
+    return train(task, loader, cfg.train, rt, resume=resume, fresh=fresh, run_config=configlib.to_dict(cfg),
+                 command=cfg.COMMAND)
 
 
 # ----------------------------------------------------------------------------- visualisation

@@ -58,14 +58,15 @@ class DemoRecipe:
                 f"-w{self.warmup_steps}-wd{self.weight_decay:g}")
 
 
-DISTILL_TOML = """[model]
-arch = "mobilenet_v2"
-teacher_pretrained = ""
-teacher_weights = "package"
-student_seed = {r.seed}
+DISTILL_TOML = """[encoder]
+name = "mobilenet_v2"
+seed = {r.seed}
+[teacher]
+pretrained = ""
+weights = "package"
 [data]
 train_beton = "{beton}"
-num_workers = 1
+workers = 1
 augment = true
 [train]
 epochs = 1000
