@@ -46,6 +46,8 @@ def test_help_imports_no_heavy_library(argv, tmp_path):
 ERRORS = [  # argv, exit code, text of the one error line
     (FASTFC + ["distill", "--config", "nope.toml"], 1, "nope.toml: no such config file"),
     (FASTFC + ["distill", "--set", "lr"], 1, "expected section.key=value"),
+    (FASTFC + ["distill", "--set", "model.arch=RN50", "--set", "encoder.name=RN101"], 1,
+     "--set model.arch=RN50 and --set encoder.name=RN101 disagree (model.arch is now encoder.name); give encoder.name once"),
     (FASTFC + ["probe", "--encoder", "tiny"], 2, "the following arguments are required: --train, --out"),
     (FASTFC + ["probe", "--encoder", "tiny", "--train", "nope.beton", "--out", "p.pt"], 1, "--train nope.beton"),
     (FASTFC + ["features", "--encoder", "tiny", "nope.beton"], 1, "nope.beton: no such file or folder"),
@@ -102,6 +104,10 @@ CONFIG_ERRORS = [  # command, TOML text, what the one error line says after the 
     ("distill", '[objective]\ndistill_weight = "high"\n', "objective.distill_weight: expected a number"),
     ("distill", '[objective]\nblocks = "foo"\n', "objective: blocks must be 'last', 'all' or block indices"),
     ("distill", 'encoder = "RN50"\n', "encoder is a section ([encoder] in TOML"),
+    ("distill", '[model]\narch = "RN50"\n[encoder]\nname = "RN101"\n',
+     "[model] arch = 'RN50' and [encoder] name = 'RN101' disagree; drop [model] arch (now [encoder] name)"),
+    ("probe", '[extract]\nworkers = 2\n[data]\nworkers = 3\n',
+     "[extract] workers = 2 and [data] workers = 3 disagree; drop [extract] workers (now [data] workers)"),
 ]
 
 
@@ -115,6 +121,49 @@ def test_a_bad_config_is_one_line_naming_file_and_key_before_heavy_imports(comma
     errors = [line for line in lines if "error" in line]
     assert len(errors) == 1 and errors[0].startswith(f"fastfc {command}: error: bad.toml: {message}"), lines
     assert not any("Traceback" in line for line in lines)
+
+
+def test_an_older_key_in_the_file_or_in_set_is_one_note_naming_its_new_name(tmp_path):
+    (tmp_path / "old.toml").write_text('[model]\narch = "RN101"\n[train]\nlr = 2e-4\n')
+    done = subprocess.run(FASTFC + ["distill", "--config", "old.toml", "--set", "data.num_workers=2", "--dry-run"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if line.startswith("note:")]
+    assert notes == ["note: old.toml: [model] arch is now [encoder] name", "note: --set data.num_workers is now data.workers"]
+    config = json.loads(done.stdout)["config"]
+    assert (config["encoder"]["name"], config["data"]["workers"], config["train"]["lr"]) == ("RN101", 2, 2e-4)
+    assert "model" not in config and "num_workers" not in config["data"]
+    (tmp_path / "f.toml").write_text('[extract]\nworkers = 1\n')  # features: before torch, as any config
+    got, imported, lines = run_with_importtime(FASTFC + ["features", "--config", "f.toml", "--encoder", "tiny",
+                                                         "--set", "extract.batch_size=4", "nope.beton"], tmp_path)
+    assert got == 1 and not imported & set(HEAVY), lines
+    assert [line for line in lines if line.startswith("note:")] == [
+        "note: f.toml: [extract] workers is now [data] workers", "note: --set extract.batch_size is now data.batch_size"]
+
+
+@pytest.mark.parametrize("command", ["features", "probe", "eval"])
+def test_the_flags_are_the_config_fields_that_have_one(command, capsys):
+    """--help lists one flag per config field with flag metadata, and each flag sets that field."""
+    import re
+
+    from fastfc.cli import build_parser
+    from fastfc.config import flag_fields
+    from fastfc.stage_config import EvalConfig, FeaturesConfig, ProbeConfig
+
+    cls = {"features": FeaturesConfig, "probe": ProbeConfig, "eval": EvalConfig}[command]
+    fields = {f.metadata["flag"]: key for key, f, _ in flag_fields(cls)}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    listed = set(re.findall(r"^  (--[a-z-]+)", capsys.readouterr().out, flags=re.M)) - {"--help", "--config", "--set"}
+    assert listed == set(fields) and len(fields) == {"features": 7, "probe": 18, "eval": 20}[command]
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    assert {a.option_strings[0]: a.dest for a in parser._actions if "." in a.dest} == fields
+    if command == "probe":
+        args = build_parser().parse_args(["probe", "--batch-size", "8", "--workers", "0", "--wd-sweep", "1e-3,0.1",
+                                          "--from-images", "--kind", "distilled"])
+        assert (vars(args)["data.batch_size"], vars(args)["data.workers"], vars(args)["probe.wd_sweep"]) == (8, 0, [1e-3, 0.1])
+        assert vars(args)["probe.from_images"] is True and vars(args)["probe.kind"] == "distilled"
+        assert "extract.precision" not in vars(args)  # a flag not given leaves the config file's value
 
 
 def test_required_settings_come_from_the_flags_or_the_config(tmp_path):

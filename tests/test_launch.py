@@ -117,3 +117,30 @@ def test_slurm_finds_the_launchers_common_block_from_the_copy_sbatch_runs(tmp_pa
                                **ENV})
     (slurm,) = commands(done)
     assert "--nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint node0:29500 --rdzv-id 7" in slurm
+
+
+def config_value(path: str, *args: str) -> subprocess.CompletedProcess:
+    """``config_value ARGS`` of launch/common.sh, run by bash as a launcher runs it (PATH: ``path``)."""
+    script = 'source launch/common.sh; config_value "$@"'
+    return subprocess.run(["bash", "-c", script, "probe_and_eval.sh", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PATH": path, "PY": sys.executable, "NGPU": "1"})
+
+
+def test_config_value_reads_a_key_of_a_section_under_its_new_or_its_older_name(tmp_path):
+    tools = tool_path(tmp_path)
+    new = config_value(tools, "launch/configs/distill_rn50x4.toml", "encoder", "name")
+    assert (new.returncode, new.stdout, new.stderr) == (0, "RN50x4\n", "")
+    assert config_value(tools, "launch/configs/distill_rn50x4.toml", "data", "train_beton").stdout == \
+        "data/betons_320/train.beton\n"
+    (tmp_path / "old.toml").write_text('[model]\narch = "RN50x16"  # an older key\n[data]\nnum_workers = 3\n'
+                                       '[train]\nepochs = 100\n')
+    old = config_value(tools, str(tmp_path / "old.toml"), "encoder", "name")
+    assert (old.returncode, old.stdout, old.stderr) == (0, "RN50x16\n", "")
+    assert config_value(tools, str(tmp_path / "old.toml"), "data", "workers").stdout == "3\n"
+    assert config_value(tools, str(tmp_path / "old.toml"), "train", "epochs").stdout == "100\n"
+    unset = config_value(tools, str(tmp_path / "old.toml"), "teacher", "weights")
+    assert (unset.returncode, unset.stdout) == (0, "")
+    (tmp_path / "bad.toml").write_text("[encoder\n")
+    bad = config_value(tools, str(tmp_path / "bad.toml"), "encoder", "name")
+    assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.splitlines()) == 1
+    assert bad.stderr.startswith(f"probe_and_eval.sh: {tmp_path / 'bad.toml'}: ")

@@ -33,15 +33,26 @@ def tiny_config(beton: Path, out: Path, **train) -> DistillConfig:
     return cfg
 
 
-def write_toml(cfg: DistillConfig, path: Path) -> Path:
+def write_toml(cfg: DistillConfig | dict, path: Path) -> Path:
     lines = []
-    for section, values in configlib.to_dict(cfg).items():
+    for section, values in (cfg if isinstance(cfg, dict) else configlib.to_dict(cfg)).items():
         lines.append(f"[{section}]")
         for k, v in values.items():
             v = "" if v is None else list(v) if isinstance(v, tuple) else v  # TOML has no null
             lines.append(f"{k} = {json.dumps(v)}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def with_older_keys(config: dict) -> dict:
+    """A resolved distill config (:func:`fastfc.config.to_dict`) under the key names it had before
+    ``[encoder]`` and ``[teacher]``: ``[model] arch, student_seed, init, teacher_pretrained,
+    teacher_weights`` and ``data.num_workers``."""
+    c = json.loads(json.dumps(config))
+    e, t = c.pop("encoder"), c.pop("teacher")
+    c["data"]["num_workers"] = c["data"].pop("workers")
+    return {"model": {"arch": e["name"], "teacher_pretrained": t["pretrained"], "teacher_weights": t["weights"],
+                      "student_seed": e["seed"], "init": e["init"]}, **c}
 
 
 def metrics(out: Path) -> list[dict]:
@@ -384,3 +395,41 @@ def test_older_bf16_key_maps_to_precision(tmp_path):
         configlib.load(DistillConfig, toml, ["train.precision=bf16"])
     with pytest.raises(configlib.ConfigError, match="train.precision must be one of bf16, fp32, got 'fp16'"):
         configlib.load(DistillConfig, None, ["train.precision=fp16"])
+
+
+OLDER_KEY_NOTES = ["[model] arch is now [encoder] name", "[model] student_seed is now [encoder] seed",
+                   "[model] init is now [encoder] init", "[model] teacher_pretrained is now [teacher] pretrained",
+                   "[model] teacher_weights is now [teacher] weights", "[data] num_workers is now [data] workers"]
+
+
+def test_config_an_older_key_run_under_torchrun_says_each_new_name_once_and_trains(beton63, tmp_path):
+    cfg = issue_config(beton63, tmp_path / "run", max_steps=4)
+    toml = write_toml(with_older_keys(configlib.to_dict(cfg)), tmp_path / "old.toml")
+    assert "[model]" in toml.read_text() and "[encoder]" not in toml.read_text()
+    done = torchrun(["distill", "--config", str(toml), "--set", "model.student_seed=0"])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.count("done: 4 steps") == 1, done.stdout
+    notes = [line for line in done.stderr.splitlines() if line.startswith("note:")]  # rank 0's, once each
+    assert notes == [f"note: {toml}: {line}" for line in OLDER_KEY_NOTES] + [
+        "note: --set model.student_seed is now encoder.seed"]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved == json.loads(json.dumps(configlib.to_dict(cfg)))  # the same config as the new names give
+    assert saved["encoder"]["name"] == "tiny" and saved["data"]["workers"] == 1
+
+
+def test_config_a_checkpoint_saved_with_older_keys_resumes_as_the_same_run(beton63, tmp_path, capsys):
+    run(issue_config(beton63, tmp_path, stop_after=3), rt=one_process())
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    state["config"] = with_older_keys(state["config"])  # as a run started before the rename saved it
+    torch.save(state, tmp_path / "checkpoint.pt")
+    capsys.readouterr()
+    assert run(issue_config(beton63, tmp_path), rt=one_process(), resume=True)["step"] == 16
+    out = capsys.readouterr().out
+    assert "comes from another run" not in out and "changed settings" not in out  # like compared with like
+    run(issue_config(beton63, tmp_path / "b", stop_after=3), rt=one_process())
+    state = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    state["config"] = with_older_keys(state["config"])
+    state["config"]["model"]["student_seed"] = 1  # another run, in the older names
+    torch.save(state, tmp_path / "b" / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"comes from another run \(encoder: \{'name': 'tiny', 'seed': 1, "):
+        run(issue_config(beton63, tmp_path / "b"), rt=one_process(), resume=True)
