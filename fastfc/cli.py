@@ -67,7 +67,7 @@ def _int_at_least(low: int):
     return parse
 
 
-_positive, _non_negative = _int_at_least(1), _int_at_least(0)
+_positive = _int_at_least(1)
 
 
 class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

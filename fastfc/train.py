@@ -319,9 +319,9 @@ def train(task: Task, loader: Any, cfg: TrainConfig, rt: Runtime, *, resume: boo
     step and RNG state and skips the batches of the epoch already seen: the lr at every later step equals the
     uninterrupted run's, on any number of ranks (with the same ranks and deterministic data and
     algorithms, so do the losses). How the run begins in ``cfg.out_dir`` (``resume``, ``fresh``, a
-    torchrun restart or SLURM requeue, or a refusal) is :meth:`Checkpointer.start`'s; ``command``
-    names ``run_config``'s command, whose older keys a checkpoint's saved config may use. Returns (and
-    writes to summary.json) ``{"step", "epoch", "total_steps", "stopped_early", "replica_checksums", "final_loss"}``.
+    torchrun restart or SLURM requeue, or a refusal) is :meth:`Checkpointer.start`'s (``command``: ``run_config``'s,
+    for a checkpoint saved under older key names). Returns (and writes to summary.json) ``{"step", "epoch",
+    "total_steps", "stopped_early", "replica_checksums", "final_loss"}``.
 
     Raises:
         Diverged: a non-finite loss, gradient norm or weights (nothing non-finite is written).
